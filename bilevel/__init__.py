@@ -1,3 +1,46 @@
-"""bilevel: hypergradients for bilevel optimization on NumPy and CuPy."""
+"""bilevel: hypergradients for bilevel optimization on NumPy and CuPy.
+
+Define a problem once — an inner objective g(w, λ) and an outer objective f(w, λ) — and
+get ∇F(λ) from interchangeable methods::
+
+    from bilevel import BilevelProblem, GradientDescent, Implicit, CG, hypergrad
+    res = hypergrad(BilevelProblem(g, f), lam, w0,
+                    inner=GradientDescent(lr=0.1, steps=200), method=Implicit(CG()))
+    res.grad, res.success, res.message
+"""
+
+from .api import (
+    HypergradError,
+    HypergradResult,
+    HypergradState,
+    HypergradWarning,
+    hypergrad,
+    value_and_hypergrad,
+)
+from .dynamics import GradientDescent, GradientFlow, Momentum, minibatch_indices
+from .linalg import CG, Direct, FixedPoint, Neumann
+from .methods import *  # noqa: F403
+from .methods import __all__ as _methods_all
+from .problem import BilevelProblem, NonFiniteError
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BilevelProblem",
+    "CG",
+    "Direct",
+    "FixedPoint",
+    "GradientDescent",
+    "GradientFlow",
+    "HypergradError",
+    "HypergradResult",
+    "HypergradState",
+    "HypergradWarning",
+    "Momentum",
+    "Neumann",
+    "NonFiniteError",
+    "hypergrad",
+    "minibatch_indices",
+    "value_and_hypergrad",
+    *_methods_all,
+]
