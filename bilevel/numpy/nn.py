@@ -1,0 +1,240 @@
+"""Network functions: log-softmax, softmax, cross-entropy, 2-D convolution and pooling.
+
+Convolution and pooling rest on one primitive pair, :func:`patches` (im2col) and
+:func:`unpatches` (col2im, its adjoint). ``patches`` gathers the ``kh·kw`` strided
+windows of an NCHW image with one strided slice per kernel offset (never a loop over
+pixels); ``unpatches`` adds the windows back. Each is the other's VJP and each is its own
+JVP, so convolutions and pools differentiate to any order on any backend that has slicing
+and ``matmul``. Inputs may carry a leading task axis ``T``: ``(T, N, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from autograd.extend import defjvp, defvjp, primitive
+
+from bilevel.numpy._core import getval, namespace, shape_of, zeros
+from bilevel.numpy.elementwise import add, exp, negative, subtract
+from bilevel.numpy.indexing import take_along_axis
+from bilevel.numpy.linalg import matmul
+from bilevel.numpy.reductions import logsumexp, max, mean, sum
+from bilevel.numpy.shape import reshape, squeeze
+
+__all__ = [
+    "avg_pool2d",
+    "conv2d",
+    "log_softmax",
+    "max_pool2d",
+    "patches",
+    "softmax",
+    "softmax_cross_entropy",
+    "unpatches",
+]
+
+
+def log_softmax(x: Any, axis: int = -1) -> Any:
+    """``log softmax(x) = x - logsumexp(x)`` along ``axis`` (stable for large ``|x|``)."""
+    return subtract(x, logsumexp(x, axis=axis, keepdims=True))
+
+
+def softmax(x: Any, axis: int = -1) -> Any:
+    """``softmax(x)_i = exp(x_i) / Σ_j exp(x_j)`` along ``axis``."""
+    return exp(log_softmax(x, axis=axis))
+
+
+def softmax_cross_entropy(
+    logits: Any, labels: Any, axis: int = -1, reduction: str = "mean"
+) -> Any:
+    """Cross-entropy ``ℓ = -log softmax(logits)[label]`` for integer ``labels``.
+
+    Parameters
+    ----------
+    logits
+        Scores, class axis ``axis`` (any leading axes, e.g. ``(T, N, K)``).
+    labels
+        Integer class indices with the shape of ``logits`` without ``axis``.
+    reduction
+        ``"mean"`` (over all examples), ``"sum"`` or ``"none"`` (per example).
+    """
+    lab = getval(labels)
+    xp = namespace(getval(logits), lab)
+    if not hasattr(lab, "dtype") or not xp.isdtype(lab.dtype, "integral"):
+        raise TypeError(
+            f"softmax_cross_entropy: labels must be an integer array, got {getattr(lab, 'dtype', type(lab))}"
+        )
+    shape = shape_of(logits)
+    nd = len(shape)
+    ax = axis % nd
+    expected = shape[:ax] + shape[ax + 1:]
+    if shape_of(lab) != expected:
+        raise ValueError(
+            f"softmax_cross_entropy: labels must have shape {expected} (logits {shape} "
+            f"without axis {axis}), got {shape_of(lab)}"
+        )
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    logp = log_softmax(logits, axis=ax)
+    picked = take_along_axis(logp, xp.reshape(lab, expected[:ax] + (1,) + expected[ax:]), ax)
+    losses = negative(squeeze(picked, ax))
+    if reduction == "mean":
+        return mean(losses)
+    if reduction == "sum":
+        return sum(losses)
+    return losses
+
+
+# ----------------------------------------------------------------- im2col / col2im
+
+
+def _out_size(n: int, k: int, stride: int, padding: int) -> int:
+    return (n + 2 * padding - k) // stride + 1
+
+
+def _windows(kh: int, kw: int, stride: int, ho: int, wo: int) -> list[tuple[slice, slice]]:
+    return [
+        (slice(i, i + stride * (ho - 1) + 1, stride), slice(j, j + stride * (wo - 1) + 1, stride))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
+@primitive
+def patches(x: Any, kh: int, kw: int, stride: int = 1, padding: int = 0) -> Any:
+    """im2col: ``P[..., c, i·kw + j, p, q] = x_pad[..., c, p·s + i, q·s + j]``.
+
+    ``x`` is ``(..., C, H, W)``; the result is ``(..., C, kh·kw, Ho, Wo)`` with
+    ``Ho = (H + 2·padding - kh) // stride + 1``. Memory ``kh·kw`` times the output image;
+    ``kh·kw`` strided slices. VJP: :func:`unpatches`; JVP: ``patches(t)``.
+    """
+    xp = namespace(x)
+    shape = shape_of(x)
+    h, w = shape[-2:]
+    if padding:
+        xpad = zeros(xp, shape[:-2] + (h + 2 * padding, w + 2 * padding), x.dtype, like=x)
+        xpad[..., padding:padding + h, padding:padding + w] = x
+    else:
+        xpad = x
+    ho, wo = _out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding)
+    cols = [xpad[..., si, sj] for si, sj in _windows(kh, kw, stride, ho, wo)]
+    return xp.stack(cols, axis=-3)
+
+
+@primitive
+def unpatches(
+    p: Any, kh: int, kw: int, stride: int, padding: int, shape: tuple[int, ...]
+) -> Any:
+    """col2im, the adjoint of :func:`patches`: ``x[..., c, y, z] = Σ P[..., c, k, p, q]`` over
+    the windows ``(k, p, q)`` that read pixel ``(y, z)``; ``shape`` is the image shape.
+
+    ``kh·kw`` strided slice additions into a padded buffer. VJP: :func:`patches`.
+    """
+    xp = namespace(p)
+    h, w = shape[-2:]
+    ho, wo = shape_of(p)[-2:]
+    out = zeros(xp, tuple(shape[:-2]) + (h + 2 * padding, w + 2 * padding), p.dtype, like=p)
+    for k, (si, sj) in enumerate(_windows(kh, kw, stride, ho, wo)):
+        out[..., si, sj] = out[..., si, sj] + p[..., k, :, :]
+    if padding:
+        out = out[..., padding:padding + h, padding:padding + w]
+    return out
+
+
+defvjp(
+    patches,
+    lambda ans, x, kh, kw, stride=1, padding=0: lambda g: unpatches(
+        g, kh, kw, stride, padding, shape_of(x)
+    ),
+)
+defjvp(patches, "same")
+defvjp(
+    unpatches,
+    lambda ans, p, kh, kw, stride, padding, shape: lambda g: patches(g, kh, kw, stride, padding),
+)
+defjvp(unpatches, "same")
+
+
+def _check_int(name: str, v: Any, low: int) -> int:
+    if not isinstance(v, (int, np.integer)) or v < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    return int(v)
+
+
+def conv2d(x: Any, w: Any, bias: Any = None, stride: int = 1, padding: int = 0) -> Any:
+    """2-D cross-correlation (the deep-learning "convolution"), NCHW layout.
+
+    ``y[n, o, p, q] = Σ_{c,i,j} w[o, c, i, j] · x_pad[n, c, p·s + i, q·s + j] (+ bias[o])``
+
+    Parameters
+    ----------
+    x
+        Images ``(N, C, H, W)`` or, for a meta-batch, ``(T, N, C, H, W)``.
+    w
+        Filters ``(O, C, kh, kw)`` or per-task ``(T, O, C, kh, kw)``.
+    bias
+        Optional ``(O,)`` or ``(T, O)``.
+    stride, padding
+        Window step and zero padding on each side.
+
+    Returns
+    -------
+    array
+        ``(N, O, Ho, Wo)`` or ``(T, N, O, Ho, Wo)``, ``Ho = (H + 2·padding - kh) // stride + 1``.
+
+    Notes
+    -----
+    im2col (:func:`patches`) then one batched ``matmul`` of ``(O, C·kh·kw)`` filters with
+    ``(C·kh·kw, Ho·Wo)`` columns. Time ``O(N·O·C·kh·kw·Ho·Wo)``; extra memory
+    ``N·C·kh·kw·Ho·Wo`` for the columns.
+    """
+    sx, sw = shape_of(x), shape_of(w)
+    if len(sx) not in (4, 5):
+        raise ValueError(f"conv2d: x must be (N, C, H, W) or (T, N, C, H, W), got shape {sx}")
+    if len(sw) not in (4, 5):
+        raise ValueError(f"conv2d: w must be (O, C, kh, kw) or (T, O, C, kh, kw), got shape {sw}")
+    stride = _check_int("conv2d: stride", stride, 1)
+    padding = _check_int("conv2d: padding", padding, 0)
+    o, c, kh, kw = sw[-4:]
+    if sx[-3] != c:
+        raise ValueError(f"conv2d: x has {sx[-3]} channels but w expects {c} (w shape {sw})")
+    if len(sx) == 5 and len(sw) == 5 and sx[0] != sw[0]:
+        raise ValueError(f"conv2d: x has {sx[0]} tasks but w has {sw[0]}")
+    h, wd = sx[-2:]
+    if kh > h + 2 * padding or kw > wd + 2 * padding:
+        raise ValueError(f"conv2d: kernel {kh}x{kw} exceeds the padded image {h}x{wd}+{padding}")
+    ho, wo = _out_size(h, kh, stride, padding), _out_size(wd, kw, stride, padding)
+    cols = reshape(patches(x, kh, kw, stride, padding), sx[:-3] + (c * kh * kw, ho * wo))
+    filt = reshape(w, sw[:-4] + ((1,) if len(sw) == 5 else ()) + (o, c * kh * kw))
+    y = matmul(filt, cols)
+    y = reshape(y, shape_of(y)[:-1] + (ho, wo))
+    if bias is not None:
+        sb = shape_of(bias)
+        y = add(y, reshape(bias, sb[:-1] + ((1,) if len(sb) == 2 else ()) + (sb[-1], 1, 1)))
+    return y
+
+
+def _pool_windows(x: Any, size: int, stride: int | None, name: str) -> Any:
+    sx = shape_of(x)
+    if len(sx) not in (4, 5):
+        raise ValueError(f"{name}: x must be (N, C, H, W) or (T, N, C, H, W), got shape {sx}")
+    size = _check_int(f"{name}: size", size, 1)
+    stride = size if stride is None else _check_int(f"{name}: stride", stride, 1)
+    if size > sx[-1] or size > sx[-2]:
+        raise ValueError(f"{name}: window {size} exceeds the image {sx[-2]}x{sx[-1]}")
+    return patches(x, size, size, stride, 0)
+
+
+def max_pool2d(x: Any, size: int = 2, stride: int | None = None) -> Any:
+    """Max over ``size × size`` windows (step ``stride``, default ``size``), NCHW.
+
+    ``y[..., c, p, q] = max_{i,j} x[..., c, p·s + i, q·s + j]``; ties share the gradient.
+    """
+    return max(_pool_windows(x, size, stride, "max_pool2d"), axis=-3)
+
+
+def avg_pool2d(x: Any, size: int = 2, stride: int | None = None) -> Any:
+    """Mean over ``size × size`` windows (step ``stride``, default ``size``), NCHW."""
+    return mean(_pool_windows(x, size, stride, "avg_pool2d"), axis=-3)
+
+
