@@ -96,7 +96,10 @@ def test_cg_singular_breakdown_and_nonfinite_matvec():
 
 def test_batched_cg_equals_per_problem_with_separate_convergence():
     n, B = 7, 3
-    As = np.stack([spd(n, 10 + i, cond=c) for i, c in enumerate([2.0, 30.0, 1000.0])])
+    # 1, 3 and 7 distinct eigenvalues: CG needs 1, 3 and 7 iterations
+    q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((n, n)))
+    spectra = [np.full(n, 2.0), np.array([1.0, 1, 1, 5, 5, 9, 9]), np.linspace(1.0, 50.0, n)]
+    As = np.stack([(q * e) @ q.T for e in spectra])
     rng = np.random.default_rng(0)
     bs = rng.standard_normal((B, n))
     bs[0] *= 1e-3  # different scales: convergence is per problem, relative to each ‖b‖
@@ -109,7 +112,7 @@ def test_batched_cg_equals_per_problem_with_separate_convergence():
         iters.append(single.iterations)
         np.testing.assert_allclose(res.x[i], single.x, rtol=1e-12, atol=1e-14)
         assert float(res.residual_norm[i]) == pytest.approx(float(single.residual_norm))
-    assert len(set(iters)) > 1  # the problems really stopped at different iterations
+    assert iters == [1, 3, 7]  # the problems really stopped at different iterations
     assert res.iterations == max(iters)
 
 
@@ -164,7 +167,12 @@ def test_batched_fixed_point_per_problem_stop():
     assert res.converged and res.converged_mask.tolist() == [True, True]
     for i in range(2):
         single = linalg.fixed_point(matvec_of(A), bs[i], alpha=0.3, maxiter=500, tol=1e-8)
-        np.testing.assert_array_equal(res.x[i], single.x)
+        np.testing.assert_allclose(res.x[i], single.x, rtol=1e-14)
+        assert float(res.residual_norm[i]) == pytest.approx(float(single.residual_norm))
+    assert res.iterations == max(
+        linalg.fixed_point(matvec_of(A), b, alpha=0.3, maxiter=500, tol=1e-8).iterations
+        for b in bs
+    )
 
 
 def test_divergence_is_reported():
