@@ -53,11 +53,16 @@ def is_array(x: Any) -> bool:
 
 
 def _describe(x: Any) -> str:
+    """``"a numpy array on the CPU"``, ``"a cupy array on GPU 1"``, ... for error messages."""
     name = type(x).__module__.split(".")[0]
     dev = getattr(x, "device", None)
     if name == "cupy":
-        return f"cupy array on GPU {getattr(dev, 'id', dev)}"
-    return f"{name} array"
+        return f"a cupy array on GPU {getattr(dev, 'id', dev)}"
+    if name == "numpy":
+        return "a numpy array on the CPU"
+    if dev is not None:
+        return f"an {name} array on device {dev}"
+    return f"an {name} array"
 
 
 def namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Any:
@@ -95,11 +100,12 @@ def namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Any:
         kinds.setdefault(key, []).append(i)
     if len(kinds) > 1:
         label = names or tuple(f"argument {i}" for i in range(len(vals)))
-        parts = [f"{label[i]} is a {_describe(vals[i])}" for i, _ in found]
+        parts = [f"{label[i]} is {_describe(vals[i])}" for i, _ in found]
         raise TypeError(
             "arrays from different backends or devices were mixed: "
             + "; ".join(parts)
-            + ". Move them to one backend first, e.g. bilevel.backend.to_backend(x, 'cupy')."
+            + ". Move them to one backend and device first, e.g. "
+            "bilevel.backend.to_backend(x, 'cupy') or bilevel.backend.to_numpy(x)."
         )
     try:
         return array_api_compat.array_namespace(*[v for _, v in found])

@@ -120,6 +120,7 @@ class Linearization:
     """
 
     def __init__(self, problem: BilevelProblem, w: Any, lam: Any, data: Any):
+        problem._check_point(w, lam)
         self._problem = problem
         self.w, self.lam, self.data = w, lam, data
         user = problem.oracles
@@ -142,6 +143,7 @@ class Linearization:
         p.counts.hvp += 1
         if self._user_hvp is not None:
             out = self._user_hvp(self.w, self.lam, v, p._data(self.data))
+            p._check_user("inner_hvp", out, self.w, "w")
         else:
             out = self._vjp_w(v)
         return p._require_finite("inner_hvp", out)
@@ -168,6 +170,7 @@ class Linearization:
         if self._user_mixed is not None:
             p.counts.hvp += 1
             out = self._user_mixed(self.w, self.lam, u, p._data(self.data))
+            p._check_user("inner_mixed_vjp", out, self.lam, "lam")
             return p._require_finite("inner_mixed_vjp", out)
         return self.vjp(u)[1]
 
@@ -260,6 +263,30 @@ class BilevelProblem:
                     )
         return value
 
+    def _check_point(self, w: Any, lam: Any) -> None:
+        """:meth:`check_inputs`, with a fast path for float NumPy arrays (oracles call it often)."""
+        if (
+            type(w) is np.ndarray
+            and type(lam) is np.ndarray
+            and w.dtype.kind == "f"
+            and lam.dtype.kind == "f"
+            and (w.ndim == 1 or (w.ndim == 2 and lam.ndim >= 1 and lam.shape[0] == w.shape[0]))
+        ):
+            return
+        self.check_inputs(w, lam)
+
+    @staticmethod
+    def _check_user(name: str, out: Any, like: Any, arg: str) -> Any:
+        """A user oracle's result must have the shape of ``arg`` (``w`` or ``lam``)."""
+        shape = getattr(_unbox(out), "shape", None)
+        if shape is None or tuple(shape) != tuple(like.shape):
+            raise ValueError(
+                f"user oracle {name!r} returned "
+                + ("a non-array" if shape is None else f"shape {tuple(shape)}")
+                + f"; expected an array of the shape of {arg}, {tuple(like.shape)}"
+            )
+        return out
+
     def _call(self, fn: Callable, takes_data: bool, w: Any, lam: Any, data: Any) -> Any:
         return fn(w, lam, data) if takes_data else fn(w, lam)
 
@@ -267,9 +294,17 @@ class BilevelProblem:
         fn, takes = (
             (self.inner, self._inner_data) if which == "inner" else (self.outer, self._outer_data)
         )
-        val = self._call(fn, takes, w, lam, self._data(data))
-        shape = tuple(getattr(val, "shape", ()))
         wshape = tuple(w.shape)
+        try:
+            val = self._call(fn, takes, w, lam, self._data(data))
+        except (ValueError, IndexError) as err:
+            raise ValueError(
+                f"the {which} objective of problem {self.name!r} failed for w of shape {wshape} "
+                f"and lam of shape {tuple(getattr(lam, 'shape', ()))}: {err}. Check that w and "
+                "lam have the sizes the objective expects (w is (n,) or (B, n) with lam (B, m) "
+                "for a batch of problems)."
+            ) from err
+        shape = tuple(getattr(val, "shape", ()))
         expected = () if len(wshape) == 1 else (wshape[0],)
         if shape != expected:
             what = "a scalar" if not expected else f"shape {expected} (one value per problem)"
@@ -304,10 +339,11 @@ class BilevelProblem:
     # ------------------------------------------------------------------ oracles
     def inner_grad(self, w: Any, lam: Any, data: Any = None) -> Any:
         """∇_w g(w, λ), shape of ``w``. Cost: one gradient."""
+        self._check_point(w, lam)
         self.counts.grad += 1
         user = self.oracles.get("inner_grad")
         if user is not None:
-            out = user(w, lam, self._data(data))
+            out = self._check_user("inner_grad", user(w, lam, self._data(data)), w, "w")
         else:
             out = self._grad_map(w, lam, data)
         return self._require_finite("inner_grad", out)
@@ -320,8 +356,10 @@ class BilevelProblem:
         """Mᵀu = ∂_λ⟨∇_w g(w, λ), u⟩, shape of ``λ``. Cost: one HVP."""
         user = self.oracles.get("inner_mixed_vjp")
         if user is not None:
+            self._check_point(w, lam)
             self.counts.hvp += 1
-            return self._require_finite("inner_mixed_vjp", user(w, lam, u, self._data(data)))
+            out = self._check_user("inner_mixed_vjp", user(w, lam, u, self._data(data)), lam, "lam")
+            return self._require_finite("inner_mixed_vjp", out)
         self.counts.grad += 1
         return Linearization(self, w, lam, data).mixed_vjp(u)
 
@@ -329,8 +367,10 @@ class BilevelProblem:
         """M e = ∂_ε ∇_w g(w, λ + εe), shape of ``w``. Cost: one JVP (forward over reverse)."""
         user = self.oracles.get("inner_mixed_jvp")
         if user is not None:
+            self._check_point(w, lam)
             self.counts.jvp += 1
-            return self._require_finite("inner_mixed_jvp", user(w, lam, e, self._data(data)))
+            out = self._check_user("inner_mixed_jvp", user(w, lam, e, self._data(data)), w, "w")
+            return self._require_finite("inner_mixed_jvp", out)
         return self.inner_grad_jvp(w, lam, None, e, data=data)[1]
 
     def inner_grad_jvp(
@@ -343,6 +383,7 @@ class BilevelProblem:
         used in ``g``, as autograd.numpy and ``bilevel.numpy`` provide). With user oracles
         ``inner_hvp``/``inner_mixed_jvp`` it is assembled from them instead.
         """
+        self._check_point(w, lam)
         uh, um = self.oracles.get("inner_hvp"), self.oracles.get("inner_mixed_jvp")
         if uh is not None or um is not None:
             gw = self.inner_grad(w, lam, data=data)
@@ -352,7 +393,8 @@ class BilevelProblem:
             if e is not None:
                 if um is not None:
                     self.counts.jvp += 1
-                    out = out + um(w, lam, e, self._data(data))
+                    me = um(w, lam, e, self._data(data))
+                    out = out + self._check_user("inner_mixed_jvp", me, w, "w")
                 else:
                     out = out + self._jvp_autograd(w, lam, None, e, data)[1]
             if isinstance(out, int):
@@ -379,11 +421,19 @@ class BilevelProblem:
 
     def outer_value_and_grads(self, w: Any, lam: Any, data: Any = None) -> tuple[Any, Any, Any]:
         """(f, ∇_w f, ∇_λ f) at (w, λ); f is per problem with a batch axis."""
+        self._check_point(w, lam)
         self.counts.outer_grad += 1
         user = self.oracles.get("outer_grads")
         if user is not None:
             value = self._checked_value("outer", w, lam, data)
-            gw, gl = user(w, lam, self._data(data))
+            grads = user(w, lam, self._data(data))
+            if not isinstance(grads, (tuple, list)) or len(grads) != 2:
+                raise ValueError(
+                    "user oracle 'outer_grads' must return a pair (grad_w, grad_lam), got "
+                    f"{type(grads).__name__}"
+                )
+            gw = self._check_user("outer_grads (w part)", grads[0], w, "w")
+            gl = self._check_user("outer_grads (lam part)", grads[1], lam, "lam")
         else:
             holder = {}
 
@@ -420,6 +470,8 @@ class BilevelProblem:
 
     def init_vjp(self, lam: Any, a: Any) -> Any:
         """Cᵀa with C = ∂init/∂λ (MAML: Cᵀa = a). Zero shape-of-λ array when no init."""
+        if self.init is None:
+            return 0 * lam
         vjp, _ = make_vjp(self.init, lam)
         return vjp(a)
 
@@ -533,7 +585,9 @@ class BilevelProblem:
             ),
             "inner_mixed_vjp": (
                 lambda: self.inner_mixed_vjp(w, lam, u, data),
-                lambda: fd(lambda lm: _vdot(ref_problem._grad_map(w, lm, data), u, batched), lam, e),
+                lambda: fd(
+                    lambda lm: _vdot(ref_problem._grad_map(w, lm, data), u, batched), lam, e
+                ),
                 lambda: ref_problem.inner_mixed_vjp(w, lam, u, data),
                 "dir_lam",
             ),
