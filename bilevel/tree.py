@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from .backend import is_array, namespace
 
 __all__ = ["ravel", "leaves", "Unravel"]
@@ -34,7 +36,7 @@ def _flatten(tree: Any, path: tuple = ()) -> tuple[list[tuple[tuple, Any]], Any]
             out += lv
             subs.append(st)
         return out, ("seq", type(tree), len(tree), subs)
-    if is_array(tree):
+    if is_array(tree) or (isinstance(tree, np.generic) and tree.dtype.kind in "biufc"):
         return [(path, tree)], ("leaf",)
     raise TypeError(
         f"ravel expects nested dicts/lists/tuples of arrays; found {type(tree).__name__} at "
@@ -101,7 +103,8 @@ def ravel(tree: Any, batch: bool = False) -> tuple[Any, Callable[[Any], Any]]:
     Parameters
     ----------
     tree
-        Nested dicts, lists and tuples (named tuples too) whose leaves are arrays.
+        Nested dicts, lists and tuples (named tuples too) whose leaves are arrays
+        (NumPy scalars such as ``np.float64(1.0)`` count as 0-d arrays).
     batch
         When True every leaf carries a leading batch axis ``B`` and the result has shape
         ``(B, n)``; otherwise ``(n,)``.
