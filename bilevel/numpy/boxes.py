@@ -14,8 +14,13 @@ from typing import Any
 import numpy as np
 from autograd.extend import Box, VSpace
 
-from bilevel.numpy import creation, elementwise, indexing, linalg, reductions, shape
+import importlib
+
+from bilevel.numpy import creation, elementwise, indexing, linalg, reductions
 from bilevel.numpy._core import getval, namespace
+
+# The package exports a function named ``shape``, so the module is fetched by its full name.
+_shape = importlib.import_module("bilevel.numpy.shape")
 
 __all__ = ["BackendBox", "BackendVSpace", "register"]
 
@@ -43,8 +48,8 @@ class BackendBox(Box):
     size = property(lambda self: int(np.prod(self._value.shape, dtype=np.int64)))
     dtype = property(lambda self: self._value.dtype)
     device = property(lambda self: self._value.device)
-    T = property(lambda self: shape.transpose(self))
-    mT = property(lambda self: shape.swapaxes(self, -1, -2))
+    T = property(lambda self: _shape.transpose(self))
+    mT = property(lambda self: _shape.swapaxes(self, -1, -2))
 
     def __len__(self) -> int:
         return len(self._value)
@@ -119,15 +124,15 @@ class BackendBox(Box):
     def reshape(self, *newshape: Any) -> Any:
         if len(newshape) == 1 and not isinstance(newshape[0], (int, np.integer)):
             newshape = tuple(newshape[0])
-        return shape.reshape(self, newshape)
+        return _shape.reshape(self, newshape)
 
     def ravel(self) -> Any:
-        return shape.ravel(self)
+        return _shape.ravel(self)
 
     def transpose(self, *axes: Any) -> Any:
         if len(axes) == 1 and not isinstance(axes[0], (int, np.integer)):
             axes = axes[0]
-        return shape.transpose(self, tuple(axes) if axes else None)
+        return _shape.transpose(self, tuple(axes) if axes else None)
 
     def astype(self, dtype: Any) -> Any:
         return creation.astype(self, dtype)
