@@ -1,0 +1,160 @@
+"""Reading the Omniglot images (Lake, Salakhutdinov and Tenenbaum, 2015) from local files.
+
+Nothing is downloaded. :func:`load_omniglot` accepts
+
+* an official archive (``images_background.zip``, ``images_evaluation.zip``, or the small
+  ones), read in place with :mod:`zipfile`;
+* a directory holding such archives and/or the extracted tree
+  ``<split>/<alphabet>/<character>/<id>_<drawer>.png``.
+
+Each image is identified by ``(alphabet, character, file name)``, so an archive and its
+extracted copy, or two archives sharing alphabets, are merged without duplicates. Images
+are decoded with Pillow, resized to ``image_size × image_size`` (Lanczos filter, on the
+8-bit grey image), scaled to [0, 1] and **inverted so that strokes are 1 and the
+background 0**. Decoded arrays are cached in memory per (files, size), so building the
+train, validation and test samplers decodes once.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["OmniglotImages", "load_omniglot", "clear_cache"]
+
+_CACHE: dict[tuple, OmniglotImages] = {}
+
+
+@dataclass(frozen=True)
+class OmniglotImages:
+    """Decoded Omniglot images grouped by character.
+
+    Attributes
+    ----------
+    images : float32 array, shape ``(N, s, s)``
+        Strokes 1, background 0, values in [0, 1].
+    character : int array, shape ``(N,)``
+        Index into ``characters`` of each image.
+    characters : tuple of (alphabet, character) pairs
+        Sorted by alphabet then character name.
+    alphabets : tuple of str
+        Sorted alphabet names.
+    """
+
+    images: np.ndarray
+    character: np.ndarray
+    characters: tuple[tuple[str, str], ...]
+    alphabets: tuple[str, ...]
+
+    def members(self) -> list[np.ndarray]:
+        """Image indices of each character, in file-name order."""
+        order = np.argsort(self.character, kind="stable")
+        bounds = np.searchsorted(self.character[order], np.arange(len(self.characters) + 1))
+        return [order[bounds[c] : bounds[c + 1]] for c in range(len(self.characters))]
+
+
+def _sources(path: Path) -> tuple[list[Path], list[Path]]:
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"path {str(path)!r} is a file but not a zip archive")
+        return [path], []
+    if path.is_dir():
+        return sorted(path.glob("*.zip")), sorted(path.rglob("*.png"))
+    raise FileNotFoundError(f"Omniglot path {str(path)!r} does not exist")
+
+
+def _key(parts: tuple[str, ...]) -> tuple[str, str, str] | None:
+    if len(parts) < 3 or not parts[-1].lower().endswith(".png"):
+        return None
+    return parts[-3], parts[-2], parts[-1]
+
+
+def _decode(data: bytes, size: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        small = im.convert("L").resize((size, size), Image.Resampling.LANCZOS)
+    return 1.0 - np.asarray(small, dtype=np.float32) / 255.0
+
+
+def clear_cache() -> None:
+    """Forget the decoded images held in memory."""
+    _CACHE.clear()
+
+
+def load_omniglot(path: str | os.PathLike, image_size: int = 28) -> OmniglotImages:
+    """Decode every Omniglot image found at ``path`` (cached).
+
+    Parameters
+    ----------
+    path
+        A zip archive, or a directory of archives and/or extracted
+        ``<split>/<alphabet>/<character>/*.png`` folders.
+    image_size
+        Side of the square output images (28 as in MAML).
+
+    Returns
+    -------
+    OmniglotImages
+        Cost: one PNG decode and resize per distinct image (about 0.2 ms each); memory
+        ``4·N·image_size²`` bytes.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist or holds no Omniglot images.
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    root = Path(path).expanduser().resolve()
+    zips, pngs = _sources(root)
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in zips)
+    stamp += tuple((str(p), p.stat().st_size) for p in pngs)
+    cache_key = (stamp, image_size)
+    if cache_key in _CACHE:
+        return _CACHE[cache_key]
+
+    found: dict[tuple[str, str, str], tuple[Any, str]] = {}
+    archives = []
+    for z in zips:
+        archive = zipfile.ZipFile(z)
+        archives.append(archive)
+        for name in archive.namelist():
+            key = _key(tuple(name.rstrip("/").split("/")))
+            if key is not None:
+                found.setdefault(key, (archive, name))
+    for p in pngs:
+        key = _key(p.parts)
+        if key is not None:
+            found.setdefault(key, (None, str(p)))
+    if not found:
+        for archive in archives:
+            archive.close()
+        raise FileNotFoundError(
+            f"no Omniglot images under {str(root)!r}: expected zip archives or folders laid out "
+            "as <split>/<alphabet>/<character>/<id>.png"
+        )
+    keys = sorted(found)
+    characters = tuple(sorted({(k[0], k[1]) for k in keys}))
+    index = {c: i for i, c in enumerate(characters)}
+    images = np.empty((len(keys), image_size, image_size), dtype=np.float32)
+    for i, key in enumerate(keys):
+        archive, name = found[key]
+        data = archive.read(name) if archive is not None else Path(name).read_bytes()
+        images[i] = _decode(data, image_size)
+    for archive in archives:
+        archive.close()
+    result = OmniglotImages(
+        images=images,
+        character=np.array([index[(k[0], k[1])] for k in keys], dtype=np.int64),
+        characters=characters,
+        alphabets=tuple(sorted({c[0] for c in characters})),
+    )
+    _CACHE[cache_key] = result
+    return result
