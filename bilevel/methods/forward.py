@@ -9,7 +9,7 @@ from typing import Any
 from ..api import HypergradResult, HypergradState, HypergradWarning, Method
 from ..backend import namespace
 from ..dynamics import Dynamics
-from ..problem import BilevelProblem
+from ..problem import BilevelProblem, NonFiniteError
 
 __all__ = ["Forward"]
 
@@ -78,10 +78,14 @@ class Forward(Method):
         s = s0
         for k in range(inner.steps):
             new_s = None
-            for j, e in enumerate(directions):
-                s_next, tangents[j] = inner.step_jvp(problem, s, lam, k, tangents[j], e)
-                new_s = s_next if new_s is None else new_s
-            s = new_s if directions else inner.step(problem, s, lam, k)
+            try:
+                for j, e in enumerate(directions):
+                    s_next, tangents[j] = inner.step_jvp(problem, s, lam, k, tangents[j], e)
+                    new_s = s_next if new_s is None else new_s
+                s = new_s if directions else inner.step(problem, s, lam, k)
+            except NonFiniteError as err:
+                err.step = k
+                raise
         w = inner.weights(s)
         value, gw, gl = problem.outer_value_and_grads(w, lam)
         axes = tuple(range(1, len(w.shape))) if batched else None

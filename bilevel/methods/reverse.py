@@ -7,7 +7,7 @@ from typing import Any
 from ..api import HypergradResult, HypergradState, Method
 from ..checkpoint import reverse_sweep
 from ..dynamics import Dynamics, run
-from ..problem import BilevelProblem
+from ..problem import BilevelProblem, NonFiniteError
 
 __all__ = ["Reverse"]
 
@@ -83,14 +83,22 @@ class Reverse(Method):
         acc: dict[str, Any] = {}
 
         def advance(st: tuple, j: int) -> tuple:
-            return inner.step(problem, st, lam, start + j)
+            try:
+                return inner.step(problem, st, lam, start + j)
+            except NonFiniteError as err:
+                err.step = start + j
+                raise
 
         def on_final(st: tuple) -> None:
             value, gw, gl = problem.outer_value_and_grads(inner.weights(st), lam)
             acc.update(w=inner.weights(st), value=value, h=gl, a=inner.cotangent(gw), mixed=0)
 
         def backward(st: tuple, j: int) -> None:
-            a, b = inner.step_vjp(problem, st, lam, start + j, acc["a"])
+            try:
+                a, b = inner.step_vjp(problem, st, lam, start + j, acc["a"])
+            except NonFiniteError as err:
+                err.step = start + j
+                raise
             acc["a"] = a
             acc["h"] = acc["h"] + b
             acc["mixed"] = acc["mixed"] + b
