@@ -66,7 +66,7 @@ def namespace(*xs: Any) -> Any:
         xp = _BY_TYPE.get(type(xs[0]))
         if xp is not None:
             return xp
-    arrays = [x for x in xs if type(x) not in _NUMPY_TYPES and not isinstance(x, np.generic)]
+    arrays = [x for x in xs if not isinstance(x, (bool, int, float, complex, np.generic))]
     xp = backend.namespace(*arrays) if arrays else np
     if array_api_compat.is_numpy_namespace(xp):
         xp = np

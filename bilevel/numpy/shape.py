@@ -151,7 +151,7 @@ def _concatenate_vjp(argnums: Any, ans: Any, args: Any, kwargs: Any) -> Any:
     def piece(g: Any, k: int) -> Any:
         from bilevel.numpy.indexing import getitem
 
-        idx = (slice(None),) * ax + (slice(int(starts[k]), int(ends[k])),)
+        idx = (slice(None),) * ax + (slice(int(starts[k]), int(ends[k])), Ellipsis)
         return getitem(g, idx)
 
     return lambda g: tuple(piece(g, argnum - 1) for argnum in argnums)

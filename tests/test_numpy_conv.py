@@ -1,0 +1,106 @@
+"""conv2d, max_pool2d, avg_pool2d against direct loops on tiny inputs, and their derivatives."""
+
+import numpy as np
+import pytest
+from autograd import grad
+from autograd.test_util import check_grads
+from hypothesis import given
+from hypothesis import strategies as st
+
+import bilevel.numpy as bnp
+
+MODES = ["fwd", "rev"]
+
+
+def conv_reference(x, w, stride, padding):
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
+    y = np.zeros((n, o, ho, wo))
+    for b in range(n):
+        for f in range(o):
+            for p in range(ho):
+                for q in range(wo):
+                    patch = xp[b, :, p * stride:p * stride + kh, q * stride:q * stride + kw]
+                    y[b, f, p, q] = np.sum(patch * w[f])
+    return y
+
+
+def pool_reference(x, size, stride, reduce):
+    *lead, h, w = x.shape
+    ho, wo = (h - size) // stride + 1, (w - size) // stride + 1
+    y = np.zeros((*lead, ho, wo))
+    for p in range(ho):
+        for q in range(wo):
+            y[..., p, q] = reduce(x[..., p * stride:p * stride + size, q * stride:q * stride + size],
+                                  axis=(-2, -1))
+    return y
+
+
+@given(seed=st.integers(0, 2**31 - 1), k=st.sampled_from([(1, 1), (2, 3), (3, 3)]),
+       stride=st.integers(1, 2), padding=st.integers(0, 2))
+def test_conv2d_matches_loops(seed, k, stride, padding):
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((3, 2, *k))
+    np.testing.assert_allclose(bnp.conv2d(x, w, stride=stride, padding=padding),
+                               conv_reference(x, w, stride, padding), rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_derivatives_and_bias():
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 2, 5, 5)), rng.standard_normal((3, 2, 3, 2)), rng.standard_normal(3)
+    f = lambda x, w, b: bnp.tanh(bnp.conv2d(x, w, b, stride=2, padding=1))  # noqa: E731
+    check_grads(f, modes=MODES, order=2, argnum=(0, 1, 2))(x, w, b)
+    np.testing.assert_allclose(bnp.conv2d(x, w, b), conv_reference(x, w, 1, 0) + b[:, None, None])
+    # adjoint identity <patches(x), P> = <x, unpatches(P)>
+    p = rng.standard_normal(bnp.nn.patches(x, 3, 2, 2, 1).shape)
+    lhs = np.sum(bnp.nn.patches(x, 3, 2, 2, 1) * p)
+    np.testing.assert_allclose(lhs, np.sum(x * bnp.nn.unpatches(p, 3, 2, 2, 1, x.shape)))
+
+
+def test_conv2d_task_axis_equals_per_task_calls():
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((3, 2, 1, 4, 4)), rng.standard_normal((3, 2, 1, 3, 3))
+    b = rng.standard_normal((3, 2))
+    y = bnp.conv2d(x, w, b, padding=1)
+    for t in range(3):
+        np.testing.assert_allclose(y[t], bnp.conv2d(x[t], w[t], b[t], padding=1), rtol=1e-12)
+    shared = bnp.conv2d(x, w[0])
+    np.testing.assert_allclose(shared[1], bnp.conv2d(x[1], w[0]), rtol=1e-12)
+    check_grads(lambda x, w: bnp.conv2d(x, w, stride=2), modes=MODES, order=2, argnum=(0, 1))(x, w)
+    g = grad(lambda w: bnp.sum(bnp.conv2d(x, w) ** 2))(w)
+    for t in range(3):
+        gt = grad(lambda wt: bnp.sum(bnp.conv2d(x[t], wt) ** 2))(w[t])
+        np.testing.assert_allclose(g[t], gt, rtol=1e-12)
+
+
+@pytest.mark.parametrize("size,stride", [(2, None), (3, 1), (2, 1)])
+def test_pools_match_loops(size, stride):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 2, 5, 4))
+    s = size if stride is None else stride
+    np.testing.assert_allclose(bnp.max_pool2d(x, size, stride), pool_reference(x, size, s, np.max))
+    np.testing.assert_allclose(bnp.avg_pool2d(x, size, stride), pool_reference(x, size, s, np.mean))
+    check_grads(lambda a: bnp.max_pool2d(a, size, stride), modes=MODES, order=2)(x[0])
+    check_grads(lambda a: bnp.avg_pool2d(a, size, stride), modes=MODES, order=2)(x[0])
+
+
+def test_max_pool_gradient_routes_to_the_maximum():
+    x = np.array([[[[1.0, 2.0], [4.0, 3.0]]]])
+    np.testing.assert_array_equal(grad(lambda a: bnp.sum(bnp.max_pool2d(a, 2)))(x),
+                                  [[[[0, 0], [1, 0]]]])
+
+
+def test_conv_and_pool_argument_errors():
+    x, w = np.zeros((1, 2, 4, 4)), np.zeros((3, 2, 3, 3))
+    with pytest.raises(ValueError, match="channels"):
+        bnp.conv2d(x, np.zeros((3, 1, 3, 3)))
+    with pytest.raises(ValueError, match="x must be"):
+        bnp.conv2d(x[0], w)
+    with pytest.raises(ValueError, match="stride"):
+        bnp.conv2d(x, w, stride=0)
+    with pytest.raises(ValueError, match="exceeds"):
+        bnp.conv2d(x, np.zeros((3, 2, 7, 7)))
+    with pytest.raises(ValueError, match="window"):
+        bnp.max_pool2d(x, 5)
