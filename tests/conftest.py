@@ -1,24 +1,11 @@
 """Shared test configuration: hypothesis profiles and the CuPy marker."""
 
-import os
-
 import pytest
-from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "ci",
-    max_examples=12,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=True,
-)
-settings.register_profile(
-    "thorough",
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+from bilevel.testing import register_profiles
+
+# "ci" by default; HYPOTHESIS_PROFILE=thorough (or BILEVEL_HYPOTHESIS_PROFILE) for many examples
+register_profiles()
 
 
 def pytest_collection_modifyitems(config, items):
