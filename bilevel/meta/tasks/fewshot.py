@@ -171,8 +171,7 @@ class FewShotDataset(ClassSampler):
         labels = np.asarray(_backend.to_numpy(y))
         if x.ndim < 1 or labels.ndim != 1 or x.shape[0] != labels.shape[0]:
             raise ValueError(
-                f"X must have shape (N, ...) and y shape (N,), got X {x.shape} and y "
-                f"{labels.shape}"
+                f"X must have shape (N, ...) and y shape (N,), got X {x.shape} and y {labels.shape}"
             )
         if labels.dtype.kind not in "iub":
             raise ValueError(f"y must hold integer class labels, got dtype {labels.dtype}")
