@@ -153,16 +153,21 @@ class Linearization:
         p = self._problem
         if self._user_hvp is not None or self._user_mixed is not None:
             return self.hvp(u), self.mixed_vjp(u)
+        hu, mu = self._pair(u)
+        p._require_finite("inner_hvp", hu)
+        p._require_finite("inner_mixed_vjp", mu)
+        return hu, mu
+
+    def _pair(self, u: Any) -> tuple[Any, Any]:
+        """(H u, Mᵀu) from the lazily traced map (w, λ) ↦ ∇_w g, unchecked."""
+        p = self._problem
         if self._vjp_wl is None:
             lam, data = self.lam, self.data
             self._vjp_wl, _ = make_vjp(
                 lambda wl: p._grad_map(wl[0], wl[1], data), (self.w, lam)
             )
         p.counts.hvp += 1
-        hu, mu = self._vjp_wl(u)
-        p._require_finite("inner_hvp", hu)
-        p._require_finite("inner_mixed_vjp", mu)
-        return hu, mu
+        return self._vjp_wl(u)
 
     def mixed_vjp(self, u: Any) -> Any:
         """Mᵀu = ∂_λ⟨∇_w g, u⟩ at the linearization point: one HVP."""
@@ -172,7 +177,7 @@ class Linearization:
             out = self._user_mixed(self.w, self.lam, u, p._data(self.data))
             p._check_user("inner_mixed_vjp", out, self.lam, "lam")
             return p._require_finite("inner_mixed_vjp", out)
-        return self.vjp(u)[1]
+        return p._require_finite("inner_mixed_vjp", self._pair(u)[1])
 
 
 class BilevelProblem:
@@ -254,7 +259,8 @@ class BilevelProblem:
         if self.check_finite:
             vals = value if isinstance(value, (tuple, list)) else (value,)
             for v in vals:
-                if v is not None and is_array(v) and not _all_finite(v):
+                scalar = isinstance(v, (float, np.generic))
+                if v is not None and (scalar or is_array(v)) and not _all_finite(v):
                     raise NonFiniteError(
                         what,
                         f"{what} of problem {self.name!r} contains NaN or inf. Check the "
