@@ -22,7 +22,7 @@ def conv_reference(x, w, stride, padding):
         for f in range(o):
             for p in range(ho):
                 for q in range(wo):
-                    patch = xp[b, :, p * stride:p * stride + kh, q * stride:q * stride + kw]
+                    patch = xp[b, :, p * stride : p * stride + kh, q * stride : q * stride + kw]
                     y[b, f, p, q] = np.sum(patch * w[f])
     return y
 
@@ -33,23 +33,37 @@ def pool_reference(x, size, stride, reduce):
     y = np.zeros((*lead, ho, wo))
     for p in range(ho):
         for q in range(wo):
-            y[..., p, q] = reduce(x[..., p * stride:p * stride + size, q * stride:q * stride + size],
-                                  axis=(-2, -1))
+            y[..., p, q] = reduce(
+                x[..., p * stride : p * stride + size, q * stride : q * stride + size],
+                axis=(-2, -1),
+            )
     return y
 
 
-@given(seed=st.integers(0, 2**31 - 1), k=st.sampled_from([(1, 1), (2, 3), (3, 3)]),
-       stride=st.integers(1, 2), padding=st.integers(0, 2))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    k=st.sampled_from([(1, 1), (2, 3), (3, 3)]),
+    stride=st.integers(1, 2),
+    padding=st.integers(0, 2),
+)
 def test_conv2d_matches_loops(seed, k, stride, padding):
     rng = np.random.default_rng(seed)
     x, w = rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((3, 2, *k))
-    np.testing.assert_allclose(bnp.conv2d(x, w, stride=stride, padding=padding),
-                               conv_reference(x, w, stride, padding), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        bnp.conv2d(x, w, stride=stride, padding=padding),
+        conv_reference(x, w, stride, padding),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 def test_conv2d_derivatives_and_bias():
     rng = np.random.default_rng(0)
-    x, w, b = rng.standard_normal((2, 2, 5, 5)), rng.standard_normal((3, 2, 3, 2)), rng.standard_normal(3)
+    x, w, b = (
+        rng.standard_normal((2, 2, 5, 5)),
+        rng.standard_normal((3, 2, 3, 2)),
+        rng.standard_normal(3),
+    )
     f = lambda x, w, b: bnp.tanh(bnp.conv2d(x, w, b, stride=2, padding=1))  # noqa: E731
     check_grads(f, modes=MODES, order=2, argnum=(0, 1, 2))(x, w, b)
     np.testing.assert_allclose(bnp.conv2d(x, w, b), conv_reference(x, w, 1, 0) + b[:, None, None])
@@ -71,7 +85,7 @@ def test_conv2d_task_axis_equals_per_task_calls():
     check_grads(lambda x, w: bnp.conv2d(x, w, stride=2), modes=MODES, order=2, argnum=(0, 1))(x, w)
     g = grad(lambda w: bnp.sum(bnp.conv2d(x, w) ** 2))(w)
     for t in range(3):
-        gt = grad(lambda wt: bnp.sum(bnp.conv2d(x[t], wt) ** 2))(w[t])
+        gt = grad(lambda wt, t=t: bnp.sum(bnp.conv2d(x[t], wt) ** 2))(w[t])
         np.testing.assert_allclose(g[t], gt, rtol=1e-12)
 
 
@@ -88,8 +102,9 @@ def test_pools_match_loops(size, stride):
 
 def test_max_pool_gradient_routes_to_the_maximum():
     x = np.array([[[[1.0, 2.0], [4.0, 3.0]]]])
-    np.testing.assert_array_equal(grad(lambda a: bnp.sum(bnp.max_pool2d(a, 2)))(x),
-                                  [[[[0, 0], [1, 0]]]])
+    np.testing.assert_array_equal(
+        grad(lambda a: bnp.sum(bnp.max_pool2d(a, 2)))(x), [[[[0, 0], [1, 0]]]]
+    )
 
 
 def test_conv_and_pool_argument_errors():

@@ -36,28 +36,65 @@ IMG = np.random.default_rng(9).standard_normal((2, 1, 5, 5))
 # Functions of one (3, 4) array; ``c(a)`` moves NumPy constants to the array's backend.
 FUNCTIONS = {
     "elementwise": lambda x, c: bnp.sum(
-        bnp.exp(x) * bnp.tanh(x) + bnp.sigmoid(x) - bnp.softplus(x) + bnp.sin(x) * bnp.cos(x)
-        + bnp.log1p(bnp.abs(x)) + bnp.expm1(x * 0.1) + bnp.sqrt(x * x + 1.0) + bnp.square(x)
+        bnp.exp(x) * bnp.tanh(x)
+        + bnp.sigmoid(x)
+        - bnp.softplus(x)
+        + bnp.sin(x) * bnp.cos(x)
+        + bnp.log1p(bnp.abs(x))
+        + bnp.expm1(x * 0.1)
+        + bnp.sqrt(x * x + 1.0)
+        + bnp.square(x)
     ),
     "binary": lambda x, c: bnp.sum(
-        bnp.power(bnp.abs(x) + 1.0, 1.5) + bnp.maximum(x, 0.1) - bnp.minimum(x, -0.1)
-        + 2.0 / (x * x + 1.0) + bnp.where(x > 0, x, 2.0 * x) + bnp.clip(x, -0.5, 0.5)
-        + bnp.multiply(np.float64(0.5), x) - x + 3.0
+        bnp.power(bnp.abs(x) + 1.0, 1.5)
+        + bnp.maximum(x, 0.1)
+        - bnp.minimum(x, -0.1)
+        + 2.0 / (x * x + 1.0)
+        + bnp.where(x > 0, x, 2.0 * x)
+        + bnp.clip(x, -0.5, 0.5)
+        + bnp.multiply(np.float64(0.5), x)
+        - x
+        + 3.0
     ),
-    "reductions": lambda x, c: bnp.mean(bnp.max(x, axis=0)) + bnp.var(x, axis=1)[0, ...]
-    + bnp.logsumexp(x) + bnp.sum(bnp.logsumexp(x, axis=-1, keepdims=True)) + bnp.min(x),
-    "linalg": lambda x, c: bnp.sum(bnp.tanh(x @ x.T) @ x) + bnp.dot(x[0, ...], x[1, ...])
-    + bnp.sum(bnp.matmul(bnp.stack([x, x * 2.0]), bnp.transpose(x))),
-    "shape": lambda x, c: bnp.sum(
-        bnp.concatenate([bnp.reshape(x, (4, 3)), bnp.swapaxes(x, 0, 1)], axis=1) ** 2
-    ) + bnp.sum(bnp.squeeze(bnp.expand_dims(x, 0), 0) * bnp.broadcast_to(x[:1, ...], (3, 4))),
-    "indexing": lambda x, c: bnp.sum(x[1:, ::2] ** 2) + bnp.sum(bnp.take(x, c(IDX), axis=1) ** 3)
-    + bnp.sum(x[c(LABELS), c(IDX[:3])] ** 2) + bnp.sum(bnp.take(x, c(IDX)) ** 2),
-    "softmax": lambda x, c: bnp.softmax_cross_entropy(x, c(LABELS))
-    + bnp.sum(bnp.softmax(x, axis=0) ** 2) + bnp.sum(bnp.log_softmax(x) ** 2),
-    "conv": lambda x, c: bnp.sum(bnp.tanh(bnp.max_pool2d(
-        bnp.conv2d(c(IMG), bnp.reshape(x[:2, :], (2, 1, 2, 2)), x[2, :2], padding=1), 2))
-    ) + bnp.sum(bnp.avg_pool2d(bnp.conv2d(c(IMG), bnp.reshape(x[2, :], (1, 1, 2, 2)), stride=2), 2)),
+    "reductions": lambda x, c: (
+        bnp.mean(bnp.max(x, axis=0))
+        + bnp.var(x, axis=1)[0, ...]
+        + bnp.logsumexp(x)
+        + bnp.sum(bnp.logsumexp(x, axis=-1, keepdims=True))
+        + bnp.min(x)
+    ),
+    "linalg": lambda x, c: (
+        bnp.sum(bnp.tanh(x @ x.T) @ x)
+        + bnp.dot(x[0, ...], x[1, ...])
+        + bnp.sum(bnp.matmul(bnp.stack([x, x * 2.0]), bnp.transpose(x)))
+    ),
+    "shape": lambda x, c: (
+        bnp.sum(bnp.concatenate([bnp.reshape(x, (4, 3)), bnp.swapaxes(x, 0, 1)], axis=1) ** 2)
+        + bnp.sum(bnp.squeeze(bnp.expand_dims(x, 0), 0) * bnp.broadcast_to(x[:1, ...], (3, 4)))
+    ),
+    "indexing": lambda x, c: (
+        bnp.sum(x[1:, ::2] ** 2)
+        + bnp.sum(bnp.take(x, c(IDX), axis=1) ** 3)
+        + bnp.sum(x[c(LABELS), c(IDX[:3])] ** 2)
+        + bnp.sum(bnp.take(x, c(IDX)) ** 2)
+    ),
+    "softmax": lambda x, c: (
+        bnp.softmax_cross_entropy(x, c(LABELS))
+        + bnp.sum(bnp.softmax(x, axis=0) ** 2)
+        + bnp.sum(bnp.log_softmax(x) ** 2)
+    ),
+    "conv": lambda x, c: (
+        bnp.sum(
+            bnp.tanh(
+                bnp.max_pool2d(
+                    bnp.conv2d(c(IMG), bnp.reshape(x[:2, :], (2, 1, 2, 2)), x[2, :2], padding=1), 2
+                )
+            )
+        )
+        + bnp.sum(
+            bnp.avg_pool2d(bnp.conv2d(c(IMG), bnp.reshape(x[2, :], (1, 1, 2, 2)), stride=2), 2)
+        )
+    ),
 }
 
 
@@ -80,8 +117,9 @@ def test_values_gradients_and_hvp_match_numpy(name, seed):
     assert g.device == DEVICE and g.dtype == xps.float64
     np.testing.assert_allclose(to_numpy(g), grad(on_np)(x_np), rtol=1e-10, atol=1e-12)
     hvp = make_jvp(grad(on_dev))(x)(to_device(v_np))[1]
-    np.testing.assert_allclose(to_numpy(hvp), make_jvp(grad(on_np))(x_np)(v_np)[1],
-                               rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(
+        to_numpy(hvp), make_jvp(grad(on_np))(x_np)(v_np)[1], rtol=1e-9, atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("name", list(FUNCTIONS))
@@ -95,9 +133,17 @@ def test_box_operators_and_scalars_on_device():
     x = to_device(np.arange(1.0, 7.0).reshape(2, 3))
 
     def f(a):
-        return bnp.sum((2.0 - a) * (a / 3.0) + (1.0 / a) ** 2 + a.T.T - (-a) + abs(a)
-                       + 2.0 ** a + bnp.sum(bnp.reshape(a, (3, 2))) + bnp.mean(a[..., 1:])
-                       + bnp.max(a, axis=0)[0, ...])
+        return bnp.sum(
+            (2.0 - a) * (a / 3.0)
+            + (1.0 / a) ** 2
+            + a.T.T
+            - (-a)
+            + abs(a)
+            + 2.0**a
+            + bnp.sum(bnp.reshape(a, (3, 2)))
+            + bnp.mean(a[..., 1:])
+            + bnp.max(a, axis=0)[0, ...]
+        )
 
     check_grads(f, modes=MODES, order=2)(x)
     assert bnp.sum(x).device == DEVICE
@@ -112,9 +158,16 @@ def test_float32_on_device():
 
 def test_creation_like_device():
     x = to_device(np.ones((2, 3)))
-    for a in [bnp.zeros_like(x), bnp.ones_like(x), bnp.zeros((2,), like=x), bnp.eye(2, like=x),
-              bnp.arange(3, like=x), bnp.full((2,), 1.0, dtype=bnp.float32, like=x),
-              bnp.linspace(0, 1, 3, like=x), bnp.asarray([1.0], like=x)]:
+    for a in [
+        bnp.zeros_like(x),
+        bnp.ones_like(x),
+        bnp.zeros((2,), like=x),
+        bnp.eye(2, like=x),
+        bnp.arange(3, like=x),
+        bnp.full((2,), 1.0, dtype=bnp.float32, like=x),
+        bnp.linspace(0, 1, 3, like=x),
+        bnp.asarray([1.0], like=x),
+    ]:
         assert a.device == DEVICE
     assert bnp.full((2,), 1.0, dtype=bnp.float32, like=x).dtype == xps.float32
 

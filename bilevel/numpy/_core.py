@@ -134,9 +134,7 @@ def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
 def is_basic_index(idx: Any) -> bool:
     """True when ``idx`` holds only ints, slices, ``None`` and ``Ellipsis`` (no arrays)."""
     items = idx if isinstance(idx, tuple) else (idx,)
-    return all(
-        isinstance(i, (int, np.integer, slice)) or i is None or i is Ellipsis for i in items
-    )
+    return all(isinstance(i, (int, np.integer, slice)) or i is None or i is Ellipsis for i in items)
 
 
 def scatter_add(g: Any, idx: Any, shape: tuple[int, ...]) -> Any:

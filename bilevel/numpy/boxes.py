@@ -9,12 +9,11 @@ CuPy and ``array_api_strict`` are registered at import when they import.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
 from autograd.extend import Box, VSpace
-
-import importlib
 
 from bilevel.numpy import creation, elementwise, indexing, linalg, reductions
 from bilevel.numpy._core import getval, namespace
@@ -168,14 +167,16 @@ class BackendVSpace(VSpace):
             yield self.xp.asarray(v.reshape(self.shape), dtype=self.dtype, device=self.device)
 
     def randn(self) -> Any:
-        return self.xp.asarray(np.random.randn(*self.shape), dtype=self.dtype, device=self.device)
+        # the global NumPy RNG, as autograd's own vector spaces use (np.random.seed applies)
+        draw = np.random.randn(*self.shape)  # noqa: NPY002
+        return self.xp.asarray(draw, dtype=self.dtype, device=self.device)
 
     def _inner_prod(self, x: Any, y: Any) -> Any:
         return self.xp.sum(self.xp.reshape(x, (-1,)) * self.xp.reshape(y, (-1,)))
 
 
 def register(array_type: type) -> None:
-    """Let autograd trace arrays of ``array_type`` with :class:`BackendBox`/:class:`BackendVSpace`."""
+    """Let autograd trace ``array_type`` with :class:`BackendBox` and :class:`BackendVSpace`."""
     BackendBox.register(array_type)
     BackendVSpace.register(array_type)
 

@@ -38,7 +38,7 @@ __all__ = [
 
 
 def _dtype(xp: Any, dtype: Any) -> Any:
-    """``dtype`` in ``xp``'s terms: NumPy dtypes are mapped by name for other Array-API libraries."""
+    """``dtype`` in ``xp``'s terms (NumPy dtypes mapped by name for other Array-API libraries)."""
     if dtype is None or xp is np or xp.__name__.split(".")[-1] == "cupy":
         return dtype
     if isinstance(dtype, (type, np.dtype)):
@@ -50,7 +50,7 @@ def _dtype(xp: Any, dtype: Any) -> Any:
 
 
 def _target(like: Any) -> tuple[Any, dict[str, Any]]:
-    """Namespace and ``device=`` keyword for creating arrays next to ``like`` (or the current backend)."""
+    """Namespace and ``device=`` keyword to create arrays beside ``like`` (or by default)."""
     if like is None:
         return backend.module(), {}
     like = getval(like)
@@ -94,7 +94,7 @@ def _shape_arg(shape: Any) -> tuple[int, ...]:
 
 
 def zeros(shape: Any, dtype: Any = None, like: Any = None) -> Any:
-    """Zeros of ``shape`` on ``like``'s backend/device, else the current backend (float64 default)."""
+    """Zeros of ``shape`` on ``like``'s backend/device, else the current backend (float64)."""
     xp, dev = _target(like)
     return xp.zeros(_shape_arg(shape), dtype=_dtype(xp, dtype), **dev)
 
@@ -146,7 +146,8 @@ def asarray(obj: Any, dtype: Any = None, like: Any = None) -> Any:
 
 @primitive
 def astype(x: Any, dtype: Any) -> Any:
-    """``x`` cast to ``dtype``. VJP: ``g`` cast back to ``x.dtype``; JVP: ``t`` cast to ``dtype``."""
+    """``x`` cast to ``dtype``. VJP: ``g`` cast back to ``x.dtype``; JVP: ``t`` cast to ``dtype``.
+    """
     if type(x) is np.ndarray:
         return x.astype(dtype)
     xp = namespace(x)

@@ -8,7 +8,8 @@ Cost O(size) time and memory per call.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from autograd.extend import defjvp, defvjp, primitive
@@ -78,7 +79,9 @@ defvjp(
     lambda ans, x, y: lambda g: unbroadcast(g, shape_of(x)),
     lambda ans, x, y: lambda g: unbroadcast(g, shape_of(y)),
 )
-defjvp(add, lambda t, ans, x, y: broadcast_like(t, ans), lambda t, ans, x, y: broadcast_like(t, ans))
+defjvp(
+    add, lambda t, ans, x, y: broadcast_like(t, ans), lambda t, ans, x, y: broadcast_like(t, ans)
+)
 defvjp(
     subtract,
     lambda ans, x, y: lambda g: unbroadcast(g, shape_of(x)),
@@ -120,7 +123,9 @@ def _log_or_zero(x: Any) -> Any:
 defvjp(
     power,
     lambda ans, x, y: lambda g: unbroadcast(multiply(g, _dpower_dx(x, y)), shape_of(x)),
-    lambda ans, x, y: lambda g: unbroadcast(multiply(multiply(g, ans), _log_or_zero(x)), shape_of(y)),
+    lambda ans, x, y: (
+        lambda g: unbroadcast(multiply(multiply(g, ans), _log_or_zero(x)), shape_of(y))
+    ),
 )
 defjvp(
     power,
@@ -232,7 +237,9 @@ def _inside(ans: Any, lower: Any, upper: Any) -> Any:
     return _as_float_mask(keep, ans)
 
 
-defvjp(clip, lambda ans, x, lower=None, upper=None: lambda g: multiply(g, _inside(ans, lower, upper)))
+defvjp(
+    clip, lambda ans, x, lower=None, upper=None: lambda g: multiply(g, _inside(ans, lower, upper))
+)
 defjvp(clip, lambda t, ans, x, lower=None, upper=None: multiply(t, _inside(ans, lower, upper)))
 
 
@@ -263,33 +270,49 @@ negative = _unary("negative", "negative", "``-x``.", lambda g, ans, x: negative(
 exp = _unary("exp", "exp", "``e^x``; derivative ``e^x``.", lambda g, ans, x: multiply(g, ans))
 log = _unary("log", "log", "Natural ``log x``; derivative ``1/x``.", lambda g, ans, x: divide(g, x))
 log1p = _unary(
-    "log1p", "log1p", "``log(1 + x)``; derivative ``1/(1 + x)``.",
+    "log1p",
+    "log1p",
+    "``log(1 + x)``; derivative ``1/(1 + x)``.",
     lambda g, ans, x: divide(g, add(x, 1.0)),
 )
 expm1 = _unary(
-    "expm1", "expm1", "``e^x - 1``; derivative ``e^x``.",
+    "expm1",
+    "expm1",
+    "``e^x - 1``; derivative ``e^x``.",
     lambda g, ans, x: multiply(g, add(ans, 1.0)),
 )
 sqrt = _unary(
-    "sqrt", "sqrt", "``√x``; derivative ``1/(2√x)``.",
+    "sqrt",
+    "sqrt",
+    "``√x``; derivative ``1/(2√x)``.",
     lambda g, ans, x: divide(g, multiply(ans, 2.0)),
 )
 tanh = _unary(
-    "tanh", "tanh", "``tanh x``; derivative ``1 - tanh² x``.",
+    "tanh",
+    "tanh",
+    "``tanh x``; derivative ``1 - tanh² x``.",
     lambda g, ans, x: multiply(g, subtract(1.0, multiply(ans, ans))),
 )
-sin = _unary("sin", "sin", "``sin x``; derivative ``cos x``.", lambda g, ans, x: multiply(g, cos(x)))
+sin = _unary(
+    "sin", "sin", "``sin x``; derivative ``cos x``.", lambda g, ans, x: multiply(g, cos(x))
+)
 cos = _unary(
-    "cos", "cos", "``cos x``; derivative ``-sin x``.",
+    "cos",
+    "cos",
+    "``cos x``; derivative ``-sin x``.",
     lambda g, ans, x: negative(multiply(g, sin(x))),
 )
 sign = _unary("sign", "sign", "``sign x`` (-1, 0 or 1); derivative 0.", None)
 abs = _unary(  # noqa: A001
-    "abs", "abs", "``|x|``; derivative ``sign x`` (0 at 0).",
+    "abs",
+    "abs",
+    "``|x|``; derivative ``sign x`` (0 at 0).",
     lambda g, ans, x: multiply(g, sign(x)),
 )
 square = _unary(
-    "square", "square", "``x²``; derivative ``2x``.",
+    "square",
+    "square",
+    "``x²``; derivative ``2x``.",
     lambda g, ans, x: multiply(g, multiply(x, 2.0)),
 )
 

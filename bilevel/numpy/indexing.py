@@ -79,7 +79,9 @@ def take(x: Any, indices: Any, axis: int | None = None) -> Any:
             idx.append(xp.reshape(indices, shape_of(indices) + (1,) * (nd - axis - 1)))
         else:
             trailing = nd - d - 1 + (ind_nd - 1 if d < axis else 0)
-            idx.append(xp.reshape(_arange_like(xp, shape[d], indices), (shape[d],) + (1,) * trailing))
+            idx.append(
+                xp.reshape(_arange_like(xp, shape[d], indices), (shape[d],) + (1,) * trailing)
+            )
     return getitem(x, tuple(idx))
 
 

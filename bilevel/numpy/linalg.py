@@ -73,7 +73,7 @@ defjvp(matmul, "same", "same")
 
 
 def dot(a: Any, b: Any) -> Any:
-    """``a · b`` for operands of at most two dimensions (a :func:`matmul`, or a product with a scalar).
+    """``a · b`` for operands of at most two dimensions (:func:`matmul`; a scalar multiplies).
 
     Raises
     ------
@@ -112,13 +112,14 @@ def _parse(subscripts: str, shapes: list[tuple[int, ...]]) -> tuple[list[str], s
         )
     used = set(subscripts)
     spare = [c for c in string.ascii_uppercase + string.ascii_lowercase if c not in used]
-    n_ell = max((len(s) - (len(t) - 3) for t, s in zip(ins, shapes) if "..." in t), default=0)
+    pairs = list(zip(ins, shapes, strict=True))
+    n_ell = max((len(s) - (len(t) - 3) for t, s in pairs if "..." in t), default=0)
     ell = "".join(spare[:n_ell])
     expanded = []
-    for t, s in zip(ins, shapes):
+    for t, s in zip(ins, shapes, strict=True):
         if "..." in t:
             k = len(s) - (len(t) - 3)
-            t = t.replace("...", ell[n_ell - k:])
+            t = t.replace("...", ell[n_ell - k :])
         if len(t) != len(s):
             raise ValueError(f"einsum: operand subscripts {t!r} do not match its shape {s}")
         if len(set(t)) != len(t):
@@ -158,7 +159,7 @@ def _einsum_vjp(argnum: int, ans: Any, args: Any, kwargs: Any) -> Any:
     def vjp(g: Any) -> Any:
         r = _einsum(spec, g, *others)
         if reduced != target:
-            kept = tuple(s if c in present else 1 for c, s in zip(target, shape))
+            kept = tuple(s if c in present else 1 for c, s in zip(target, shape, strict=True))
             r = broadcast_to(reshape(r, kept), shape)
         return r
 
@@ -166,9 +167,7 @@ def _einsum_vjp(argnum: int, ans: Any, args: Any, kwargs: Any) -> Any:
 
 
 defvjp_argnum(_einsum, _einsum_vjp)
-defjvp_argnum(
-    _einsum, lambda argnum, g, ans, args, kwargs: _einsum(*subval(args, argnum, g))
-)
+defjvp_argnum(_einsum, lambda argnum, g, ans, args, kwargs: _einsum(*subval(args, argnum, g)))
 
 
 def einsum(subscripts: str, *operands: Any) -> Any:

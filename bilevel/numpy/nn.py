@@ -44,9 +44,7 @@ def softmax(x: Any, axis: int = -1) -> Any:
     return exp(log_softmax(x, axis=axis))
 
 
-def softmax_cross_entropy(
-    logits: Any, labels: Any, axis: int = -1, reduction: str = "mean"
-) -> Any:
+def softmax_cross_entropy(logits: Any, labels: Any, axis: int = -1, reduction: str = "mean") -> Any:
     """Cross-entropy ``ℓ = -log softmax(logits)[label]`` for integer ``labels``.
 
     Parameters
@@ -61,13 +59,12 @@ def softmax_cross_entropy(
     lab = getval(labels)
     xp = namespace(getval(logits), lab)
     if not hasattr(lab, "dtype") or not xp.isdtype(lab.dtype, "integral"):
-        raise TypeError(
-            f"softmax_cross_entropy: labels must be an integer array, got {getattr(lab, 'dtype', type(lab))}"
-        )
+        got = getattr(lab, "dtype", type(lab))
+        raise TypeError(f"softmax_cross_entropy: labels must be an integer array, got {got}")
     shape = shape_of(logits)
     nd = len(shape)
     ax = axis % nd
-    expected = shape[:ax] + shape[ax + 1:]
+    expected = shape[:ax] + shape[ax + 1 :]
     if shape_of(lab) != expected:
         raise ValueError(
             f"softmax_cross_entropy: labels must have shape {expected} (logits {shape} "
@@ -113,7 +110,7 @@ def patches(x: Any, kh: int, kw: int, stride: int = 1, padding: int = 0) -> Any:
     h, w = shape[-2:]
     if padding:
         xpad = zeros(xp, shape[:-2] + (h + 2 * padding, w + 2 * padding), x.dtype, like=x)
-        xpad[..., padding:padding + h, padding:padding + w] = x
+        xpad[..., padding : padding + h, padding : padding + w] = x
     else:
         xpad = x
     ho, wo = _out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding)
@@ -122,9 +119,7 @@ def patches(x: Any, kh: int, kw: int, stride: int = 1, padding: int = 0) -> Any:
 
 
 @primitive
-def unpatches(
-    p: Any, kh: int, kw: int, stride: int, padding: int, shape: tuple[int, ...]
-) -> Any:
+def unpatches(p: Any, kh: int, kw: int, stride: int, padding: int, shape: tuple[int, ...]) -> Any:
     """col2im, the adjoint of :func:`patches`: ``x[..., c, y, z] = Σ P[..., c, k, p, q]`` over
     the windows ``(k, p, q)`` that read pixel ``(y, z)``; ``shape`` is the image shape.
 
@@ -137,14 +132,14 @@ def unpatches(
     for k, (si, sj) in enumerate(_windows(kh, kw, stride, ho, wo)):
         out[..., si, sj] = out[..., si, sj] + p[..., k, :, :]
     if padding:
-        out = out[..., padding:padding + h, padding:padding + w]
+        out = out[..., padding : padding + h, padding : padding + w]
     return out
 
 
 defvjp(
     patches,
-    lambda ans, x, kh, kw, stride=1, padding=0: lambda g: unpatches(
-        g, kh, kw, stride, padding, shape_of(x)
+    lambda ans, x, kh, kw, stride=1, padding=0: (
+        lambda g: unpatches(g, kh, kw, stride, padding, shape_of(x))
     ),
 )
 defjvp(patches, "same")
@@ -236,5 +231,3 @@ def max_pool2d(x: Any, size: int = 2, stride: int | None = None) -> Any:
 def avg_pool2d(x: Any, size: int = 2, stride: int | None = None) -> Any:
     """Mean over ``size × size`` windows (step ``stride``, default ``size``), NCHW."""
     return mean(_pool_windows(x, size, stride, "avg_pool2d"), axis=-3)
-
-

@@ -32,7 +32,7 @@ def _expand(g: Any, x: Any, axis: Any, keepdims: bool) -> Any:
 
 @primitive
 def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
-    """``y = Σ_axis x``. VJP: ``g`` broadcast back to ``x.shape``; JVP: ``sum(t)``. Cost O(x.size)."""
+    """``y = Σ_axis x``. VJP: ``g`` broadcast back to ``x.shape``; JVP: ``sum(t)``. O(x.size)."""
     if type(x) is np.ndarray:
         return x.sum(axis=axis, keepdims=keepdims)
     return namespace(x).sum(x, axis=axis, keepdims=keepdims)
@@ -40,8 +40,8 @@ def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
 
 defvjp(
     sum,
-    lambda ans, x, axis=None, keepdims=False: lambda g: broadcast_to(
-        _expand(g, x, axis, keepdims), shape_of(x)
+    lambda ans, x, axis=None, keepdims=False: (
+        lambda g: broadcast_to(_expand(g, x, axis, keepdims), shape_of(x))
     ),
 )
 defjvp(sum, "same")
@@ -58,8 +58,11 @@ def _chooser_mask(x: Any, ans: Any, axis: Any) -> Any:
     """Constant weights ``1[x = max] / #ties`` along ``axis`` (ties share the gradient)."""
     x, ans = getval(x), getval(ans)
     xp = namespace(x)
-    hit = x == (ans if shape_of(ans) == _kept_shape(shape_of(x), axis) else
-                xp.reshape(ans, _kept_shape(shape_of(x), axis)))
+    hit = x == (
+        ans
+        if shape_of(ans) == _kept_shape(shape_of(x), axis)
+        else xp.reshape(ans, _kept_shape(shape_of(x), axis))
+    )
     hit = hit.astype(x.dtype) if xp is np else xp.astype(hit, x.dtype)
     return hit / xp.sum(hit, axis=axis, keepdims=True)
 
@@ -77,8 +80,8 @@ def max(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
 
 defvjp(
     max,
-    lambda ans, x, axis=None, keepdims=False: lambda g: multiply(
-        _expand(g, x, axis, keepdims), _chooser_mask(x, ans, axis)
+    lambda ans, x, axis=None, keepdims=False: (
+        lambda g: multiply(_expand(g, x, axis, keepdims), _chooser_mask(x, ans, axis))
     ),
 )
 defjvp(
@@ -107,8 +110,14 @@ def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
     m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
     out = xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
     if not keepdims:
-        out = xp.reshape(out, tuple(s for i, s in enumerate(shape_of(x))
-                                    if i not in normalize_axes(axis, len(shape_of(x)))))
+        out = xp.reshape(
+            out,
+            tuple(
+                s
+                for i, s in enumerate(shape_of(x))
+                if i not in normalize_axes(axis, len(shape_of(x)))
+            ),
+        )
     return out
 
 
@@ -118,8 +127,8 @@ def _softmax_weights(ans: Any, x: Any, axis: Any, keepdims: bool) -> Any:
 
 defvjp(
     logsumexp,
-    lambda ans, x, axis=None, keepdims=False: lambda g: multiply(
-        _expand(g, x, axis, keepdims), _softmax_weights(ans, x, axis, keepdims)
+    lambda ans, x, axis=None, keepdims=False: (
+        lambda g: multiply(_expand(g, x, axis, keepdims), _softmax_weights(ans, x, axis, keepdims))
     ),
 )
 defjvp(

@@ -55,7 +55,8 @@ def ravel(x: Any) -> Any:
 def broadcast_to(x: Any, shape: tuple[int, ...]) -> Any:
     """``x`` broadcast to ``shape`` (NumPy broadcasting rules; a read-only view).
 
-    VJP: ``unbroadcast(g, x.shape)`` (a sum over the broadcast axes); JVP: ``broadcast_to(t, shape)``.
+    VJP: ``unbroadcast(g, x.shape)`` (a sum over the broadcast axes);
+    JVP: ``broadcast_to(t, shape)``.
     """
     shape = tuple(shape)
     if type(x) is np.ndarray:
@@ -162,7 +163,7 @@ def _concatenate_jvp(argnums: Any, gs: Any, ans: Any, args: Any, kwargs: Any) ->
     for k, arr in enumerate(tangents):
         v = getval(arr)
         tangents[k] = zeros(namespace(v), shape_of(v), v.dtype, like=v)
-    for argnum, g in zip(argnums, gs):
+    for argnum, g in zip(argnums, gs, strict=True):
         tangents[argnum - 1] = g
     return _concatenate(args[0], *tangents)
 
