@@ -208,15 +208,14 @@ class MetaAlgorithm:
         """Post-adaptation query loss and accuracy per task (NumPy arrays ``(T,)``).
 
         Adapts on the support set with :meth:`adapt` and evaluates the model on the query
-        set. ``accuracy`` is NaN-free only for classification models; for regression it is
-        whatever ``model.accuracy`` returns, or absent when the model has none.
+        set. ``accuracy`` is present for classification models (``model.loss_name ==
+        "cross_entropy"``) only.
         """
         theta_t = self.adapt(params, episode.x_support, episode.y_support)
         pred = self.model.apply(theta_t, episode.x_query)
         out = {"loss": to_numpy(self.model.loss(pred, episode.y_query)).astype(float)}
-        accuracy = getattr(self.model, "accuracy", None)
-        if accuracy is not None:
-            out["accuracy"] = to_numpy(accuracy(pred, episode.y_query)).astype(float)
+        if getattr(self.model, "loss_name", None) == "cross_entropy":
+            out["accuracy"] = to_numpy(self.model.accuracy(pred, episode.y_query)).astype(float)
         return out
 
     def __repr__(self) -> str:
@@ -552,6 +551,9 @@ class MemoryReduced(_Configured):
         Default ``CG(tol=1e-8, maxiter=20)`` (the paper: 20 CG iterations, no damping).
     damping
         ``δ ≥ 0`` (the CE head Hessian is singular along row-constant logit shifts).
+    head_reg
+        ``ρ ≥ 0``: adds ``(ρ/2)‖y‖²`` to the inner objective, making the head problem
+        strongly convex (ALGORITHMS §2.7 recommendation; 0 reproduces the paper).
     method
         Overrides ``Implicit(solver, damping, inner_tol=None)``.
 
@@ -564,10 +566,11 @@ class MemoryReduced(_Configured):
     name = "memory_reduced"
 
     def __init__(self, model: Any, inner_lr: float = 0.1, steps: int = 20, solver: Any = None,
-                 damping: float = 0.0, *, method: Any = None):
+                 damping: float = 0.0, head_reg: float = 0.0, *, method: Any = None):
         from ..methods import Implicit
 
         self._bb, self._head = _split(model, "backbone"), _split(model, "head")
+        self.head_reg = _nonneg("head_reg", head_reg)
         solver = CG(tol=1e-8, maxiter=20) if solver is None else solver
         if method is None:
             method = Implicit(solver, _nonneg("damping", damping), inner_tol=None)
@@ -603,8 +606,11 @@ class MemoryReduced(_Configured):
     def _head_loss(self, w: Any, lam: Any, x: Any, y: Any) -> Any:
         return self.model.loss(self.model.head(w, self.model.features(lam, x)), y)
 
+    def _ridge(self, loss: Any, w: Any) -> Any:
+        return loss + 0.5 * self.head_reg * _sqnorm(w) if self.head_reg else loss
+
     def inner_objective(self, w: Any, lam: Any, data: TaskData) -> Any:
-        return self._head_loss(w, lam, data.x_support, data.y_support)
+        return self._ridge(self._head_loss(w, lam, data.x_support, data.y_support), w)
 
     def outer_objective(self, w: Any, lam: Any, data: TaskData) -> Any:
         return self._head_loss(w, lam, data.x_query, data.y_query)
@@ -615,8 +621,8 @@ class MemoryReduced(_Configured):
         def inner_grad(w: Any, lam: Any, data: TaskData) -> Any:
             """∇_y g on the cached support features (the backbone is a constant here)."""
             feats = data.features_support
-            vjp, _ = make_vjp(lambda y: bnp.sum(model.loss(model.head(y, feats),
-                                                           data.y_support)), w)
+            vjp, _ = make_vjp(lambda y: bnp.sum(self._ridge(
+                model.loss(model.head(y, feats), data.y_support), y)), w)
             xp = namespace(w)
             return vjp(xp.asarray(1.0, dtype=w.dtype))
 
