@@ -1,0 +1,368 @@
+"""Tests of bilevel.hpo: problems, tuned dynamics, the outer loop, checkpoints, transforms."""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bilevel import Forward, GradientDescent, HypergradWarning, Momentum, Reverse, hypergrad
+from bilevel.hpo import (
+    SGD,
+    Adam,
+    Bounded,
+    TunedGradientDescent,
+    TunedMomentum,
+    get_transform,
+    load_checkpoint,
+    minimize,
+    problems,
+    save_checkpoint,
+)
+from bilevel.linalg import CG, Direct
+from bilevel.methods.historyless import Historyless
+from bilevel.methods.implicit import Implicit
+
+
+def _regression(seed=0, n=40, d=4, noise=0.5):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    y = X @ rng.standard_normal(d) + noise * rng.standard_normal(n)
+    h = n // 2
+    return X[:h], y[:h], X[h:], y[h:]
+
+
+def _fd_grad(F, lam, eps=1e-6):
+    g = np.zeros_like(lam)
+    for i in range(lam.size):
+        e = np.zeros_like(lam)
+        e[i] = eps
+        g[i] = (F(lam + e) - F(lam - e)) / (2 * eps)
+    return g
+
+
+def _check_fd(problem, lam, w0, inner):
+    methods = (Reverse(), Forward(warn_ratio=1e3))
+
+    def F(lm):
+        return float(hypergrad(problem, lm, w0, inner=inner).value)
+
+    want = _fd_grad(F, lam)
+    scale = max(np.abs(want).max(), 1e-3)
+    grads = [hypergrad(problem, lam, w0, inner=inner, method=m).grad for m in methods]
+    for m, got in zip(methods, grads, strict=True):
+        assert np.abs(got - want).max() <= 1e-6 * scale, repr(m)
+    return grads
+
+
+# ------------------------------------------------------------------ problems vs FD
+def test_ridge_hypergrad_fd_and_closed_form():
+    X, y, Xv, yv = _regression()
+    prob = problems.ridge(X, y, Xv, yv)
+    lam = np.array([-1.0, 0.5, -0.3, 0.1])
+    _check_fd(prob, lam, np.zeros(4), GradientDescent(0.3, 25))
+    # closed form at the exact inner solution: ∇F = −ρ ⊙ w* ⊙ (A + diag ρ)⁻¹ ∇_w f
+    rho = np.exp(lam)
+    A = X.T @ X / len(y)
+    w_star = np.linalg.solve(A + np.diag(rho), X.T @ y / len(y))
+    gw = Xv.T @ (Xv @ w_star - yv) / len(yv)
+    want = -rho * w_star * np.linalg.solve(A + np.diag(rho), gw)
+    res = hypergrad(prob, lam, w_star.copy(), inner=GradientDescent(0.3, 5),
+                    method=Implicit(Direct()))
+    np.testing.assert_allclose(res.grad, want, rtol=1e-9, atol=1e-12)
+
+
+def test_ridge_shared_penalty_equals_sum_of_per_feature():
+    X, y, Xv, yv = _regression(1)
+    inner = GradientDescent(0.3, 20)
+    shared = hypergrad(problems.ridge(X, y, Xv, yv, per_feature=False), np.array([-0.5]),
+                       np.zeros(4), inner=inner)
+    per = hypergrad(problems.ridge(X, y, Xv, yv), np.full(4, -0.5), np.zeros(4), inner=inner)
+    np.testing.assert_allclose(shared.grad, per.grad.sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("per_feature", [False, True])
+def test_logistic_hypergrad_fd(per_feature):
+    X, y, Xv, yv = _regression(2)
+    prob = problems.logistic(X, (y > 0).astype(int), Xv, (yv > 0).astype(int),
+                             per_feature=per_feature)
+    lam = np.array([-0.7, 0.2, -1.0, 0.4]) if per_feature else np.array([-0.5])
+    _check_fd(prob, lam, np.zeros(5), GradientDescent(0.5, 25))
+
+
+def test_hyper_cleaning_hypergrad_fd():
+    rng = np.random.default_rng(3)
+    X, Xv = rng.standard_normal((6, 3)), rng.standard_normal((8, 3))
+    y, yv = rng.integers(0, 3, 6), rng.integers(0, 3, 8)
+    prob = problems.hyper_cleaning(X, y, Xv, yv)
+    lam = rng.standard_normal(6)
+    _check_fd(prob, lam, np.zeros(12), GradientDescent(0.5, 12))
+
+
+@given(st.floats(-2.5, -0.5), st.floats(-2.0, 2.0))
+def test_tuned_dynamics_fd_forward_reverse(log_lr, logit_beta):
+    X, y, Xv, yv = _regression(4, n=30, d=3)
+    prob, inner = problems.optimizer_tuning(X, y, Xv, yv, steps=6)
+    assert isinstance(inner, TunedMomentum)
+    _check_fd(prob, np.array([log_lr, logit_beta]), np.zeros(3), inner)
+    prob, inner = problems.optimizer_tuning(X, y, Xv, yv, steps=6, momentum=False)
+    assert isinstance(inner, TunedGradientDescent)
+    _check_fd(prob, np.array([log_lr]), np.zeros(3), inner)
+
+
+def test_tuned_dynamics_reproduce_fixed_dynamics():
+    """exp(λ₀) = lr, σ(λ₁) = β: same iterates as GradientDescent / Momentum."""
+    X, y, Xv, yv = _regression(5)
+    prob, _ = problems.optimizer_tuning(X, y, Xv, yv, steps=10)
+    lr, beta = 0.2, 0.6
+    lam = np.array([np.log(lr), np.log(beta / (1 - beta))])
+    w0 = np.zeros(4)
+    a = hypergrad(prob, lam, w0, inner=TunedMomentum(10)).w
+    b = hypergrad(prob, lam, w0, inner=Momentum(lr, beta, 10)).w
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+    a = hypergrad(prob, lam, w0, inner=TunedGradientDescent(10)).w
+    b = hypergrad(prob, lam, w0, inner=GradientDescent(lr, 10)).w
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_tuned_dynamics_with_penalty_in_lambda_and_batch_axis():
+    """λ = (log ρ, log α): penalty in g, step size in the dynamics; batched == looped."""
+    X, y, Xv, yv = _regression(6, d=3)
+    prob = problems.ridge(X, y, Xv, yv, per_feature=False)
+    base = prob.inner
+
+    def g(w, lam, data):  # penalty reads λ[..., :1]; λ[..., 1] is the step size
+        return base(w, lam[..., :1], data)
+
+    two = type(prob)(g, prob.outer, data=prob.data)
+    inner = TunedGradientDescent(8, lr_index=1)
+    lam = np.array([[-1.0, np.log(0.3)], [0.5, np.log(0.2)]])
+    w0 = np.zeros((2, 3))
+    grads = _check_fd(two, lam[0], w0[0], inner)
+    batched = hypergrad(two, lam, w0, inner=inner, method=Reverse()).grad
+    np.testing.assert_allclose(batched[0], grads[0], rtol=1e-10)
+    single = hypergrad(two, lam[1], w0[1], inner=inner, method=Forward()).grad
+    np.testing.assert_allclose(batched[1], single, rtol=1e-10)
+
+
+def test_problem_input_errors():
+    X, y, Xv, yv = _regression()
+    with pytest.raises(ValueError, match="X_train must be a 2-D"):
+        problems.ridge(y, y, Xv, yv)
+    with pytest.raises(ValueError, match="y_val must be a 1-D array of length 20"):
+        problems.ridge(X, y, Xv, yv[:5])
+    with pytest.raises(ValueError, match="features"):
+        problems.ridge(X, y, Xv[:, :2], yv)
+    with pytest.raises(TypeError, match="y_train must have an integer dtype"):
+        problems.logistic(X, y, Xv, (yv > 0).astype(int))
+    with pytest.raises(ValueError, match="binary labels"):
+        problems.logistic(X, np.full(20, 2), Xv, (yv > 0).astype(int))
+    with pytest.raises(ValueError, match="l2 must be positive"):
+        problems.hyper_cleaning(X, np.zeros(20, int), Xv, np.ones(20, int), l2=0.0)
+    with pytest.raises(ValueError, match="lr_index and beta_index must differ"):
+        TunedMomentum(5, lr_index=1, beta_index=1)
+    prob, inner = problems.optimizer_tuning(X, y, Xv, yv, steps=3)
+    with pytest.raises(ValueError, match="m ≥ 2"):
+        hypergrad(prob, np.zeros(1), np.zeros(4), inner=inner)
+
+
+# ------------------------------------------------------------------ outer loop
+def _fresh_value(prob, lam, w0, inner):
+    return float(hypergrad(prob, lam, w0, inner=inner).value)
+
+
+@pytest.mark.parametrize(
+    "method", [Reverse(), Forward(), Implicit(CG(), inner_tol=None), Historyless()]
+)
+def test_minimize_lowers_validation_ridge(method):
+    X, y, Xv, yv = _regression(7, n=60, d=5, noise=1.5)
+    prob = problems.ridge(X, y, Xv, yv)
+    inner, w0, lam0 = GradientDescent(0.3, 20), np.zeros(5), np.zeros(5)
+    res = minimize(prob, lam0, w0, inner=inner, method=method, steps=10, progress=False)
+    assert res.steps == 10 and res.n_hypergrad == 10
+    assert set(res.history) >= {"value", "grad_norm", "inner_residual", "time", "peak_memory"}
+    long = GradientDescent(0.3, 100)
+    assert _fresh_value(prob, res.lam, w0, long) < _fresh_value(prob, lam0, w0, long) - 1e-3
+    assert res.best_value <= res.history["value"].min()
+
+
+def test_minimize_lowers_validation_logistic_and_tunes_step_size():
+    X, y, Xv, yv = _regression(8, n=80, d=4, noise=2.0)
+    prob = problems.logistic(X, (y > 0).astype(int), Xv, (yv > 0).astype(int))
+    inner = GradientDescent(1.0, 40)
+    res = minimize(prob, np.array([1.0]), np.zeros(5), inner=inner, steps=10, progress=False)
+    assert _fresh_value(prob, res.lam, np.zeros(5), GradientDescent(1.0, 150)) < _fresh_value(
+        prob, np.array([1.0]), np.zeros(5), GradientDescent(1.0, 150)
+    )
+    prob, inner = problems.optimizer_tuning(X, y, Xv, yv, steps=10)
+    lam0 = np.array([np.log(0.02), 0.0])
+    res = minimize(prob, lam0, np.zeros(4), inner=inner, method=Forward(), steps=12,
+                   warm_start=False, progress=False)
+    assert res.history["value"][-1] < 0.8 * res.history["value"][0]
+    assert res.lam[0] > lam0[0]  # a short run wants a larger step
+
+
+def test_transform_exp_equals_log_parameterized_problem():
+    X, y, Xv, yv = _regression(9)
+    inner, w0 = GradientDescent(0.3, 20), np.zeros(4)
+    a = minimize(problems.ridge(X, y, Xv, yv), np.full(4, -1.0), w0, inner=inner, steps=8,
+                 optimizer=SGD(lr=0.5), progress=False)
+    b = minimize(problems.ridge(X, y, Xv, yv, log_penalty=False), np.full(4, np.exp(-1.0)), w0,
+                 inner=inner, steps=8, optimizer=SGD(lr=0.5), transform="exp", progress=False)
+    np.testing.assert_allclose(b.u, a.lam, rtol=1e-10)
+    np.testing.assert_allclose(b.lam, np.exp(a.lam), rtol=1e-10)
+    np.testing.assert_allclose(b.history["value"], a.history["value"], rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["identity", "exp", "sigmoid"])
+def test_transform_derivative_and_inverse(name):
+    T = get_transform(name) if name != "identity" else get_transform(None)
+    u = np.linspace(-2, 2, 5)
+    np.testing.assert_allclose(T.inverse(T.forward(u)), u, atol=1e-12)
+    fd = (T.forward(u + 1e-6) - T.forward(u - 1e-6)) / 2e-6
+    np.testing.assert_allclose(T.vjp(u, np.ones(5)), fd, rtol=1e-7)
+    B = Bounded(-1.0, 3.0)
+    np.testing.assert_allclose(B.inverse(B.forward(u)), u, atol=1e-12)
+    fd = (B.forward(u + 1e-6) - B.forward(u - 1e-6)) / 2e-6
+    np.testing.assert_allclose(B.vjp(u, np.ones(5)), fd, rtol=1e-7)
+
+
+def test_bounds_target_and_callback_stop():
+    X, y, Xv, yv = _regression(10)
+    prob, inner, w0 = problems.ridge(X, y, Xv, yv), GradientDescent(0.3, 20), np.zeros(4)
+    res = minimize(prob, np.zeros(4), w0, inner=inner, steps=10, optimizer=SGD(lr=50.0),
+                   bounds=(-0.5, 0.5), progress=False)
+    assert np.all(np.abs(res.lam) <= 0.5) and np.any(np.abs(res.lam) == 0.5)
+    first = minimize(prob, np.zeros(4), w0, inner=inner, steps=1, progress=False)
+    res = minimize(prob, np.zeros(4), w0, inner=inner, steps=10, progress=False,
+                   target=first.value + 1.0)
+    assert res.steps == 1 and "reached target" in res.message
+    np.testing.assert_array_equal(res.lam, np.zeros(4))
+    seen = []
+    res = minimize(prob, np.zeros(4), w0, inner=inner, steps=10, progress=False,
+                   callback=lambda info: seen.append(info["step"]) or info["step"] == 2)
+    assert seen == [0, 1, 2] and res.steps == 3 and "callback" in res.message
+
+
+def test_nonfinite_hypergradient_stops_without_update():
+    X, y, Xv, yv = _regression(11)
+    prob = problems.ridge(X, y, Xv, yv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HypergradWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = minimize(prob, np.zeros(4), np.zeros(4), inner=GradientDescent(1e3, 400),
+                       steps=5, progress=False)
+    assert not res.success and res.steps == 1 and "stopped at outer step 0" in res.message
+    np.testing.assert_array_equal(res.lam, np.zeros(4))
+
+
+def test_minimize_argument_errors():
+    X, y, Xv, yv = _regression()
+    prob, inner = problems.ridge(X, y, Xv, yv), GradientDescent(0.3, 5)
+    with pytest.raises(TypeError, match="problem must be a BilevelProblem"):
+        minimize(lambda w: w, np.zeros(4), inner=inner)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        minimize(prob, np.zeros(4), np.zeros(4), inner=inner, steps=0)
+    with pytest.raises(ValueError, match="transform=Bounded"):
+        minimize(prob, np.ones(4), np.zeros(4), inner=inner, transform="exp", bounds=(0, 1))
+    with pytest.raises(ValueError, match="lam0 must be positive"):
+        minimize(prob, np.zeros(4), np.zeros(4), inner=inner, transform="exp")
+    with pytest.raises(ValueError, match="transform must be"):
+        minimize(prob, np.zeros(4), np.zeros(4), inner=inner, transform="log")
+    with pytest.raises(TypeError, match="optimizer must have"):
+        minimize(prob, np.zeros(4), np.zeros(4), inner=inner, optimizer=object())
+    with pytest.raises(TypeError, match="inner must be a Dynamics"):
+        minimize(prob, np.zeros(4), np.zeros(4), inner=3)
+
+
+# ------------------------------------------------------------------ checkpoint / resume
+def _stochastic_inner(t, rng):
+    """Inner dynamics drawn per outer step from the checkpointed generator."""
+    return GradientDescent(0.3, int(rng.integers(10, 20)))
+
+
+@pytest.mark.parametrize(
+    "method,inner",
+    [
+        (Implicit(CG(), inner_tol=None), GradientDescent(0.3, 15)),
+        (Historyless(), _stochastic_inner),
+        (Reverse(), _stochastic_inner),
+    ],
+)
+def test_checkpoint_resume_is_bit_identical(tmp_path, method, inner):
+    X, y, Xv, yv = _regression(12, n=50, d=5)
+    prob = problems.ridge(X, y, Xv, yv)
+    kw = dict(inner=inner, method=method, optimizer=Adam(lr=0.2), seed=3, progress=False)
+    straight = minimize(prob, np.zeros(5), np.zeros(5), steps=9, **kw)
+    path = tmp_path / "run.npz"
+    first = minimize(prob, np.zeros(5), np.zeros(5), steps=4, checkpoint=path, **kw)
+    assert first.steps == 4
+    resumed = minimize(prob, np.zeros(5), np.zeros(5), steps=9, checkpoint=path, **kw)
+    assert resumed.steps == 9
+    np.testing.assert_array_equal(resumed.lam, straight.lam)
+    for key in ("value", "grad_norm", "inner_residual", "n_grad", "n_hvp", "step"):
+        np.testing.assert_array_equal(resumed.history[key], straight.history[key])
+    for key in ("mu", "nu"):
+        np.testing.assert_array_equal(resumed.optimizer_state[key], straight.optimizer_state[key])
+    assert resumed.optimizer_state["count"] == straight.optimizer_state["count"] == 9
+    np.testing.assert_array_equal(resumed.state.w, straight.state.w)
+    if straight.state.v is not None:
+        np.testing.assert_array_equal(resumed.state.v, straight.state.v)
+    assert resumed.state.t == straight.state.t
+    assert [p.name for p in tmp_path.iterdir()] == ["run.npz"]  # no temporary files left
+    # a finished run resumes to itself without more work
+    again = minimize(prob, np.zeros(5), np.zeros(5), steps=9, checkpoint=path, **kw)
+    np.testing.assert_array_equal(again.lam, straight.lam)
+    with pytest.raises(ValueError, match="shape"):
+        minimize(prob, np.zeros(4), np.zeros(4), steps=10, checkpoint=path, **kw)
+
+
+def test_checkpoint_roundtrip_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    payload = {
+        "a": rng.standard_normal((3, 2)),
+        "n": 7,
+        "x": 0.1 + 0.2,
+        "none": None,
+        "s": "text",
+        "nested": {"t": (1, 2.5, np.float32(1.25)), "lst": [np.arange(3), float("inf")]},
+        "rng": rng.bit_generator.state,
+    }
+    path = os.path.join(tmp_path, "sub", "ck.npz")
+    save_checkpoint(path, payload)
+    back = load_checkpoint(path)
+    np.testing.assert_array_equal(back["a"], payload["a"])
+    assert back["n"] == 7 and back["x"] == 0.1 + 0.2 and back["none"] is None
+    assert back["s"] == "text" and back["nested"]["t"][:2] == (1, 2.5)
+    assert back["nested"]["t"][2] == np.float32(1.25) and back["nested"]["t"][2].dtype == np.float32
+    np.testing.assert_array_equal(back["nested"]["lst"][0], np.arange(3))
+    assert back["nested"]["lst"][1] == float("inf")
+    g = np.random.default_rng()
+    g.bit_generator.state = back["rng"]
+    assert g.random() == rng.random()
+    with pytest.raises(TypeError, match="cannot checkpoint object"):
+        save_checkpoint(path, {"bad": object()})
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(os.path.join(tmp_path, "missing.npz"))
+
+
+# ------------------------------------------------------------------ hyper-cleaning
+def test_hyper_cleaning_downweights_corrupted_examples():
+    rng = np.random.default_rng(0)
+    C, d, n, nv = 3, 5, 60, 60
+    centers = 3.0 * rng.standard_normal((C, d))
+    y = rng.integers(0, C, n)
+    yv = rng.integers(0, C, nv)
+    X = centers[y] + rng.standard_normal((n, d))
+    Xv = centers[yv] + rng.standard_normal((nv, d))
+    corrupt = rng.random(n) < 0.5
+    noisy = np.where(corrupt, (y + rng.integers(1, C, n)) % C, y)
+    prob = problems.hyper_cleaning(X, noisy, Xv, yv, l2=1e-2)
+    res = minimize(prob, np.zeros(n), np.zeros((d + 1) * C), inner=GradientDescent(0.5, 30),
+                   method=Implicit(CG(), inner_tol=None), optimizer=Adam(lr=0.3), steps=25,
+                   progress=False)
+    weights = 1 / (1 + np.exp(-res.lam))
+    assert weights[corrupt].mean() < weights[~corrupt].mean() - 0.2
+    assert res.history["value"][-1] < res.history["value"][0]
