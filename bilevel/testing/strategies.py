@@ -103,8 +103,10 @@ def _draw_float(draw: Any, bounds: tuple[float, float]) -> float:
     return lo if lo == hi else draw(st.floats(lo, hi, allow_nan=False, allow_infinity=False))
 
 
-def _draw_kappa(draw: Any, condition_number: float, least: float = 1.0) -> float:
-    return _draw_float(draw, (least, float(condition_number)))
+def _draw_kappa(draw: Any, n: int, condition_number: float, least: float = 1.0) -> float:
+    """A condition number in ``[least, condition_number]`` (1 for a 1 × 1 matrix)."""
+    kappa = _draw_float(draw, (least, float(condition_number)))
+    return 1.0 if n == 1 else kappa
 
 
 def _rng(draw: Any) -> np.random.Generator:
@@ -170,7 +172,7 @@ def quadratic_problems(
     @st.composite
     def build(draw: Any) -> GeneratedProblem:
         nn, mm, K = _draw_int(draw, n_r), _draw_int(draw, m_r), _draw_int(draw, k_r)
-        kappa = _draw_kappa(draw, condition_number)
+        kappa = _draw_kappa(draw, nn, condition_number)
         gamma = draw(st.sampled_from([0.0, 0.5]))
         rng = _rng(draw)
         B = 1 if batch is None else batch
@@ -237,7 +239,7 @@ def ridge_problems(
     @st.composite
     def build(draw: Any) -> GeneratedProblem:
         nn, K = _draw_int(draw, n_r), _draw_int(draw, k_r)
-        kappa = _draw_kappa(draw, condition_number, least=3.0)
+        kappa = _draw_kappa(draw, nn, condition_number, least=3.0)
         extra = draw(st.integers(0, 3))
         n_val = draw(st.integers(1, nn + 2))
         rng = _rng(draw)
@@ -344,7 +346,7 @@ def gradient_flow_problems(
     def build(draw: Any) -> GeneratedProblem:
         nn, K = _draw_int(draw, n_r), _draw_int(draw, k_r)
         T = _draw_float(draw, t_r)
-        kappa = _draw_kappa(draw, condition_number)
+        kappa = _draw_kappa(draw, nn, condition_number)
         frac = _draw_float(draw, p_r)
         h = T / K
         top = draw(st.floats(0.1, 1.0)) / h
@@ -397,7 +399,7 @@ def imaml_tasks(
     @st.composite
     def build(draw: Any) -> GeneratedProblem:
         nn, K = _draw_int(draw, n_r), _draw_int(draw, k_r)
-        kappa = _draw_kappa(draw, condition_number)
+        kappa = _draw_kappa(draw, nn, condition_number)
         r = _draw_float(draw, r_r)
         probs, prox_ = _proximal_tasks(draw, nn, batch, kappa, kappa * r, 1.0)
         lr = 1.0 / (kappa * r)
