@@ -252,6 +252,7 @@ def train(
     progress: bool = True,
     memory_every: int = 0,
     callback: Callable[[int, Any, dict], None] | None = None,
+    on_failure: str = "skip",
 ) -> TrainResult:
     """Meta-train ``algorithm`` on tasks from ``sampler``.
 
@@ -288,6 +289,11 @@ def train(
     callback
         ``callback(iteration, params, history)`` after each iteration (and after its
         checkpoint); an exception from it stops training (used to test kill-and-resume).
+    on_failure
+        What to do with a finite meta-gradient whose diagnostics report a failure
+        (``info["success"]`` False: CG breakdown or non-convergence, ...): ``"skip"`` the
+        update (default), ``"apply"`` it anyway, or ``"raise"``. Either way the iteration
+        is recorded with ``success=False`` in the history.
 
     Returns
     -------
@@ -309,6 +315,8 @@ def train(
     checkpoint_every = _check_positive_int("checkpoint_every", checkpoint_every)
     memory_every = _check_positive_int("memory_every", memory_every, allow_zero=True)
     optimizer = Adam(1e-3) if optimizer is None else optimizer
+    if on_failure not in ("skip", "apply", "raise"):
+        raise ValueError(f"on_failure must be 'skip', 'apply' or 'raise', got {on_failure!r}")
     backend = getattr(sampler, "backend", None) or "numpy"
     config = {"algorithm": repr(algorithm), "optimizer": repr(optimizer), "seed": int(seed),
               "meta_batch": meta_batch}
@@ -353,11 +361,17 @@ def train(
                     f"non-finite meta-gradient at iteration {it}: {info.get('message')}; lower "
                     "the inner or outer step size, or add damping"
                 )
-            updates, opt_state = optimizer.update(grad, opt_state, params)
-            params = params + updates
+            ok = bool(info.get("success", True))
+            if not ok and on_failure == "raise":
+                raise MetaTrainingError(
+                    f"meta-gradient diagnostics failed at iteration {it}: {info.get('message')}"
+                )
+            if ok or on_failure == "apply":
+                updates, opt_state = optimizer.update(grad, opt_state, params)
+                params = params + updates
             for key, val in (("iteration", it), ("loss", info["loss"]),
                              ("time", time.perf_counter() - t0), ("peak_memory", peak),
-                             ("success", bool(info.get("success", True))),
+                             ("success", ok),
                              ("n_grad", int(info.get("n_grad", 0))),
                              ("n_hvp", int(info.get("n_hvp", 0)))):
                 history[key].append(val)
