@@ -434,3 +434,18 @@ def test_register_profiles_reads_the_environment(monkeypatch):
         register_profiles()
     assert settings.get_profile("thorough").max_examples == 300
     assert settings.get_profile("ci").derandomize
+
+
+def test_example_verify_your_problem_runs():
+    # the user-facing example file, short configuration: its fast checks, called directly
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "verify_your_problem.py"
+    spec = importlib.util.spec_from_file_location("verify_your_problem", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.test_oracles_match_finite_differences()
+    example.test_reverse_is_the_derivative_of_the_unrolled_training()
+    example.test_forward_equals_reverse()
+    example.test_my_solver_settings_on_problems_with_known_answers()
