@@ -54,13 +54,14 @@ def register_profiles(default: str = "ci", load: bool = True) -> str:
     settings.register_profile("ci", max_examples=PROFILES["ci"], derandomize=True, **common)
     settings.register_profile("thorough", max_examples=PROFILES["thorough"], **common)
     name = next((os.environ[v] for v in ENV_VARIABLES if os.environ.get(v)), default)
+    try:
+        settings.get_profile(name)  # no side effect, unlike a failed load_profile
+    except Exception as err:  # hypothesis raises InvalidArgument
+        source = next((v for v in ENV_VARIABLES if os.environ.get(v)), "the default")
+        raise ValueError(
+            f"unknown hypothesis profile {name!r} (from {source}); use one of "
+            f"{sorted(PROFILES)} or register it before calling register_profiles()"
+        ) from err
     if load:
-        try:
-            settings.load_profile(name)
-        except Exception as err:  # hypothesis raises InvalidArgument
-            source = next((v for v in ENV_VARIABLES if os.environ.get(v)), "default")
-            raise ValueError(
-                f"unknown hypothesis profile {name!r} (from {source}); use one of "
-                f"{sorted(PROFILES)} or register it before calling register_profiles()"
-            ) from err
+        settings.load_profile(name)
     return name
