@@ -5,17 +5,17 @@ the outer objective ``f(w, λ, data)`` (validation loss), an optional initializa
 ``w0 = init(λ)`` and data. Solvers never see autodiff graphs: they call the oracles below
 (DESIGN principle 4).
 
-=========================  ===========================================  ===================
-oracle                     value                                        cost
-=========================  ===========================================  ===================
-``inner_grad(w, λ)``       ∇_w g                                         1 gradient
-``inner_hvp(w, λ, v)``     H v = ∇²_ww g · v                             1 HVP (2–4 grads)
-``inner_mixed_vjp(w,λ,u)`` Mᵀu = ∂_λ⟨∇_w g, u⟩                           1 HVP
-``inner_mixed_jvp(w,λ,e)`` M e = ∂_ε ∇_w g(w, λ + εe)                    1 JVP (fwd-over-rev)
-``inner_grad_jvp(w,λ,z,e)`` H z + M e                                    1 JVP
-``outer_grads(w, λ)``      (∇_w f, ∇_λ f)                                1 gradient
-``linearize(w, λ)``        ∇_w g and closures for many H u, Mᵀu          1 trace, then 1 HVP each
-=========================  ===========================================  ===================
+============================  ======================================  ========================
+oracle                        value                                   cost
+============================  ======================================  ========================
+``inner_grad(w, λ)``          ∇_w g                                   1 gradient
+``inner_hvp(w, λ, v)``        H v = ∇²_ww g · v                       1 HVP (2–4 grads)
+``inner_mixed_vjp(w, λ, u)``  Mᵀu = ∂_λ⟨∇_w g, u⟩                     1 HVP
+``inner_mixed_jvp(w, λ, e)``  M e = ∂_ε ∇_w g(w, λ + εe)              1 JVP (fwd-over-rev)
+``inner_grad_jvp(w,λ,z,e)``   H z + M e                               1 JVP
+``outer_grads(w, λ)``         (∇_w f, ∇_λ f)                          1 gradient
+``linearize(w, λ)``           ∇_w g and closures for many H u, Mᵀu    1 trace, then 1 HVP each
+============================  ======================================  ========================
 
 With a leading batch axis (``w`` of shape ``(B, n)`` and ``λ`` of shape ``(B, m)``) the
 objectives return ``(B,)`` values; the values are summed for differentiation (the problems
