@@ -446,8 +446,11 @@ class IMAML(_Configured):
     solver
         Linear solver of :mod:`bilevel.linalg` (default ``CG(tol=1e-6, maxiter=50)``;
         the paper uses 5 CG steps).
+    damping
+        ``δ ≥ 0`` added to ``H_i + reg·I`` in the solve (non-convex networks can make it
+        indefinite; the released code effectively damps with ``cg_damping = 1``).
     method
-        Overrides ``Implicit(solver, inner_tol=None)``, e.g. ``Historyless()``. The inner
+        Overrides ``Implicit(solver, damping, inner_tol=None)``, e.g. ``Historyless()``. The inner
         stationarity test is off by default: a few inner steps are the algorithm, not an
         error (the residual is still reported as ``info["inner_residual"]``).
 
@@ -460,13 +463,15 @@ class IMAML(_Configured):
     name = "imaml"
 
     def __init__(self, model: Any, reg: float = 2.0, inner_lr: float = 0.01, steps: int = 10,
-                 solver: Any = None, *, method: Any = None):
+                 solver: Any = None, damping: float = 0.0, *, method: Any = None):
         from ..methods import Implicit
 
         self.reg = _positive("reg", reg)
         solver = CG(tol=1e-6, maxiter=50) if solver is None else solver
+        if method is None:
+            method = Implicit(solver, _nonneg("damping", damping), inner_tol=None)
         super().__init__(model, GradientDescent(_positive("inner_lr", inner_lr), _steps(steps)),
-                         Implicit(solver, inner_tol=None) if method is None else method)
+                         method)
         self.inner_lr, self.steps, self.solver = float(inner_lr), int(steps), solver
 
     def __repr__(self) -> str:
