@@ -27,8 +27,9 @@ call above what was in use before (``cupy.get_default_memory_pool().used_bytes()
 the same way, but exposes no peak); host memory is not counted there.
 
 Time budget: the autograd MLP costs milliseconds per inner step, so the full grid up to
-K = 10,000 does not fit every method in a few minutes. The run splits ``budget_s`` evenly
-over the remaining (problem, method) pairs, predicts each next cell's cost from the
+K = 10,000 does not fit every method in a few minutes. The run shares ``budget_s`` among the
+remaining (problem, method) pairs (at most 2.5 fair shares each, at least ``MIN_PAIR_S``
+seconds kept for every later pair), predicts each next cell's cost from the
 previous one, and skips cells that would not fit; skipped cells are listed with their
 predicted time in ``result["skipped"]``, never silently dropped.
 """
@@ -69,6 +70,7 @@ __all__ = [
 K_GRID = (10, 30, 100, 300, 1000, 3000, 10000)
 K_GRID_QUICK = (10, 30, 100)
 TRUNCATE = 10
+MIN_PAIR_S = 4.0
 
 
 # --------------------------------------------------------------------------- problems
@@ -390,17 +392,20 @@ def run(
         problem, lam, w0, lr = built[pname]
         cls_name, factory, _ = METHODS[label]
         cls = getattr(_methods, cls_name)
-        remaining = budget - (time.perf_counter() - t_start)
-        pair_budget = max(remaining, 0.0) / (len(pairs) - i)
+        remaining = max(budget - (time.perf_counter() - t_start), 0.0)
+        left = len(pairs) - i
+        # up to 2.5 fair shares, keeping MIN_PAIR_S for each later pair (cheap pairs finish
+        # early and leave their share to the rest)
+        pair_budget = min(2.5 * remaining / left, max(remaining - MIN_PAIR_S * (left - 1), 0.0))
         t_pair = time.perf_counter()
         method, inner = factory(cls, 2, lr)
         _call(problem, lam, w0, inner, method)  # warm-up: imports, first traces
-        per_step = None
+        per_step, growth = None, 1.2
         for K in sorted(grid):
             method, inner = factory(cls, K, lr)
             used = time.perf_counter() - t_pair
             if per_step is not None:
-                predicted = per_step * K * (1.0 + math.log2(max(K, 2)) / 10.0)
+                predicted = per_step * K * growth
                 if used + predicted > pair_budget:
                     skipped.append(
                         dict(problem=pname, method=label, K=K, predicted_seconds=predicted)
@@ -411,7 +416,10 @@ def run(
             t_mem = time.perf_counter()
             _, peak = peak_memory(cell, backend)
             traced = time.perf_counter() - t_mem
-            per_step = (seconds + traced) / K
+            now = (seconds + traced) / K
+            # per-step cost may rise with K (checkpoint recomputation): extrapolate its trend
+            growth = 1.2 if per_step is None else min(max(now / per_step, 1.0), 2.0)
+            per_step = now
             row = dict(
                 problem=pname,
                 method=label,
