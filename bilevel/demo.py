@@ -134,7 +134,7 @@ def ridge_rows(
     for label, (inner, method) in bar:
         bar.set_postfix_str(label)
 
-        def measure(inner: Any = inner, method: Any = method) -> dict:
+        def measure(inner: Any = inner, method: Any = method, label: str = label) -> dict:
             _sync(backend)
             t0 = time.perf_counter()
             res = _quiet_hypergrad(problem, lam, w0, inner, method)

@@ -106,8 +106,8 @@ class RowLog:
 
     Parameters
     ----------
-    path : str
-        The JSON file.
+    path : str or None
+        The JSON file; None keeps the rows in memory only.
     name : str
         Benchmark name stored in the file.
     config : dict
@@ -123,14 +123,16 @@ class RowLog:
         message names the differing settings.
     """
 
-    def __init__(self, path: str | os.PathLike, name: str, config: dict, resume: bool = False):
-        self.path = os.fspath(path)
+    def __init__(
+        self, path: str | os.PathLike | None, name: str, config: dict, resume: bool = False
+    ):
+        self.path = None if path is None else os.fspath(path)
         self.name = name
         self.config = jsonable(config)
         self.rows: list[dict] = []
         self.extra: dict[str, Any] = {}
         self.resumed = 0
-        if resume and os.path.exists(self.path):
+        if resume and self.path is not None and os.path.exists(self.path):
             old = read_json(self.path)
             if old.get("benchmark") != name:
                 raise ValueError(
@@ -170,8 +172,10 @@ class RowLog:
         self.save()
         return row
 
-    def save(self) -> str:
-        """Write the file now."""
+    def save(self) -> str | None:
+        """Write the file now (nothing for an in-memory log); returns the path."""
+        if self.path is None:
+            return None
         return write_json(
             self.path, {"benchmark": self.name, "config": self.config, **self.extra,
                         "rows": self.rows}
