@@ -1,0 +1,89 @@
+"""Omniglot 5-way 1-shot (MAML protocol) on held-out alphabets.
+
+Reads Omniglot from local archives or folders (no download), splits the alphabets into
+train/val/test, meta-trains one or more algorithms with the Conv4 network and reports
+5-way accuracy with a 95% interval on tasks from the held-out test alphabets, next to
+the random-initialization baseline adapted the same way.
+
+    python examples/meta_omniglot.py PATH --steps 2000 --algorithms maml fomaml anil
+    python examples/meta_omniglot.py PATH --quick        # seconds (small net, few steps)
+
+Without a PATH (or when it holds no images) the script says so and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from bilevel import HypergradWarning
+from bilevel.meta.algorithms import ANIL, IMAML, MAML, MemoryReduced, Reptile
+from bilevel.meta.cli import results_table
+from bilevel.meta.models import Conv4
+from bilevel.meta.optim import Adam
+from bilevel.meta.train import evaluate, train
+
+MAKERS = {
+    "maml": lambda m, k: MAML(m, 0.4, k),
+    "fomaml": lambda m, k: MAML(m, 0.4, k, first_order=True),
+    "anil": lambda m, k: ANIL(m, 0.4, max(k, 5)),
+    "reptile": lambda m, k: Reptile(m, 0.1, max(k, 5)),
+    "imaml": lambda m, k: IMAML(m, reg=2.0, inner_lr=0.1, steps=max(k, 5), damping=1.0),
+    "memory_reduced": lambda m, k: MemoryReduced(m, 0.4, max(k, 5), damping=0.1),
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("path", nargs="?", help="Omniglot zip archive(s) or extracted folder")
+    p.add_argument("--algorithms", nargs="+", choices=sorted(MAKERS), default=["maml"])
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--inner-steps", type=int, default=1)
+    p.add_argument("--meta-batch", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--ways", type=int, default=5)
+    p.add_argument("--shot", type=int, default=1)
+    p.add_argument("--eval-tasks", type=int, default=600)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.hidden, args.meta_batch, args.eval_tasks = 3, 8, 4, 20
+    from bilevel.meta.tasks import Omniglot
+
+    try:
+        if args.path is None:
+            raise FileNotFoundError("no path given")
+        kw = dict(ways=args.ways, n_shot=args.shot, n_query=5, split_by="alphabet")
+        train_tasks = Omniglot(args.path, split="train", **kw)
+        test_tasks = Omniglot(args.path, split="test", **kw)
+    except FileNotFoundError as err:
+        print(f"Omniglot not available ({err}); pass the path of images_background.zip / "
+              "images_evaluation.zip or of their extracted folders", file=sys.stderr)
+        return 2
+    warnings.simplefilter("ignore", HypergradWarning)
+    model = Conv4(hidden=args.hidden, ways=args.ways)
+    theta0 = model.init(np.random.default_rng(123))
+    rows = []
+    for name in args.algorithms:
+        alg = MAKERS[name](model, args.inner_steps)
+        t0 = time.perf_counter()
+        res = train(alg, train_tasks, steps=args.steps, meta_batch=args.meta_batch,
+                    optimizer=Adam(1e-3), progress=not args.quick)
+        secs = time.perf_counter() - t0
+        ev = dict(seed=7, batch=args.meta_batch)
+        rows.append((f"{name} ({secs:.0f}s)",
+                     evaluate(alg, res.theta, test_tasks, args.eval_tasks, **ev)))
+        rows.append(("  random init, same adapt.",
+                     evaluate(alg, theta0, test_tasks, args.eval_tasks, **ev)))
+    print(f"Omniglot {args.ways}-way {args.shot}-shot, held-out alphabets, "
+          f"{args.steps} meta-iterations")
+    print(results_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
