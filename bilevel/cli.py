@@ -1,0 +1,185 @@
+"""The ``bilevel`` command: ``demo``, ``bench {memory,accuracy,speed,meta}``, ``meta-train``,
+``meta-eval``.
+
+``bilevel demo`` runs :mod:`bilevel.demo` (every hypergradient method on diabetes ridge, MAML
+vs iMAML on sinusoids) and writes its report to ``./bilevel-demo``. ``bilevel bench NAME``
+runs one benchmark of :mod:`bilevel.bench` and writes ``NAME.json``, ``NAME.md`` and
+``NAME.png`` into ``--out``; each finished row is saved at once, and ``--resume`` skips the
+rows already there. ``meta-train`` and ``meta-eval`` are :mod:`bilevel.meta.cli`.
+
+Errors a user can fix (CuPy requested without a GPU, a resume from another configuration)
+are printed as one line without a traceback, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["BENCHMARKS", "bench_main", "main"]
+
+BENCHMARKS = {
+    "memory": "peak memory against inner steps K (10 … 10,000) for every method; slopes",
+    "accuracy": "hypergradient error against cost (HVPs) on problems with closed forms",
+    "speed": "hypergradient time / inner-solve time per method; HVP / gradient time; "
+             "bilevel.numpy overhead per primitive",
+    "meta": "seconds and peak memory per meta-iteration of each meta-learning algorithm",
+}
+_OWN_ROWS = ("speed", "meta")  # modules taking a RowLog; the others are run per method
+
+
+def _common(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--out", default=out, help=f"output folder (default {out})")
+    p.add_argument("--quick", action="store_true", help="small sizes for a smoke run (seconds)")
+    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy",
+                   help="array backend (cupy needs an NVIDIA GPU)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep finished work in --out and continue where a run stopped")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bilevel",
+        description="Bilevel optimization on NumPy and CuPy: demo, benchmarks, meta-learning.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="{demo,bench,meta-train,meta-eval}")
+    demo = sub.add_parser("demo", help="every hypergradient method on one problem, and "
+                          "MAML vs iMAML on sinusoids (about two minutes)",
+                          description="Run the bilevel demo and write its report.")
+    _common(demo, "bilevel-demo")
+    bench = sub.add_parser("bench", help="benchmark suite: " + ", ".join(BENCHMARKS),
+                           description="Run one benchmark; writes NAME.json, NAME.md, NAME.png.")
+    bsub = bench.add_subparsers(dest="benchmark", metavar="{" + ",".join(BENCHMARKS) + "}")
+    for name, text in BENCHMARKS.items():
+        b = bsub.add_parser(name, help=text, description=text)
+        _common(b, "bench-results")
+        b.add_argument("--methods", nargs="+", default=None,
+                       help="method (or algorithm) labels to run (default: all)")
+        b.add_argument("--docs", default=None, metavar="RST",
+                       help="also regenerate this docs page (docs/benchmarks.rst) from --out")
+    sub.add_parser("meta-train", help="meta-train an algorithm (bilevel meta-train --help)",
+                   add_help=False)
+    sub.add_parser("meta-eval", help="evaluate a meta-train run (bilevel meta-eval --help)",
+                   add_help=False)
+    return p
+
+
+def _fail(message: str) -> int:
+    print(f"bilevel: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _run_rows(name: str, args: argparse.Namespace) -> dict:
+    """Run benchmark ``name`` with a row log in ``args.out``; returns its result dict."""
+    from .bench.report import RowLog, merge_results
+
+    mod = importlib.import_module(f".bench.{name}", __package__)
+    config = dict(quick=args.quick, backend=args.backend, seed=args.seed,
+                  methods=args.methods)
+    log = RowLog(os.path.join(args.out, f"{name}.json"), name, config, resume=args.resume)
+    if log.resumed:
+        print(f"resuming: {log.resumed} finished row(s) in {log.path}")
+    progress = not args.no_progress
+    if name in _OWN_ROWS:
+        kw = {"seed": args.seed} if "seed" in inspect.signature(mod.run).parameters else {}
+        result = mod.run(args.quick, args.backend, args.methods, log=log, progress=progress,
+                         **kw)
+    else:
+        params = inspect.signature(mod.run).parameters
+        labels = args.methods
+        if labels is None and hasattr(mod, "default_methods"):
+            labels = list(mod.default_methods())
+        if labels is None or "methods" not in params:
+            groups: list[Any] = [None]
+        else:
+            groups = [[lb] for lb in labels]
+        from tqdm.auto import tqdm
+
+        parts = []
+        for group in tqdm(groups, desc=f"bench {name}", disable=not progress):
+            kw = {"methods": group} if group is not None else {}
+            key = group if group is not None else ["all"]
+            parts.append(log.compute(key, lambda kw=kw: {
+                "result": mod.run(quick=args.quick, backend=args.backend, **kw)})["result"])
+        result = merge_results(parts)
+    log.extra["result"] = result
+    log.save()
+    return result
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    """``bilevel bench NAME``: run, then write JSON, markdown and PNG into ``args.out``."""
+    from .bench.report import write_text
+
+    name = args.benchmark
+    mod = importlib.import_module(f".bench.{name}", __package__)
+    result = _run_rows(name, args)
+    md = write_text(os.path.join(args.out, f"{name}.md"), mod.to_markdown(result))
+    png = mod.plot(result, os.path.join(args.out, f"{name}.png"))
+    print(mod.to_markdown(result))
+    print(f"wrote {os.path.join(args.out, name + '.json')}, {md}, {png}")
+    if args.docs:
+        from .bench.report import write_rst_page
+
+        print(f"wrote {write_rst_page(args.out, args.docs)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bilevel`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("meta-train", "meta-eval"):
+        from .meta import cli as meta_cli
+
+        entry = meta_cli.meta_train_main if argv[0] == "meta-train" else meta_cli.meta_eval_main
+        return _guarded(lambda: entry(argv[1:]))
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "bench" and args.benchmark is None:
+        parser.parse_args(["bench", "--help"])
+    return _guarded(lambda: _dispatch(args))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from . import backend
+
+    backend.module(args.backend)  # BackendError with the hint before any work
+    if args.command == "demo":
+        from . import demo
+
+        demo.run(args.out, quick=args.quick, backend=args.backend, seed=args.seed,
+                 resume=args.resume, progress=not args.no_progress)
+        return 0
+    return bench_main(args)
+
+
+def _guarded(fn: Any) -> int:
+    """Run ``fn()``; user-fixable errors become one line on stderr and exit status 2."""
+    from .backend import BackendError
+
+    try:
+        return int(fn() or 0)
+    except BackendError as err:
+        return _fail(str(err))
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished rows are saved; rerun with --resume to continue",
+              file=sys.stderr)
+        return 130
+    except ValueError as err:
+        if "resume" in str(err) or "unknown" in str(err):
+            return _fail(str(err))
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

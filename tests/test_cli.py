@@ -1,0 +1,95 @@
+"""Tests of the ``bilevel`` command: help, the quick demo, bench subcommands, errors."""
+
+import json
+import os
+
+import pytest
+
+from bilevel import backend
+from bilevel.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("demo", "bench", "meta-train", "meta-eval"):
+        assert name in text
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = capsys.readouterr().out
+    for name in ("memory", "accuracy", "speed", "meta"):
+        assert name in text
+
+
+@pytest.mark.skipif(backend.available("cupy"), reason="a GPU is present")
+def test_cupy_without_gpu_is_a_clean_error(capsys, tmp_path):
+    code = main(["demo", "--quick", "--backend", "cupy", "--out", os.fspath(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("bilevel: error: the 'cupy' backend is not available")
+    assert "Traceback" not in err and 'pip install "bilevel[gpu]"' in err
+
+
+def test_demo_quick_writes_report_and_resumes(tmp_path, capsys):
+    out = os.fspath(tmp_path / "demo")
+    assert main(["demo", "--quick", "--no-progress", "--out", out]) == 0
+    files = set(os.listdir(out))
+    assert {"ridge.json", "ridge.md", "ridge.png", "meta.json", "meta.png",
+            "report.md"} <= files
+    for png in ("ridge.png", "meta.png"):
+        assert open(os.path.join(out, png), "rb").read(8) == PNG
+    rows = json.load(open(os.path.join(out, "ridge.json")))["rows"]
+    methods = {r["method"]: r for r in rows}
+    assert {"Reverse", "Forward", "Implicit(CG)", "Historyless", "Adjoint(store)"} <= set(methods)
+    # forward and reverse mode differentiate the same unrolled map: same error to rounding
+    assert methods["Reverse"]["rel_error"] == pytest.approx(methods["Forward"]["rel_error"],
+                                                            rel=1e-8)
+    assert methods["Implicit(Direct)"]["rel_error"] == pytest.approx(
+        methods["Implicit(CG)"]["rel_error"], rel=1e-6)
+    assert "wrote" in capsys.readouterr().out
+    mtime = os.path.getmtime(os.path.join(out, "ridge.json"))
+    assert main(["demo", "--quick", "--no-progress", "--resume", "--out", out]) == 0
+    assert json.load(open(os.path.join(out, "ridge.json")))["rows"] == rows
+    assert os.path.getmtime(os.path.join(out, "ridge.json")) == mtime
+
+
+def test_bench_meta_quick_and_resume_mismatch(tmp_path, capsys):
+    out = os.fspath(tmp_path)
+    args = ["bench", "meta", "--quick", "--no-progress", "--out", out, "--methods", "Reptile"]
+    assert main(args) == 0
+    for ext in ("json", "md"):
+        assert os.path.exists(os.path.join(out, f"meta.{ext}"))
+    assert open(os.path.join(out, "meta.png"), "rb").read(8) == PNG
+    data = json.load(open(os.path.join(out, "meta.json")))
+    assert [r["key"] for r in data["rows"]] == [["Reptile", "2"], ["Reptile", "8"]]
+    assert data["result"]["rows"][0]["algorithm"] == "Reptile"
+    capsys.readouterr()
+    code = main(["bench", "meta", "--quick", "--no-progress", "--out", out, "--resume",
+                 "--seed", "3", "--methods", "Reptile"])
+    assert code == 2
+    assert "seed=0 there, 3 now" in capsys.readouterr().err
+
+
+def test_bench_speed_quick_with_docs_page(tmp_path):
+    out, page = os.fspath(tmp_path / "res"), os.fspath(tmp_path / "docs" / "benchmarks.rst")
+    assert main(["bench", "speed", "--quick", "--no-progress", "--out", out,
+                 "--methods", "Reverse", "Historyless", "--docs", page]) == 0
+    rows = json.load(open(os.path.join(out, "speed.json")))["result"]["methods"]
+    assert {r["method"] for r in rows} == {"Reverse", "Historyless"}
+    text = open(page).read()
+    assert "bilevel bench speed" in text and ".. list-table::" in text
+    assert os.path.exists(tmp_path / "docs" / "_static" / "bench" / "speed.png")
+
+
+def test_bench_memory_quick_per_method_rows(tmp_path):
+    out = os.fspath(tmp_path)
+    assert main(["bench", "memory", "--quick", "--no-progress", "--out", out,
+                 "--methods", "Implicit"]) == 0
+    data = json.load(open(os.path.join(out, "memory.json")))
+    assert [r["key"] for r in data["rows"]] == [["Implicit"]]
+    assert {r["method"] for r in data["result"]["rows"]} == {"Implicit"}
+    assert open(os.path.join(out, "memory.png"), "rb").read(8) == PNG

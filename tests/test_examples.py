@@ -1,0 +1,31 @@
+"""Every script in examples/ runs start to finish in its quick configuration."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "*.py")))
+
+
+def _command(path: str) -> list[str]:
+    with open(path) as fh:
+        text = fh.read()
+    if os.path.basename(path).startswith("test_") or "def test_" in text and "__main__" not in text:
+        return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path]
+    return [sys.executable, path, "--quick"]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.basename(p) for p in EXAMPLES])
+def test_example_runs_quick(path, tmp_path):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    proc = subprocess.run(_command(path), cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"{os.path.basename(path)} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_examples_found():
+    assert any(p.endswith("quickstart.py") for p in EXAMPLES)
