@@ -60,6 +60,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=1000, help="meta-iterations")
     p.add_argument("--shots", type=int, nargs="+", default=[5, 10])
     p.add_argument("--hidden", type=int, default=40)
+    p.add_argument("--activation", choices=("relu", "tanh"), default="relu")
     p.add_argument("--inner-steps", type=int, default=1)
     p.add_argument("--meta-batch", type=int, default=25)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -71,7 +72,7 @@ def main(argv=None):
         args.steps, args.hidden, args.meta_batch, args.eval_tasks = 5, 8, 4, 20
         args.shots = [5]
     warnings.simplefilter("ignore", HypergradWarning)
-    model = MLP((1, args.hidden, args.hidden, 1))
+    model = MLP((1, args.hidden, args.hidden, 1), activation=args.activation)
     for shot in args.shots:
         sampler = Sinusoid(n_shot=shot, n_query=10)
         kw = dict(steps=args.steps, meta_batch=args.meta_batch, optimizer=Adam(args.lr),

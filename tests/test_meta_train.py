@@ -228,3 +228,26 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert "random init" in table and "pretrained" in table
     with pytest.raises(SystemExit):
         meta_eval_main([str(tmp_path / "nothing")])
+
+
+# ------------------------------------------------------------------ examples
+def _example(name):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_meta_sinusoid_quick(capsys):
+    _example("meta_sinusoid").main(["--quick", "--memory"])
+    out = capsys.readouterr().out
+    assert "MemoryReduced" in out and "peak host memory" in out
+
+
+def test_example_meta_omniglot_without_data_exits_cleanly(tmp_path, capsys):
+    assert _example("meta_omniglot").main([str(tmp_path / "absent")]) == 2
+    assert "Omniglot not available" in capsys.readouterr().err

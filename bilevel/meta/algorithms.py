@@ -780,8 +780,15 @@ class Reptile(MetaAlgorithm):
         problem, lam, _ = self._maml.problem(params, episode.x_support, episode.y_support,
                                              episode.x_query, episode.y_query)
         counts = problem.counts.snapshot()
-        w = self._maml.dynamics.weights(run(problem, self._maml.dynamics, lam, lam))
-        value = problem.outer_value(w, lam)
+        try:
+            w = self._maml.dynamics.weights(run(problem, self._maml.dynamics, lam, lam))
+            value = problem.outer_value(w, lam)
+        except NonFiniteError as err:
+            nan = namespace(params).full(tuple(params.shape), float("nan"), dtype=params.dtype)
+            return nan, {"loss": float("nan"), "success": False, "method": "reptile",
+                         "message": f"non-finite {err.what} at inner step "
+                                    f"{getattr(err, 'step', None)}: lower inner_lr",
+                         "n_grad": problem.counts.grad - counts["grad"], "n_hvp": 0, "n_jvp": 0}
         info = {"loss": float(np.mean(to_numpy(value))), "success": True, "message": "ok",
                 "n_grad": problem.counts.grad - counts["grad"], "n_hvp": 0, "n_jvp": 0,
                 "method": "reptile"}
