@@ -615,19 +615,23 @@ class BilevelProblem:
         }
         for name, (mine, by_fd, by_ag, kind) in checks.items():
             got = mine()
+            scale = None
             if use_fd(name):
                 want = by_fd()
                 methods[name] = "finite differences"
+                # A directional derivative ⟨∇, d⟩ may vanish (e.g. at a stationary w); its
+                # natural scale is ‖∇‖·‖d‖ (Cauchy–Schwarz), used as the error's denominator.
                 if kind == "dir_w":
-                    got = _vdot(got, v, batched)
+                    got, scale = _vdot(got, v, batched), _norm(got) * _norm(v)
                 elif kind == "dir_lam":
-                    got = _vdot(got, e, batched)
+                    got, scale = _vdot(got, e, batched), _norm(got) * _norm(e)
                 elif kind == "outer":
+                    scale = max(_norm(got[0]) * _norm(v), _norm(got[1]) * _norm(e))
                     got = (_vdot(got[0], v, batched), _vdot(got[1], e, batched))
             else:
                 want = by_ag()
                 methods[name] = "autograd"
-            errors[name] = _rel_err(got, want)
+            errors[name] = _rel_err(got, want, scale)
         return OracleReport(errors=errors, references=methods, rtol=rtol,
                             user=sorted(self.oracles))
 
@@ -641,12 +645,17 @@ def _vdot(a: Any, b: Any, batched: bool = False) -> Any:
     return xp.sum(prod)
 
 
-def _rel_err(got: Any, want: Any) -> float:
+def _norm(x: Any) -> float:
+    return float(np.linalg.norm(np.asarray(_to_np(x), dtype=float)))
+
+
+def _rel_err(got: Any, want: Any, scale: float | None = None) -> float:
+    """‖got − want‖ / max(‖want‖, scale): relative error, floored by a natural scale."""
     if isinstance(got, tuple):
-        return max(_rel_err(g, w) for g, w in zip(got, want, strict=True))
+        return max(_rel_err(g, w, scale) for g, w in zip(got, want, strict=True))
     g = np.asarray(_to_np(got), dtype=float)
     w = np.asarray(_to_np(want), dtype=float)
-    return float(np.linalg.norm(g - w) / max(np.linalg.norm(w), 1e-30))
+    return float(np.linalg.norm(g - w) / max(np.linalg.norm(w), scale or 0.0, 1e-30))
 
 
 def _to_np(x: Any) -> Any:
