@@ -27,11 +27,11 @@ call above what was in use before (``cupy.get_default_memory_pool().used_bytes()
 the same way, but exposes no peak); host memory is not counted there.
 
 Time budget: the autograd MLP costs milliseconds per inner step, so the full grid up to
-K = 10,000 does not fit every method in a few minutes. The run shares ``budget_s`` among the
-remaining (problem, method) pairs (at most 2.5 fair shares each, at least ``MIN_PAIR_S``
-seconds kept for every later pair), predicts each next cell's cost from the
-previous one, and skips cells that would not fit; skipped cells are listed with their
-predicted time in ``result["skipped"]``, never silently dropped.
+K = 10,000 does not fit every method in a few minutes. The run gives each problem an equal part of
+``budget_s`` and shares it among that problem's methods (at least its fair share and at most
+2.5 fair shares each, keeping ``MIN_PAIR_S`` seconds for every later method when it can),
+predicts each next cell's cost from the previous one, and skips cells that would not fit;
+skipped cells are listed with their predicted time in ``result["skipped"]``, never silently dropped.
 """
 
 from __future__ import annotations
@@ -388,15 +388,21 @@ def run(
     t_start = time.perf_counter()
     rows: list[dict] = []
     skipped: list[dict] = []
+    problem_start: dict[str, float] = {}
     for i, (pname, label) in enumerate(pairs):
         problem, lam, w0, lr = built[pname]
         cls_name, factory, _ = METHODS[label]
         cls = getattr(_methods, cls_name)
-        remaining = max(budget - (time.perf_counter() - t_start), 0.0)
-        left = len(pairs) - i
-        # up to 2.5 fair shares, keeping MIN_PAIR_S for each later pair (cheap pairs finish
-        # early and leave their share to the rest)
-        pair_budget = min(2.5 * remaining / left, max(remaining - MIN_PAIR_S * (left - 1), 0.0))
+        # each problem gets an equal part of what is left; within it, pairs share adaptively
+        problems_left = len(dict.fromkeys(p for p, _ in pairs[i:]))
+        spent_here = time.perf_counter() - problem_start.setdefault(pname, time.perf_counter())
+        total_left = max(budget - (time.perf_counter() - t_start) + spent_here, 0.0)
+        remaining = max(total_left / problems_left - spent_here, 0.0)
+        left = sum(1 for p, _ in pairs[i:] if p == pname)
+        # between one and 2.5 fair shares, keeping MIN_PAIR_S for each later pair when it
+        # can (cheap pairs finish early and leave their share to the rest)
+        fair = remaining / left
+        pair_budget = min(2.5 * fair, max(remaining - MIN_PAIR_S * (left - 1), fair))
         t_pair = time.perf_counter()
         method, inner = factory(cls, 2, lr)
         _call(problem, lam, w0, inner, method)  # warm-up: imports, first traces
