@@ -274,3 +274,18 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="tol_schedule"):
         Implicit(Neumann(0.1, 10), tol_schedule=lambda t: 0.1)
     assert "damping=0.5" in repr(Implicit(CG(), damping=0.5))
+
+
+def test_accuracy_benchmark_quick():
+    """bilevel.bench.accuracy: errors fall with the budget and reach the closed form."""
+    from bilevel.bench import accuracy
+
+    result = accuracy.run(quick=True, methods=["Implicit(CG)", "Historyless", "Reverse"])
+    for name in ("Implicit(CG)", "Historyless", "Reverse"):
+        rows = [r for r in result["rows"] if r["method"] == name]
+        errs = [r["rel_error"] for r in rows]
+        assert errs[-1] < 1e-8 and errs[-1] < errs[0], (name, errs)
+        assert all(r["n_hvp"] >= r["budget"] for r in rows)
+    assert "| Implicit(CG) |" in accuracy.to_markdown(result)
+    with pytest.raises(ValueError, match="unknown method"):
+        accuracy.run(quick=True, methods=["Magic"])
