@@ -285,7 +285,8 @@ def test_accuracy_benchmark_quick():
         rows = [r for r in result["rows"] if r["method"] == name]
         errs = [r["rel_error"] for r in rows]
         assert errs[-1] < 1e-8 and errs[-1] < errs[0], (name, errs)
-        assert all(r["n_hvp"] >= r["budget"] for r in rows)
+        if name != "Implicit(CG)":  # CG stops early once converged
+            assert all(r["n_hvp"] >= r["budget"] for r in rows)
     assert "| Implicit(CG) |" in accuracy.to_markdown(result)
     with pytest.raises(ValueError, match="unknown method"):
         accuracy.run(quick=True, methods=["Magic"])
