@@ -57,7 +57,7 @@ METHODS = (
     "Adjoint(rk4)",
 )
 BUDGETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
-BUDGETS_QUICK = (1, 3, 10, 30, 100)
+BUDGETS_QUICK = (1, 3, 10, 30, 100, 300)
 
 
 def default_methods() -> list[str]:
@@ -145,7 +145,7 @@ def run(
     methods: Sequence[str] | None = None,
     *,
     n: int | None = None,
-    kappa: float = 30.0,
+    kappa: float | None = None,
     budgets: Sequence[int] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -154,14 +154,15 @@ def run(
     Parameters
     ----------
     quick
-        Small problem (``n = 10``) and budgets ``1 … 100`` (about a second).
+        Small problem (``n = 10``, ``kappa = 10``) and budgets ``1 … 300`` (about a
+        second).
     backend
         ``"numpy"`` or ``"cupy"``.
     methods
         Labels from :data:`METHODS` (default: all).
     n, kappa
         Features (= hyperparameters) and the condition number of the inner Hessian
-        (default ``n = 40``, ``10`` when ``quick``).
+        (default ``n = 40``, ``kappa = 30``; ``10`` and ``10`` when ``quick``).
     budgets
         Budgets ``B`` (see the module docstring).
     seed
@@ -179,6 +180,7 @@ def run(
         if label not in METHODS:
             raise ValueError(f"unknown method label {label!r}; choose from {list(METHODS)}")
     n = (10 if quick else 40) if n is None else int(n)
+    kappa = (10.0 if quick else 30.0) if kappa is None else float(kappa)
     budgets = list((BUDGETS_QUICK if quick else BUDGETS) if budgets is None else budgets)
     setup = ridge(n=n, kappa=kappa, backend=backend, seed=seed)
     exact = setup["exact"]
