@@ -179,7 +179,9 @@ def hypergrad(
         Hyperparameters λ, shape ``(m,)`` (any shape without a batch axis), or ``(B, m)``
         when ``w0`` has a batch axis.
     w0 : array, optional
-        Starting point, ``(n,)`` or ``(B, n)``. Defaults to ``problem.init(lam)``.
+        Starting point, ``(n,)`` or ``(B, n)``. Defaults to ``problem.init(lam)``. When
+        the problem has an ``init`` map, a given ``w0`` is taken to *be* ``init(lam)``
+        (e.g. precomputed): the unrolled methods still add the ``Cᵀa₀`` term of the map.
     inner : Dynamics
         Inner solver, e.g. ``GradientDescent(lr=0.1, steps=100)``.
     method : Method

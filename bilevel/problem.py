@@ -89,7 +89,12 @@ def _accepts_data(fn: Callable) -> bool:
     if any(p.kind == p.VAR_POSITIONAL for p in params):
         return True
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 3
+    if len(positional) < 3:
+        return False
+    # ``lambda w, lam, i=i: ...`` binds a loop variable, not data: a defaulted third
+    # parameter receives data only when it is called ``data``.
+    third = positional[2]
+    return third.default is inspect.Parameter.empty or third.name == "data"
 
 
 @dataclass
