@@ -24,6 +24,10 @@ def test_example_runs_quick(path, tmp_path):
     env = dict(os.environ, MPLBACKEND="Agg")
     proc = subprocess.run(_command(path), cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
+    needs_data = proc.returncode == 2 and "not available" in proc.stderr + proc.stdout
+    if needs_data and "usage:" not in proc.stderr:
+        # examples on local datasets (Omniglot) exit with status 2 and say what is missing
+        pytest.skip(f"{os.path.basename(path)}: {(proc.stderr or proc.stdout).strip()[:200]}")
     assert proc.returncode == 0, f"{os.path.basename(path)} failed:\n{proc.stdout}\n{proc.stderr}"
 
 
