@@ -138,8 +138,10 @@ def test_discrete_euler_adjoint_equals_reverse_over_gradient_descent(init):
                         method=Adjoint(traj))
         np.testing.assert_allclose(res.grad, ref.grad, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(res.w, ref.w, rtol=1e-13)
-    res = hypergrad(problem, lam, w0, inner=GradientFlow(T, K, "euler"),
-                    method=Adjoint("reconstruct", reconstruct_tol=1.0))
+    with pytest.warns(HypergradWarning, match="round-trip error"):
+        res = hypergrad(problem, lam, w0, inner=GradientFlow(T, K, "euler"),
+                        method=Adjoint("reconstruct", reconstruct_tol=1.0))
+    assert res.success
     # Euler with step −h inverts Euler with step h only to O(h²) per step: the reported
     # round-trip error is that of an independent backward integration
     u, h = ref.w, T / K

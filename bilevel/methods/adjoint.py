@@ -244,7 +244,7 @@ class Adjoint(Method):
                     f"reconstruct_warn={self.reconstruct_warn:g}; the hypergradient may be "
                     "inaccurate (trajectory='checkpoint' avoids this)",
                     HypergradWarning,
-                    stacklevel=4,
+                    stacklevel=3,
                 )
         else:
             c = None
