@@ -1,15 +1,20 @@
-"""Hypergradient methods, one module each (strategy objects for :func:`bilevel.hypergrad`)."""
+"""Hypergradient methods, one module each (strategy objects for :func:`bilevel.hypergrad`).
 
+==================  =====================  ==========================  =====================
+method              memory                 time                        answer
+==================  =====================  ==========================  =====================
+``Reverse``         O(K·n) (O(c·n), O(T·n)) K grads + K HVPs            exact for F_K
+``Forward``         O(n·m)                 K·m JVPs                    exact for F_K
+``Implicit``        O(n + m)               K grads + J HVPs            IFT at w_K
+``Adjoint``         O(c·n) or O(n)         ODE solve + K·s HVPs        exact / O(h) for flow
+``Historyless``     O(n + m)               K grads + K HVPs            IFT, single loop
+==================  =====================  ==========================  =====================
+"""
+
+from .adjoint import Adjoint
 from .forward import Forward
+from .historyless import Historyless
+from .implicit import Implicit
 from .reverse import Reverse
 
-__all__ = ["Forward", "Reverse"]
-
-try:  # the memory-flat family (implicit, adjoint, historyless)
-    from .adjoint import Adjoint  # noqa: F401
-    from .historyless import Historyless  # noqa: F401
-    from .implicit import Implicit  # noqa: F401
-
-    __all__ += ["Adjoint", "Historyless", "Implicit"]
-except ImportError:  # pragma: no cover - during development only
-    pass
+__all__ = ["Adjoint", "Forward", "Historyless", "Implicit", "Reverse"]
