@@ -25,6 +25,7 @@ __all__ = [
     "HypergradWarning",
     "Method",
     "hypergrad",
+    "norm_per_problem",
     "value_and_hypergrad",
 ]
 
@@ -147,7 +148,8 @@ class Method:
         return f"{type(self).__name__}()"
 
 
-def _norm_per_problem(x: Any) -> Any:
+def norm_per_problem(x: Any) -> Any:
+    """‖x‖ over all axes, or per problem (over the non-batch axes) for ``(B, ...)``."""
     xp = namespace(x)
     if len(x.shape) <= 1:
         return xp.sqrt(xp.sum(x * x))
@@ -266,7 +268,7 @@ def hypergrad(
     res.setdefault("success", True)
     res.setdefault("message", "ok")
     if res.get("w") is not None and "inner_residual" not in res:
-        res.inner_residual = _norm_per_problem(problem.inner_grad(res.w, lam))
+        res.inner_residual = norm_per_problem(problem.inner_grad(res.w, lam))
     after = problem.counts.snapshot()
     res.n_grad = (after["grad"] - before["grad"]) + (after["outer_grad"] - before["outer_grad"])
     res.n_hvp = after["hvp"] - before["hvp"]

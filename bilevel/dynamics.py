@@ -121,9 +121,13 @@ class GradientDescent(Dynamics):
         lr = self.lr if not callable(self.lr) else "schedule"
         return f"GradientDescent(lr={lr}, steps={self.steps})"
 
+    def lr_at(self, k: int) -> float:
+        """The step size α_k of step ``k``."""
+        return self._lr(k)
+
     def step(self, problem: BilevelProblem, state: State, lam: Any, k: int) -> State:
         (w,) = state
-        return (w - self._lr(k) * problem.inner_grad(w, lam, data=self.data(problem, k)),)
+        return (w - self.lr_at(k) * problem.inner_grad(w, lam, data=self.data(problem, k)),)
 
     def step_vjp(
         self, problem: BilevelProblem, state: State, lam: Any, k: int, cot: State
@@ -131,7 +135,7 @@ class GradientDescent(Dynamics):
         """(A_kᵀa, B_kᵀa) = (a − α_k H a, −α_k Mᵀa): one HVP at (w_k, λ)."""
         (w,), (a,) = state, cot
         hu, mu = problem.linearize(w, lam, data=self.data(problem, k)).vjp(a)
-        lr = self._lr(k)
+        lr = self.lr_at(k)
         return (a - lr * hu,), -lr * mu
 
     def step_jvp(
@@ -140,7 +144,7 @@ class GradientDescent(Dynamics):
         """Next state and tangent ``z − α_k (H z + M e)``: one JVP."""
         (w,), (z,) = state, tan
         gw, t = problem.inner_grad_jvp(w, lam, z, tan_lam, data=self.data(problem, k))
-        lr = self._lr(k)
+        lr = self.lr_at(k)
         return (w - lr * gw,), (z - lr * t,)
 
 
@@ -172,19 +176,23 @@ class Momentum(Dynamics):
     def __repr__(self) -> str:
         return f"Momentum(lr={self.lr}, beta={self.beta}, steps={self.steps})"
 
+    def lr_at(self, k: int) -> float:
+        """The step size α_k of step ``k``."""
+        return self._lr(k)
+
     def init(self, w0: Any) -> State:
         return (w0, 0 * w0)
 
     def step(self, problem: BilevelProblem, state: State, lam: Any, k: int) -> State:
         w, v = state
         v = self.beta * v + problem.inner_grad(w, lam, data=self.data(problem, k))
-        return (w - self._lr(k) * v, v)
+        return (w - self.lr_at(k) * v, v)
 
     def step_vjp(
         self, problem: BilevelProblem, state: State, lam: Any, k: int, cot: State
     ) -> tuple[State, Any]:
         (w, _), (aw, av) = state, cot
-        u = av - self._lr(k) * aw
+        u = av - self.lr_at(k) * aw
         hu, mu = problem.linearize(w, lam, data=self.data(problem, k)).vjp(u)
         return (aw + hu, self.beta * u), mu
 
@@ -193,7 +201,7 @@ class Momentum(Dynamics):
     ) -> tuple[State, State]:
         (w, v), (z, zeta) = state, tan
         gw, t = problem.inner_grad_jvp(w, lam, z, tan_lam, data=self.data(problem, k))
-        lr = self._lr(k)
+        lr = self.lr_at(k)
         v = self.beta * v + gw
         zeta = self.beta * zeta + t
         return (w - lr * v, v), (z - lr * zeta, zeta)

@@ -18,7 +18,7 @@ import math
 import warnings
 from typing import Any
 
-from ..api import HypergradResult, HypergradState, HypergradWarning, Method, _norm_per_problem
+from ..api import HypergradResult, HypergradState, HypergradWarning, Method, norm_per_problem
 from ..backend import namespace
 from ..checkpoint import default_checkpoints, reverse_sweep
 from ..dynamics import Dynamics, GradientFlow, run
@@ -281,7 +281,7 @@ class Adjoint(Method):
         s = run(problem, inner, w0, lam)
         on_final(s)
         u = s[0]
-        u_K_norm = _norm_per_problem(u)
+        u_K_norm = norm_per_problem(u)
         try:
             for k in range(inner.steps - 1, -1, -1):
                 try:
@@ -311,8 +311,8 @@ class Adjoint(Method):
                 discrete=self.discrete,
                 scheme=inner.scheme.name,
             )
-        scale = xp.maximum(_norm_per_problem(w0), u_K_norm)
-        diff = _norm_per_problem(u - w0)
+        scale = xp.maximum(norm_per_problem(w0), u_K_norm)
+        diff = norm_per_problem(u - w0)
         tiny = float(xp.finfo(w0.dtype).tiny)
         err = _max(diff / xp.maximum(scale, xp.full_like(scale, tiny)))
         return {"reconstruction_error": err}, None

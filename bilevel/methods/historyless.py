@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..api import HypergradResult, HypergradState, Method, _norm_per_problem
+from ..api import HypergradResult, HypergradState, Method, norm_per_problem
 from ..backend import namespace
 from ..dynamics import Dynamics, GradientDescent
 from ..problem import BilevelProblem, NonFiniteError
@@ -125,7 +125,7 @@ class Historyless(Method):
     def _step_size(self, inner: Dynamics, k: int) -> float:
         if self.beta is not None:
             return self.beta
-        return float(inner._lr(k))
+        return float(inner.lr_at(k))
 
     def compute(
         self,
@@ -156,9 +156,9 @@ class Historyless(Method):
                 r = lin.hvp(v) - b
                 if delta:
                     r = r + delta * v
-                r_norm = _norm_per_problem(r)
+                r_norm = norm_per_problem(r)
                 if limit is None:
-                    limit = _DIVERGENCE_FACTOR * xp.maximum(r_norm, _norm_per_problem(b))
+                    limit = _DIVERGENCE_FACTOR * xp.maximum(r_norm, norm_per_problem(b))
                     diverged = xp.zeros(r_norm.shape, dtype=xp.bool)
                 blown = ~(r_norm <= limit) & ~diverged  # also NaN
                 if bool(xp.any(blown)):
@@ -167,7 +167,7 @@ class Historyless(Method):
                         diverged_step = k
                 v = xp.where(_col(diverged), v, v - self._step_size(inner, k) * r)
                 if gd:
-                    s = (w - inner._lr(k) * lin.grad,)
+                    s = (w - inner.lr_at(k) * lin.grad,)
                 else:
                     s = inner.step(problem, s, lam, k)
             except NonFiniteError as err:
@@ -177,8 +177,8 @@ class Historyless(Method):
         value, b, grad_lam = problem.outer_value_and_grads(w, lam)
         lin = problem.linearize(w, lam)
         hv, mv = lin.vjp(v)
-        residual = _norm_per_problem(hv + delta * v - b if delta else hv - b)
-        b_norm = _norm_per_problem(b)
+        residual = norm_per_problem(hv + delta * v - b if delta else hv - b)
+        b_norm = norm_per_problem(b)
         rel = _max(xp.where(b_norm > 0, residual / xp.where(b_norm > 0, b_norm, 1.0), residual))
         grad = grad_lam - mv
 
@@ -208,5 +208,5 @@ class Historyless(Method):
             diverged=bool(diverged is not None and bool(xp.any(diverged))),
             diverged_step=diverged_step,
             warm_started=warm,
-            inner_residual=_norm_per_problem(lin.grad),
+            inner_residual=norm_per_problem(lin.grad),
         )

@@ -15,7 +15,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from ..api import HypergradResult, HypergradState, Method, _norm_per_problem
+from ..api import HypergradResult, HypergradState, Method, norm_per_problem
 from ..backend import namespace
 from ..dynamics import Dynamics, run
 from ..linalg import CG
@@ -160,11 +160,11 @@ class Implicit(Method):
         solver, inner_tol = self._solver_and_tol(state)
         g0_norm = None
         if inner_tol is not None:
-            g0_norm = _norm_per_problem(problem.inner_grad(w0, lam))
+            g0_norm = norm_per_problem(problem.inner_grad(w0, lam))
         w = inner.weights(run(problem, inner, w0, lam))
         value, b, grad_lam = problem.outer_value_and_grads(w, lam)
         lin = problem.linearize(w, lam)
-        inner_residual = _norm_per_problem(lin.grad)
+        inner_residual = norm_per_problem(lin.grad)
 
         x0 = None
         if self.warm_start and state is not None and state.v is not None:
