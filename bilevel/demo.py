@@ -103,6 +103,7 @@ def _quiet_hypergrad(problem: Any, lam: Any, w0: Any, inner: Any, method: Any) -
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HypergradWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # overflow of a diverging method
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return hypergrad(problem, lam, w0, inner=inner, method=method)
 
