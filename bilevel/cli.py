@@ -102,9 +102,10 @@ def _run_rows(name: str, args: argparse.Namespace) -> dict:
             groups = [[lb] for lb in labels]
         from tqdm.auto import tqdm
 
+        seed = {"seed": args.seed} if "seed" in params else {}
         parts = []
         for group in tqdm(groups, desc=f"bench {name}", disable=not progress):
-            kw = {"methods": group} if group is not None else {}
+            kw = dict(seed, methods=group) if group is not None else dict(seed)
             key = group if group is not None else ["all"]
             parts.append(log.compute(key, lambda kw=kw: {
                 "result": mod.run(quick=args.quick, backend=args.backend, **kw)})["result"])
