@@ -24,8 +24,8 @@ from bilevel import HypergradWarning
 from bilevel.meta.algorithms import ANIL, IMAML, MAML, MemoryReduced, Reptile
 from bilevel.meta.cli import results_table
 from bilevel.meta.models import Conv4
-from bilevel.meta.optim import Adam
 from bilevel.meta.train import evaluate, train
+from bilevel.optim import Adam
 
 MAKERS = {
     "maml": lambda m, k: MAML(m, 0.4, k),

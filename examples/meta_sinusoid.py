@@ -24,8 +24,8 @@ from bilevel.meta import Sinusoid
 from bilevel.meta.algorithms import AMAML, ANIL, CML, IMAML, MAML, MemoryReduced, Pretrain, Reptile
 from bilevel.meta.cli import results_table
 from bilevel.meta.models import MLP
-from bilevel.meta.optim import Adam
 from bilevel.meta.train import evaluate, train
+from bilevel.optim import Adam
 
 
 def algorithms(model, hidden, steps):

@@ -268,7 +268,7 @@ def test_reptile_direction_and_sgd_update(model, episode):
     grad, _ = alg.meta_gradient(theta, episode)
     adapted = alg.adapt(theta, episode.x_support, episode.y_support)
     np.testing.assert_allclose(grad, theta - adapted.mean(axis=0), rtol=0, atol=1e-15)
-    from bilevel.meta.optim import SGD
+    from bilevel.optim import SGD
 
     eps = 0.3
     updates, _ = SGD(eps).update(grad, SGD(eps).init(theta), theta)

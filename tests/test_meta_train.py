@@ -24,8 +24,8 @@ from bilevel.meta.algorithms import (
     Reptile,
 )
 from bilevel.meta.models import MLP
-from bilevel.meta.optim import SGD, Adam, get_optimizer
 from bilevel.meta.train import MetaTrainingError, evaluate, load_checkpoint, train
+from bilevel.optim import SGD, Adam, get_optimizer
 
 pytest.importorskip("bilevel.methods.adjoint")
 

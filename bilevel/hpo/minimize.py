@@ -23,14 +23,10 @@ import numpy as np
 from ..api import HypergradResult, HypergradState, Method, hypergrad
 from ..backend import is_array, name_of, namespace
 from ..dynamics import Dynamics
+from ..optim import SGD, Adam, Optimizer
 from ..problem import BilevelProblem
 from .checkpoint import load_checkpoint, save_checkpoint
 from .transforms import Identity, Transform, get_transform
-
-try:  # the shared optimizers (moved to bilevel.optim once both layers use them)
-    from ..optim import SGD, Adam, Optimizer  # type: ignore[import-not-found]
-except ImportError:
-    from ..meta.optim import SGD, Adam, Optimizer
 
 __all__ = ["SGD", "Adam", "HPOResult", "minimize"]
 

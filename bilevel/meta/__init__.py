@@ -5,11 +5,9 @@ models (:mod:`bilevel.meta.models`) are pure functions of flat parameter vectors
 evaluated on a whole meta-batch at once; algorithms (:mod:`bilevel.meta.algorithms`)
 configure the hypergradient core (MAML is ``Reverse`` through gradient descent, iMAML is
 ``Implicit`` on a proximal inner problem, ...); :mod:`bilevel.meta.train` runs the outer
-loop. The algorithm, optimizer and training modules are re-exported when present; an
-error inside one of them is raised, not hidden.
+loop. Outer optimizers (Adam, SGD) live in :mod:`bilevel.optim`, shared with the
+hyperparameter-optimization layer.
 """
-
-from importlib.util import find_spec
 
 from .models import MLP, Conv4, Model, QuadraticModel
 from .omniglot import load_omniglot
@@ -36,18 +34,9 @@ __all__ = [
     "load_omniglot",
 ]
 
-if find_spec(f"{__name__}.algorithms") is not None:
-    from . import algorithms as _algorithms
-    from .algorithms import *  # noqa: F403
+from . import algorithms as _algorithms
+from . import train as _train
+from .algorithms import *  # noqa: F403
+from .train import *  # noqa: F403
 
-    __all__ += list(_algorithms.__all__)
-if find_spec(f"{__name__}.optim") is not None:
-    from . import optim as _optim
-    from .optim import *  # noqa: F403
-
-    __all__ += list(_optim.__all__)
-if find_spec(f"{__name__}.train") is not None:
-    from . import train as _train
-    from .train import *  # noqa: F403
-
-    __all__ += list(_train.__all__)
+__all__ += list(_algorithms.__all__) + list(_train.__all__)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..optim import get_optimizer
 from .algorithms import (
     AMAML,
     ANIL,
@@ -28,7 +29,6 @@ from .algorithms import (
     Pretrain,
     Reptile,
 )
-from .optim import get_optimizer
 from .train import evaluate, load_checkpoint, train
 
 __all__ = ["build", "meta_eval_main", "meta_train_main", "plot_curve", "results_table"]

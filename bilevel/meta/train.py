@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..backend import name_of, namespace, to_backend, to_numpy
+from ..optim import Adam, Optimizer
 from .algorithms import MetaAlgorithm
-from .optim import Adam, Optimizer
 
 __all__ = [
     "MetaTrainingError",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import namespace
+from .backend import namespace
 
 __all__ = ["SGD", "Adam", "Optimizer", "get_optimizer"]
 
