@@ -20,43 +20,17 @@ import argparse
 import warnings
 
 import numpy as np
-from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
 from bilevel import CG, GradientDescent, HypergradWarning, Reverse, hypergrad
 from bilevel.hpo import Adam, minimize, problems
+from bilevel.hpo.datasets import digits_corrupted, time_to_target
 from bilevel.methods.historyless import Historyless
 from bilevel.methods.implicit import Implicit
 
 
-def load(seed: int = 0, n_train: int = 600, n_val: int = 400, noise: float = 0.5) -> dict:
-    """Standardized digits; a seeded fraction ``noise`` of training labels replaced by a
-    different random class."""
-    X, y = load_digits(return_X_y=True)
-    rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(y))
-    tr, va, te = idx[:n_train], idx[n_train:n_train + n_val], idx[n_train + n_val:]
-    mu, sd = X[tr].mean(0), X[tr].std(0)
-    sd[sd == 0] = 1.0
-    Z = (X - mu) / sd
-    y = y.astype(np.int64)
-    corrupt = rng.random(n_train) < noise
-    noisy = np.where(corrupt, (y[tr] + rng.integers(1, 10, n_train)) % 10, y[tr])
-    return {"X": Z[tr], "y": noisy, "y_clean": y[tr], "corrupt": corrupt, "Xv": Z[va],
-            "yv": y[va], "Xt": Z[te], "yt": y[te]}
-
-
-def time_to_target(history: dict, target: float) -> tuple[float, int]:
-    """Seconds and hypergradients until the outer value first reaches ``target``."""
-    hit = np.flatnonzero(history["value"] <= target)
-    if hit.size == 0:
-        return float("nan"), -1
-    k = int(hit[0])
-    return float(history["time"][: k + 1].sum()), k + 1
-
-
 def main(quick: bool = False, seed: int = 0) -> dict:
-    d = load(seed)
+    d = digits_corrupted(seed)
     N, p = d["X"].shape
     C = 10
     l2 = 1e-3

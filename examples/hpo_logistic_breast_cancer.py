@@ -18,29 +18,13 @@ import time
 import warnings
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegressionCV
 
 from bilevel import CG, Forward, GradientDescent, HypergradWarning, Reverse, hypergrad
 from bilevel.hpo import Adam, minimize, problems
+from bilevel.hpo.datasets import breast_cancer, time_to_target
 from bilevel.methods.historyless import Historyless
 from bilevel.methods.implicit import Implicit
-
-
-def split(n: int, seed: int, fractions=(0.5, 0.25)) -> tuple[np.ndarray, ...]:
-    """Seeded train / validation / test index split."""
-    idx = np.random.default_rng(seed).permutation(n)
-    a, b = int(fractions[0] * n), int((fractions[0] + fractions[1]) * n)
-    return idx[:a], idx[a:b], idx[b:]
-
-
-def load(seed: int = 0) -> dict:
-    X, y = load_breast_cancer(return_X_y=True)
-    tr, va, te = split(len(y), seed)
-    mu, sd = X[tr].mean(0), X[tr].std(0)
-    Z = (X - mu) / sd
-    y = y.astype(np.int64)
-    return {"X": Z[tr], "y": y[tr], "Xv": Z[va], "yv": y[va], "Xt": Z[te], "yt": y[te]}
 
 
 def metrics(w: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -50,17 +34,8 @@ def metrics(w: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(np.mean(np.logaddexp(0.0, -s * z))), float(np.mean((z > 0) == (y == 1)))
 
 
-def time_to_target(history: dict, target: float) -> tuple[float, int]:
-    """Seconds and hypergradients until the outer value first reaches ``target``."""
-    hit = np.flatnonzero(history["value"] <= target)
-    if hit.size == 0:
-        return float("nan"), -1
-    k = int(hit[0])
-    return float(history["time"][: k + 1].sum()), k + 1
-
-
 def main(quick: bool = False, seed: int = 0) -> dict:
-    d = load(seed)
+    d = breast_cancer(seed)
     n = d["X"].shape[1]
     L = 0.25 * np.linalg.eigvalsh(d["X"].T @ d["X"] / len(d["y"])).max()
     bounds = (-12.0, 1.0)

@@ -19,44 +19,17 @@ import time
 import warnings
 
 import numpy as np
-from sklearn.datasets import load_diabetes
 from sklearn.linear_model import RidgeCV
 
 from bilevel import CG, Forward, GradientDescent, HypergradWarning, Reverse, hypergrad
 from bilevel.hpo import Adam, minimize, problems
+from bilevel.hpo.datasets import diabetes, time_to_target
 from bilevel.methods.historyless import Historyless
 from bilevel.methods.implicit import Implicit
 
 
-def split(n: int, seed: int, fractions=(0.5, 0.25)) -> tuple[np.ndarray, ...]:
-    """Seeded train / validation / test index split."""
-    idx = np.random.default_rng(seed).permutation(n)
-    a, b = int(fractions[0] * n), int((fractions[0] + fractions[1]) * n)
-    return idx[:a], idx[a:b], idx[b:]
-
-
-def load(seed: int = 0) -> dict:
-    X, y = load_diabetes(return_X_y=True)
-    tr, va, te = split(len(y), seed)
-    mu, sd = X[tr].mean(0), X[tr].std(0)
-    ym, ys = y[tr].mean(), y[tr].std()
-    Z = (X - mu) / sd
-    t = (y - ym) / ys
-    return {"X": Z[tr], "y": t[tr], "Xv": Z[va], "yv": t[va], "Xt": Z[te], "yt": t[te],
-            "y_scale": ys}
-
-
-def time_to_target(history: dict, target: float) -> tuple[float, int]:
-    """Seconds and hypergradients until the outer value first reaches ``target``."""
-    hit = np.flatnonzero(history["value"] <= target)
-    if hit.size == 0:
-        return float("nan"), -1
-    k = int(hit[0])
-    return float(history["time"][: k + 1].sum()), k + 1
-
-
 def main(quick: bool = False, seed: int = 0) -> dict:
-    d = load(seed)
+    d = diabetes(seed)
     n = d["X"].shape[1]
     prob = problems.ridge(d["X"], d["y"], d["Xv"], d["yv"])
     L = np.linalg.eigvalsh(d["X"].T @ d["X"] / len(d["y"])).max()
