@@ -27,6 +27,7 @@ __all__ = [
     "namespace",
     "to_backend",
     "to_numpy",
+    "unbox",
     "using",
 ]
 
@@ -39,7 +40,7 @@ class BackendError(RuntimeError):
     """A requested backend cannot be used on this machine."""
 
 
-def _unbox(x: Any) -> Any:
+def unbox(x: Any) -> Any:
     """Strip autograd boxes (tracing wrappers) to reach the underlying array."""
     while hasattr(x, "_value") and hasattr(x, "_trace"):
         x = x._value
@@ -48,7 +49,7 @@ def _unbox(x: Any) -> Any:
 
 def is_array(x: Any) -> bool:
     """True for a NumPy/CuPy/Array-API array or an autograd box around one."""
-    x = _unbox(x)
+    x = unbox(x)
     return array_api_compat.is_array_api_obj(x) and not isinstance(x, (int, float, complex, bool))
 
 
@@ -90,7 +91,7 @@ def namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Any:
         When arrays of different libraries (or different GPUs) are mixed; the message
         names each argument and where it lives.
     """
-    vals = [_unbox(a) for a in arrays]
+    vals = [unbox(a) for a in arrays]
     found = [(i, v) for i, v in enumerate(vals) if is_array(v) and not isinstance(v, np.generic)]
     if not found:
         return array_api_compat.array_namespace(np.empty(0))
@@ -207,7 +208,7 @@ def using(name: str) -> Iterator[Any]:
 def asarray(x: Any, backend: str | None = None, dtype: Any = None) -> Any:
     """``x`` as an array of ``backend`` (default: the current one), copying across devices."""
     mod = module(backend)
-    x = _unbox(x)
+    x = unbox(x)
     if mod is np:
         if type(x).__module__.split(".")[0] == "cupy":
             x = x.get()

@@ -33,7 +33,7 @@ import numpy as np
 from autograd.core import make_vjp
 from autograd.differential_operators import make_jvp
 
-from .backend import is_array, namespace
+from .backend import unbox, is_array, namespace
 
 __all__ = [
     "BilevelProblem",
@@ -66,14 +66,8 @@ class NonFiniteError(FloatingPointError):
         self.what = what
 
 
-def _unbox(x: Any) -> Any:
-    while hasattr(x, "_value") and hasattr(x, "_trace"):
-        x = x._value
-    return x
-
-
 def _all_finite(x: Any) -> bool:
-    x = _unbox(x)
+    x = unbox(x)
     if type(x) is np.ndarray or isinstance(x, (float, int, np.generic)):
         return bool(np.isfinite(x).all())
     xp = namespace(x)
@@ -289,7 +283,7 @@ class BilevelProblem:
     @staticmethod
     def _check_user(name: str, out: Any, like: Any, arg: str) -> Any:
         """A user oracle's result must have the shape of ``arg`` (``w`` or ``lam``)."""
-        shape = getattr(_unbox(out), "shape", None)
+        shape = getattr(unbox(out), "shape", None)
         if shape is None or tuple(shape) != tuple(like.shape):
             raise ValueError(
                 f"user oracle {name!r} returned "
@@ -455,7 +449,7 @@ class BilevelProblem:
 
             vjp, _ = make_vjp(fsum, (w, lam))
             gw, gl = vjp(_one_like(w))
-            value = _unbox(holder["v"])
+            value = unbox(holder["v"])
         self._require_finite("outer value", value)
         self._require_finite("outer_grads (w part)", gw)
         self._require_finite("outer_grads (lam part)", gl)
@@ -502,7 +496,7 @@ class BilevelProblem:
         """
         namespace(w, lam, names=(name_w, name_lam))
         for nm, x in ((name_w, w), (name_lam, lam)):
-            x = _unbox(x)
+            x = unbox(x)
             if not is_array(x):
                 raise TypeError(f"{nm} must be an array, got {type(x).__name__}")
             kind = getattr(getattr(x, "dtype", None), "kind", None)
@@ -666,12 +660,12 @@ def _rel_err(got: Any, want: Any, scale: float | None = None) -> float:
 def _to_np(x: Any) -> Any:
     from .backend import to_numpy
 
-    return to_numpy(_unbox(x))
+    return to_numpy(unbox(x))
 
 
 def _one_like(w: Any) -> Any:
     xp = namespace(w)
-    return xp.asarray(1.0, dtype=_unbox(w).dtype)
+    return xp.asarray(1.0, dtype=unbox(w).dtype)
 
 
 @dataclass
