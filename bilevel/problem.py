@@ -33,7 +33,7 @@ import numpy as np
 from autograd.core import make_vjp
 from autograd.differential_operators import make_jvp
 
-from .backend import unbox, is_array, namespace
+from .backend import is_array, namespace, unbox
 
 __all__ = [
     "BilevelProblem",
