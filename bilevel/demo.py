@@ -204,7 +204,8 @@ def meta_curves(
 ) -> dict[str, dict]:
     """Meta-train MAML and iMAML on sinusoid tasks; histories and held-out evaluations."""
     from .linalg import CG
-    from .meta import IMAML, MAML, MLP, Adam, Sinusoid, train
+    from .meta import IMAML, MAML, MLP, Sinusoid, train
+    from .optim import Adam
 
     model = MLP((1, 40, 40, 1), activation="tanh")
     algorithms = {
