@@ -1,0 +1,34 @@
+"""The code on the getting-started page runs as written (blocks executed in order)."""
+
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def python_blocks(page: Path) -> list[str]:
+    """The ``.. code-block:: python`` bodies of an rst page, dedented."""
+    blocks, lines = [], page.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() == ".. code-block:: python":
+            body, i = [], i + 1
+            while i < len(lines) and (not lines[i].strip() or lines[i].startswith("   ")):
+                body.append(lines[i][3:])
+                i += 1
+            blocks.append("\n".join(body))
+        else:
+            i += 1
+    return blocks
+
+
+@pytest.mark.parametrize("page", ["getting_started.rst"])
+def test_code_blocks_run(page):
+    blocks = python_blocks(DOCS / page)
+    assert len(blocks) >= 2, f"{page} lost its code examples"
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, f"{page}", "exec"), namespace)
+    grad = namespace.get("grad")
+    assert grad is not None and grad.shape == (5,)
