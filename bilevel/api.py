@@ -7,6 +7,7 @@ strategy object (:mod:`bilevel.methods`); any method works with any problem.
 
 from __future__ import annotations
 
+import abc
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ class HypergradState:
     extra: dict = field(default_factory=dict)
 
 
-class Method:
+class Method(abc.ABC):
     """Base class of hypergradient methods (strategy objects).
 
     A method implements ``compute(problem, lam, w0, inner, state)`` returning a
@@ -131,6 +132,7 @@ class Method:
 
     name = "method"
 
+    @abc.abstractmethod
     def compute(
         self,
         problem: BilevelProblem,
@@ -139,7 +141,7 @@ class Method:
         inner: Dynamics,
         state: HypergradState | None,
     ) -> HypergradResult:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Run the inner dynamics from ``w0`` and return the hypergradient with diagnostics."""
 
     def check_dynamics(self, inner: Dynamics) -> None:
         """Raise when this method cannot run with ``inner`` (default: any dynamics)."""

@@ -17,6 +17,7 @@ True
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 from .backend import namespace
@@ -31,16 +32,16 @@ def _check_grads(grads: Any, params: Any) -> None:
         )
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Base class: an outer optimizer as a pure ``(init, update)`` pair."""
 
+    @abc.abstractmethod
     def init(self, params: Any) -> dict[str, Any]:
         """Initial optimizer state for ``params``."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
+    @abc.abstractmethod
     def update(self, grads: Any, state: dict[str, Any], params: Any) -> tuple[Any, dict]:
         """``(updates, new_state)``; the next parameters are ``params + updates``."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
 
 def _positive(name: str, value: float) -> float:
