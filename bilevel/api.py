@@ -145,6 +145,7 @@ class Method(abc.ABC):
 
     def check_dynamics(self, inner: Dynamics) -> None:
         """Raise when this method cannot run with ``inner`` (default: any dynamics)."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
