@@ -133,9 +133,30 @@ def _assemble(model: Any, parts: dict[str, Any]) -> Any:
     return bnp.concatenate([parts[k] for k in order], axis=1)
 
 
-def _mean_tasks(x: Any) -> Any:
+def _mean_tasks(x: Any, mask: Any = None) -> Any:
+    """Mean over the task axis, over the tasks where ``mask`` is true when given.
+
+    Failed tasks enter through ``where`` (not a multiplication by 0), so a non-finite
+    gradient of a dropped task does not reach the mean. An all-false mask gives the plain
+    mean (the caller sees ``success_fraction = 0`` and skips the update).
+    """
     xp = namespace(x)
-    return xp.mean(x, axis=0)
+    if mask is None:
+        return xp.mean(x, axis=0)
+    mask = xp.asarray(mask)
+    count = int(xp.sum(xp.astype(mask, xp.int64)))
+    if count == 0 or count == int(x.shape[0]):
+        return xp.mean(x, axis=0)
+    keep = xp.reshape(mask, (-1,) + (1,) * (len(x.shape) - 1))
+    return xp.sum(xp.where(keep, x, xp.zeros_like(x)), axis=0) / count
+
+
+def _task_success(res: HypergradResult) -> np.ndarray | None:
+    """Per-task success flags ``(T,)`` (NumPy bool) of a batched result, when reported."""
+    mask = res.get("problem_success")
+    if mask is None or len(getattr(mask, "shape", ())) != 1:
+        return None
+    return to_numpy(mask).astype(bool)
 
 
 def _summary(res: HypergradResult) -> dict[str, Any]:
@@ -149,6 +170,12 @@ def _summary(res: HypergradResult) -> dict[str, Any]:
         "n_jvp": int(res.get("n_jvp", 0)),
         "method": str(res.get("method", "")),
     }
+    mask = _task_success(res)
+    info["task_success"] = mask
+    if mask is not None:
+        info["success_fraction"] = float(np.mean(mask))
+    else:
+        info["success_fraction"] = 1.0 if info["success"] else 0.0
     if res.get("inner_residual") is not None:
         info["inner_residual"] = float(np.max(to_numpy(res.inner_residual)))
     for key in ("linear_iterations", "linear_residual"):
@@ -164,9 +191,12 @@ class MetaAlgorithm:
     the map λ ↔ θ) and the core does the rest. Public methods:
 
     * ``init(rng, backend)`` → initial meta-parameters;
-    * ``meta_gradient(params, episode)`` → ``(grad, info)``: the meta-gradient (shape of
-      ``params``) and diagnostics (``loss`` = mean post-adaptation meta-objective,
-      ``success``, ``message``, work counts);
+    * ``meta_gradient(params, episode, drop_failed=True)`` → ``(grad, info)``: the
+      meta-gradient (shape of ``params``) and diagnostics: ``loss`` (mean post-adaptation
+      meta-objective), ``success`` (every task passed its diagnostics), ``message``,
+      ``task_success`` (per-task flags ``(T,)`` where the method reports them, else
+      ``None``), ``success_fraction`` (fraction of tasks that passed) and work counts.
+      with ``drop_failed`` the meta-gradient averages only the tasks that passed;
     * ``adapt(params, x_support, y_support)`` → adapted model parameters ``(T, n)``;
     * ``evaluate(params, episode)`` → per-task post-adaptation query ``loss`` and
       ``accuracy`` (NumPy arrays of shape ``(T,)``).
@@ -198,7 +228,8 @@ class MetaAlgorithm:
         return params
 
     # ------------------------------------------------------------- interface
-    def meta_gradient(self, params: Any, episode: Any) -> tuple[Any, dict[str, Any]]:
+    def meta_gradient(self, params: Any, episode: Any,
+                      drop_failed: bool = True) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def adapt(self, params: Any, x_support: Any, y_support: Any) -> Any:
@@ -325,10 +356,19 @@ class _Configured(MetaAlgorithm):
             return self._first_order(problem, lam, w0)
         return hypergrad(problem, lam, w0, inner=self.dynamics, method=self.method)
 
-    def meta_gradient(self, params: Any, episode: Any) -> tuple[Any, dict[str, Any]]:
-        """Meta-gradient ``(1/T) Σ_i ∇_{λ_i} f_i`` mapped to the meta-parameters, and info."""
+    def meta_gradient(self, params: Any, episode: Any,
+                      drop_failed: bool = True) -> tuple[Any, dict[str, Any]]:
+        """Meta-gradient ``(1/T) Σ_i ∇_{λ_i} f_i`` mapped to the meta-parameters, and info.
+
+        When the method reports per-task diagnostics (``problem_success`` of
+        :class:`bilevel.Implicit`) and ``drop_failed`` is true, the mean runs over the
+        tasks that passed only, ``(1/|S|) Σ_{i∈S} ∇_{λ_i} f_i``; ``info["task_success"]``
+        says which.
+        """
         res = self.hypergradient(params, episode)
-        return self.grad_of(_mean_tasks(res.grad), params), _summary(res)
+        info = _summary(res)
+        mask = info["task_success"] if drop_failed else None
+        return self.grad_of(_mean_tasks(res.grad, mask), params), info
 
     def adapt(self, params: Any, x_support: Any, y_support: Any) -> Any:
         """Test-time adaptation: the inner dynamics on the inner objective, ``(T, n)``."""
@@ -462,21 +502,26 @@ class IMAML(_Configured):
 
     name = "imaml"
 
-    def __init__(self, model: Any, reg: float = 2.0, inner_lr: float = 0.01, steps: int = 10,
-                 solver: Any = None, damping: float = 0.0, *, method: Any = None):
+    def __init__(self, model: Any, reg: float = 2.0, inner_lr: float = 0.01, steps: int = 20,
+                 solver: Any = None, damping: float | None = None, *,
+                 inner_tol: float | None = 10.0, method: Any = None):
         from ..methods import Implicit
 
         self.reg = _positive("reg", reg)
+        damping = self.reg + 20.0 if damping is None else _nonneg("damping", damping)
+        if inner_tol is not None:
+            inner_tol = _positive("inner_tol", inner_tol)
         solver = CG(tol=1e-6, maxiter=50) if solver is None else solver
         if method is None:
-            method = Implicit(solver, _nonneg("damping", damping), inner_tol=None)
+            method = Implicit(solver, damping, inner_tol=inner_tol)
         super().__init__(model, GradientDescent(_positive("inner_lr", inner_lr), _steps(steps)),
                          method)
         self.inner_lr, self.steps, self.solver = float(inner_lr), int(steps), solver
+        self.damping, self.inner_tol = damping, inner_tol
 
     def __repr__(self) -> str:
         return (f"IMAML(reg={self.reg}, inner_lr={self.inner_lr}, steps={self.steps}, "
-                f"method={self.method!r})")
+                f"damping={self.damping}, inner_tol={self.inner_tol}, method={self.method!r})")
 
     def inner_objective(self, w: Any, lam: Any, data: TaskData) -> Any:
         return super().inner_objective(w, lam, data) + 0.5 * self.reg * _sqnorm(w - lam)
@@ -776,7 +821,9 @@ class Reptile(MetaAlgorithm):
     def __repr__(self) -> str:
         return f"Reptile(inner_lr={self.inner_lr}, steps={self.steps})"
 
-    def meta_gradient(self, params: Any, episode: Any) -> tuple[Any, dict[str, Any]]:
+    def meta_gradient(self, params: Any, episode: Any,
+                      drop_failed: bool = True) -> tuple[Any, dict[str, Any]]:
+        """The Reptile direction ``θ − (1/T) Σ_i φ_i`` and info (no per-task diagnostics)."""
         problem, lam, _ = self._maml.problem(params, episode.x_support, episode.y_support,
                                              episode.x_query, episode.y_query)
         counts = problem.counts.snapshot()
@@ -786,12 +833,13 @@ class Reptile(MetaAlgorithm):
         except NonFiniteError as err:
             nan = namespace(params).full(tuple(params.shape), float("nan"), dtype=params.dtype)
             return nan, {"loss": float("nan"), "success": False, "method": "reptile",
+                         "task_success": None, "success_fraction": 0.0,
                          "message": f"non-finite {err.what} at inner step "
                                     f"{getattr(err, 'step', None)}: lower inner_lr",
                          "n_grad": problem.counts.grad - counts["grad"], "n_hvp": 0, "n_jvp": 0}
         info = {"loss": float(np.mean(to_numpy(value))), "success": True, "message": "ok",
                 "n_grad": problem.counts.grad - counts["grad"], "n_hvp": 0, "n_jvp": 0,
-                "method": "reptile"}
+                "method": "reptile", "task_success": None, "success_fraction": 1.0}
         return params - _mean_tasks(w), info
 
     def adapt(self, params: Any, x_support: Any, y_support: Any) -> Any:
@@ -817,7 +865,9 @@ class Pretrain(MetaAlgorithm):
     def __repr__(self) -> str:
         return f"Pretrain(inner_lr={self.inner_lr}, steps={self.steps})"
 
-    def meta_gradient(self, params: Any, episode: Any) -> tuple[Any, dict[str, Any]]:
+    def meta_gradient(self, params: Any, episode: Any,
+                      drop_failed: bool = True) -> tuple[Any, dict[str, Any]]:
+        """Gradient of the joint loss over the meta-batch and info (no per-task mask)."""
         _check_params(params, self.n_params)
         model, T = self.model, int(episode.x_support.shape[0])
 
@@ -830,9 +880,10 @@ class Pretrain(MetaAlgorithm):
         vjp, value = make_vjp(joint, params)
         xp = namespace(params)
         grad = vjp(xp.asarray(1.0, dtype=params.dtype))
-        info = {"loss": float(to_numpy(value)), "success": bool(np.all(np.isfinite(
-            to_numpy(grad)))), "message": "ok", "n_grad": 1, "n_hvp": 0, "n_jvp": 0,
-            "method": "joint"}
+        ok = bool(np.all(np.isfinite(to_numpy(grad))))
+        info = {"loss": float(to_numpy(value)), "success": ok, "message": "ok", "n_grad": 1,
+                "n_hvp": 0, "n_jvp": 0, "method": "joint", "task_success": None,
+                "success_fraction": float(ok)}
         return grad, info
 
     def adapt(self, params: Any, x_support: Any, y_support: Any) -> Any:

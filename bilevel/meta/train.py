@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 import tracemalloc
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from .algorithms import MetaAlgorithm
 
 __all__ = [
     "MetaTrainingError",
+    "MetaTrainingWarning",
     "TrainResult",
     "evaluate",
     "load_checkpoint",
@@ -35,13 +37,18 @@ __all__ = [
     "train",
 ]
 
-HISTORY_KEYS = ("iteration", "loss", "time", "peak_memory", "success", "n_grad", "n_hvp")
+HISTORY_KEYS = ("iteration", "loss", "time", "peak_memory", "success", "success_fraction",
+                "applied", "n_grad", "n_hvp")
 EVAL_KEYS = ("iteration", "loss", "loss_ci", "accuracy", "accuracy_ci")
 _FORMAT = "bilevel.meta.checkpoint/1"
 
 
 class MetaTrainingError(RuntimeError):
     """Meta-training cannot continue (non-finite meta-gradient, mismatched checkpoint)."""
+
+
+class MetaTrainingWarning(RuntimeWarning):
+    """Many meta-gradients fail their diagnostics (issued once per :func:`train` call)."""
 
 
 @dataclass
@@ -56,7 +63,9 @@ class TrainResult:
         Per iteration (lists of equal length): ``iteration``, ``loss`` (mean meta-objective
         after adaptation), ``time`` (seconds of the iteration), ``peak_memory`` (bytes of
         host memory allocated during the meta-gradient, measured every ``memory_every``
-        iterations, NaN otherwise), ``success``, ``n_grad``, ``n_hvp``.
+        iterations, NaN otherwise), ``success`` (every task of the meta-batch passed its
+        diagnostics), ``success_fraction`` (fraction of tasks that passed), ``applied``
+        (the update was made), ``n_grad``, ``n_hvp``.
     evaluations : dict
         Per evaluation: ``iteration``, ``loss``, ``loss_ci``, ``accuracy``,
         ``accuracy_ci`` (95% normal confidence half-widths over the held-out tasks).
@@ -252,7 +261,9 @@ def train(
     progress: bool = True,
     memory_every: int = 0,
     callback: Callable[[int, Any, dict], None] | None = None,
-    on_failure: str = "skip",
+    on_failure: str = "drop",
+    failure_window: int = 20,
+    failure_warn: float = 0.5,
 ) -> TrainResult:
     """Meta-train ``algorithm`` on tasks from ``sampler``.
 
@@ -290,10 +301,23 @@ def train(
         ``callback(iteration, params, history)`` after each iteration (and after its
         checkpoint); an exception from it stops training (used to test kill-and-resume).
     on_failure
-        What to do with a finite meta-gradient whose diagnostics report a failure
-        (``info["success"]`` False: CG breakdown or non-convergence, ...): ``"skip"`` the
-        update (default), ``"apply"`` it anyway, or ``"raise"``. Either way the iteration
-        is recorded with ``success=False`` in the history.
+        What to do when diagnostics report a failure (``info["success"]`` False: a CG
+        breakdown, an unconverged solve or inner problem, ...):
+
+        * ``"drop"`` (default): drop the failing tasks. Algorithms whose method reports
+          per-task diagnostics (``info["task_success"]``: iMAML, MemoryReduced and CML on
+          them, through :class:`bilevel.Implicit`'s ``problem_success``) average the
+          meta-gradient over the tasks that passed; the update is skipped only when none
+          passed. Algorithms with whole-batch diagnostics skip the update on failure.
+        * ``"skip"``: skip the update whenever any task failed.
+        * ``"apply"``: apply the mean over all tasks anyway.
+        * ``"raise"``: raise :class:`MetaTrainingError`.
+
+        Every iteration records ``success``, ``success_fraction`` and ``applied``.
+    failure_window, failure_warn
+        Warn (:class:`MetaTrainingWarning`, once per call) when the mean fraction of
+        failing tasks over the last ``failure_window`` iterations exceeds ``failure_warn``
+        (a sign of a bad configuration: inner step size, damping, ...).
 
     Returns
     -------
@@ -315,8 +339,13 @@ def train(
     checkpoint_every = _check_positive_int("checkpoint_every", checkpoint_every)
     memory_every = _check_positive_int("memory_every", memory_every, allow_zero=True)
     optimizer = Adam(1e-3) if optimizer is None else optimizer
-    if on_failure not in ("skip", "apply", "raise"):
-        raise ValueError(f"on_failure must be 'skip', 'apply' or 'raise', got {on_failure!r}")
+    if on_failure not in ("drop", "skip", "apply", "raise"):
+        raise ValueError(
+            f"on_failure must be 'drop', 'skip', 'apply' or 'raise', got {on_failure!r}"
+        )
+    failure_window = _check_positive_int("failure_window", failure_window)
+    if not (isinstance(failure_warn, (int, float)) and 0 <= failure_warn <= 1):
+        raise ValueError(f"failure_warn must be a number in [0, 1], got {failure_warn!r}")
     backend = getattr(sampler, "backend", None) or "numpy"
     config = {"algorithm": repr(algorithm), "optimizer": repr(optimizer), "seed": int(seed),
               "meta_batch": meta_batch}
@@ -338,6 +367,8 @@ def train(
         params, opt_state = ck["params"], ck["opt_state"]
         rng.bit_generator.state = ck["rng_state"]
         history, evaluations, start = ck["history"], ck["evaluations"], ck["iteration"]
+        for key in HISTORY_KEYS:  # checkpoints written before a key existed
+            history.setdefault(key, [float("nan")] * len(history["iteration"]))
 
     eval_episodes = None
     if eval_every:
@@ -346,6 +377,8 @@ def train(
 
     from tqdm.auto import tqdm
 
+    drop = on_failure == "drop"
+    warned = False
     bar = tqdm(total=steps, initial=start, disable=not progress, desc=type(algorithm).__name__)
     try:
         for it in range(start, steps):
@@ -353,28 +386,50 @@ def train(
             episode = sampler.sample(meta_batch, rng)
             measure = bool(memory_every) and it % memory_every == 0
             (grad, info), peak = _measure(
-                lambda p=params, ep=episode: algorithm.meta_gradient(p, ep), measure
+                lambda p=params, ep=episode: algorithm.meta_gradient(p, ep, drop_failed=drop),
+                measure,
             )
-            xp = namespace(grad)
-            if not bool(xp.all(xp.isfinite(grad))):
-                raise MetaTrainingError(
-                    f"non-finite meta-gradient at iteration {it}: {info.get('message')}; lower "
-                    "the inner or outer step size, or add damping"
-                )
             ok = bool(info.get("success", True))
+            fraction = float(info.get("success_fraction", 1.0 if ok else 0.0))
             if not ok and on_failure == "raise":
                 raise MetaTrainingError(
                     f"meta-gradient diagnostics failed at iteration {it}: {info.get('message')}"
                 )
-            if ok or on_failure == "apply":
+            if on_failure == "apply":
+                apply = True
+            elif drop and info.get("task_success") is not None:
+                apply = fraction > 0
+            else:
+                apply = ok
+            xp = namespace(grad)
+            masked = info.get("task_success") is not None
+            if (apply or not masked) and not bool(xp.all(xp.isfinite(grad))):
+                raise MetaTrainingError(
+                    f"non-finite meta-gradient at iteration {it}: {info.get('message')}; lower "
+                    "the inner or outer step size, or add damping"
+                )
+            if apply:
                 updates, opt_state = optimizer.update(grad, opt_state, params)
                 params = params + updates
             for key, val in (("iteration", it), ("loss", info["loss"]),
                              ("time", time.perf_counter() - t0), ("peak_memory", peak),
-                             ("success", ok),
+                             ("success", ok), ("success_fraction", fraction),
+                             ("applied", apply),
                              ("n_grad", int(info.get("n_grad", 0))),
                              ("n_hvp", int(info.get("n_hvp", 0)))):
                 history[key].append(val)
+            recent = history["success_fraction"][-failure_window:]
+            failing = 1.0 - float(np.nanmean(recent)) if recent else 0.0
+            if (not warned and len(recent) == failure_window and failing > failure_warn):
+                warned = True
+                warnings.warn(
+                    f"{type(algorithm).__name__}: {100 * failing:.0f}% of the tasks failed "
+                    f"their diagnostics over the last {failure_window} meta-iterations "
+                    f"(latest: {info.get('message')}); check the inner step size and "
+                    "number of steps, the damping, or the solver",
+                    MetaTrainingWarning,
+                    stacklevel=2,
+                )
             done = it + 1
             if eval_every and (done % eval_every == 0 or done == steps):
                 ev = evaluate(algorithm, params, None, episodes=eval_episodes)

@@ -30,6 +30,22 @@ def _max(x: Any) -> float:
     return float(xp.max(xp.reshape(xp.asarray(x), (-1,))))
 
 
+def _problem_success(xp: Any, sol: Any, inner_ok: Any, b: Any) -> Any:
+    """Per-problem success ``(B,)`` of a batched solve (``None`` for a single problem).
+
+    A problem succeeds when its linear solve converged (a CG breakdown leaves it
+    unconverged) and, when tested, its inner residual passed the stationarity test.
+    """
+    if len(b.shape) != 2:
+        return None
+    mask = sol.converged_mask
+    if mask is None:
+        mask = xp.full((b.shape[0],), bool(sol.converged and not sol.breakdown), dtype=xp.bool)
+    if inner_ok is not None:
+        mask = mask & inner_ok
+    return mask
+
+
 class Implicit(Method):
     """Implicit differentiation at the last inner iterate (AID; iMAML on a proximal ``g``).
 
@@ -78,7 +94,12 @@ class Implicit(Method):
     Result keys besides the common ones: ``v`` (the solution, stored back into the state),
     ``linear_solve`` (the :class:`bilevel.linalg.SolveResult`), ``linear_residual``
     (``‖(H + δI)v − ∇_w f‖`` per problem, as the solver measured it), ``linear_iterations``,
-    ``inner_residual`` (``‖∇_w g(w_K)‖`` per problem), ``inner_converged``, ``tol``.
+    ``inner_residual`` (``‖∇_w g(w_K)‖`` per problem), ``inner_converged``, ``tol`` and
+    ``problem_success``: for a batched problem a boolean array ``(B,)``, true where that
+    problem's linear solve converged (no CG breakdown) and its inner residual passed the
+    ``inner_tol`` test, so that a caller can keep the problems that passed (meta-learning
+    drops the failing tasks of a meta-batch); ``None`` for a single problem, whose status
+    is ``success``.
 
     Memory O(n + m): the solver's work vectors (4 for CG, 3 for Neumann/FixedPoint) and
     one trace of ``∇_w g`` — independent of K. Time: K inner steps + 1 gradient (2 with the
@@ -176,9 +197,11 @@ class Implicit(Method):
 
         problems = []
         inner_converged = True
+        inner_ok = None
         if inner_tol is not None:
             threshold = inner_tol * xp.maximum(g0_norm, xp.ones_like(g0_norm))
-            inner_converged = bool(xp.all(inner_residual <= threshold))
+            inner_ok = inner_residual <= threshold
+            inner_converged = bool(xp.all(inner_ok))
             if not inner_converged:
                 problems.append(
                     f"inner solve not converged: ‖∇_w g(w_K)‖ = {_max(inner_residual):.3e} > "
@@ -189,6 +212,10 @@ class Implicit(Method):
                 )
         if not sol.converged or sol.breakdown:
             problems.append(f"linear solve failed: {sol.message}")
+        problem_success = _problem_success(xp, sol, inner_ok, b)
+        if problem_success is not None and problems:
+            n_ok = int(xp.sum(xp.astype(problem_success, xp.int64)))
+            problems.append(f"{n_ok} of {problem_success.shape[0]} problems passed")
         return HypergradResult(
             grad=grad,
             w=w,
@@ -201,6 +228,7 @@ class Implicit(Method):
             linear_iterations=sol.iterations,
             inner_residual=inner_residual,
             inner_converged=inner_converged,
+            problem_success=problem_success,
             warm_started=x0 is not None,
             tol=getattr(solver, "tol", None),
         )
