@@ -92,6 +92,9 @@ def test_argument_errors():
 class CheckingMethod(Method):
     """A method that refuses every dynamics (exercises Method.check_dynamics)."""
 
+    def compute(self, problem, lam, w0, inner, state):
+        return Reverse().compute(problem, lam, w0, inner, state)
+
     def check_dynamics(self, inner):
         raise ValueError(f"CheckingMethod cannot run with {inner!r}")
 
