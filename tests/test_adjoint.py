@@ -311,3 +311,122 @@ def test_needs_gradient_flow_and_valid_arguments():
     with pytest.raises(ValueError, match="reconstruct_tol"):
         Adjoint("reconstruct", reconstruct_tol=-1.0)
     assert repr(Adjoint()) == "Adjoint(trajectory='checkpoint', discrete=True)"
+
+
+def stiff_quadratic(top=50.0, n=4, seed=0):
+    """g = ½(u − λ)ᵀP(u − λ) with spectrum {0.5, 1, 3, top}; closed form as in V4."""
+    rng = np.random.default_rng(seed)
+    Q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    P = (Q * np.array([0.5, 1.0, 3.0, top])) @ Q.T
+    b, theta, lam = rng.standard_normal((3, n))
+    g = lambda u, lam: 0.5 * anp.dot(u - lam, anp.dot(P, u - lam))  # noqa: E731
+    f = lambda u, lam: 0.5 * anp.sum((u - b) ** 2)  # noqa: E731
+
+    def exact(T):
+        E = expm(-P * T)
+        return (np.eye(n) - E) @ (lam + E @ (theta - lam) - b)
+
+    return BilevelProblem(g, f), lam, theta, exact
+
+
+def test_real_stability_bounds_of_the_schemes():
+    from bilevel.methods.adjoint import real_stability_bound
+    from bilevel.ode import SCHEMES
+
+    assert real_stability_bound(SCHEMES["euler"]) == pytest.approx(2.0, abs=1e-9)
+    assert real_stability_bound(SCHEMES["heun"]) == pytest.approx(2.0, abs=1e-9)
+    # RK4: 1 − x + x²/2 − x³/6 + x⁴/24 = 1 at x ≈ 2.785293563
+    x = real_stability_bound(SCHEMES["rk4"])
+    assert x == pytest.approx(2.785293563405, abs=1e-9)
+    assert 1 - x + x**2 / 2 - x**3 / 6 + x**4 / 24 == pytest.approx(1.0, abs=1e-9)
+
+
+def test_lanczos_estimate_is_a_sharp_lower_bound():
+    from bilevel.methods.adjoint import lanczos_max_eigenvalue
+
+    rng = np.random.default_rng(3)
+    Q = np.linalg.qr(rng.standard_normal((12, 12)))[0]
+    A = (Q * np.r_[np.linspace(0.1, 3.0, 11), 7.0]) @ Q.T  # a separated stiff mode
+    top = lanczos_max_eigenvalue(lambda v: A @ v, rng.standard_normal(12), 8)
+    assert 7.0 * (1 - 1e-3) < top <= 7.0 + 1e-12
+    clustered = spd(rng, 12, 0.1, 7.0)  # 8 steps, no gap: still a lower bound, within 5 %
+    top = lanczos_max_eigenvalue(lambda v: clustered @ v, rng.standard_normal(12), 8)
+    assert 7.0 * 0.95 < top <= 7.0 + 1e-12
+    batch = np.stack([A, 2 * A])
+    tops = lanczos_max_eigenvalue(lambda v: np.einsum("bij,bj->bi", batch, v),
+                                  rng.standard_normal((2, 12)), 8)
+    assert tops.shape == (2,) and np.all(tops <= [7.0 + 1e-12, 14.0 + 1e-12])
+    np.testing.assert_allclose(tops, [7.0, 14.0], rtol=1e-3)
+
+
+@pytest.mark.parametrize("K", [4, 20, 24])
+def test_unstable_continuous_adjoint_is_reported(K):
+    """RK4 forward is stable for h·λ_max < 2.785, the Heun backward step only below 2.
+
+    Spectrum top 50, T = 1: K = 20 gives h·λ = 2.5 (backward growth 1.625 per step),
+    K = 24 gives 2.083 (marginal, 5 % per step), K = 4 a short run that the a priori
+    Lanczos estimate must catch before the mode has grown.
+    """
+    problem, lam, theta, exact = stiff_quadratic()
+    inner = GradientFlow(1.0, K, "rk4")
+    with pytest.warns(HypergradWarning, match="Heun backward step"):
+        res = hypergrad(problem, lam, theta, inner=inner, method=Adjoint("store", discrete=False))
+    assert not res.success and res.unstable_step is not None
+    assert 2.0 < res.step_stiffness <= 50.0 / K * (1 + 1e-12)
+    assert "K ≥ 25 steps" in res.message  # ⌈λ_max·T / 2⌉
+    if K > 4:  # forward stable: the discrete adjoint is right and says so
+        assert relerr(res.grad, exact(1.0)) > 1.0  # the failure being reported is real
+        ok = hypergrad(problem, lam, theta, inner=inner, method=Adjoint("store"))
+        assert ok.success and ok.unstable_step is None
+        assert relerr(ok.grad, exact(1.0)) < 1e-3
+    with pytest.raises(HypergradError, match="continuous adjoint unstable"):
+        hypergrad(problem, lam, theta, inner=inner, method=Adjoint("checkpoint", discrete=False),
+                  strict=True)
+
+
+def test_stable_continuous_adjoint_passes_the_checks():
+    problem, lam, theta, exact = stiff_quadratic()
+    res = hypergrad(problem, lam, theta, inner=GradientFlow(1.0, 30, "rk4"),
+                    method=Adjoint("store", discrete=False), strict=True)
+    assert res.success and res.unstable_step is None
+    assert res.step_stiffness == pytest.approx(50.0 / 30, rel=1e-6)  # Lanczos is sharp here
+    assert relerr(res.grad, exact(1.0)) < 1e-3
+    plain = Adjoint("store", discrete=False, stiffness_iters=0)
+    res0 = hypergrad(problem, lam, theta, inner=GradientFlow(1.0, 30, "rk4"), method=plain)
+    assert res0.n_hvp == res.n_hvp - 8
+    np.testing.assert_array_equal(res0.grad, res.grad)
+
+
+@pytest.mark.parametrize("traj", ["store", "checkpoint", "reconstruct"])
+def test_diverging_forward_flow_is_reported_with_its_step(traj):
+    """h·λ = 3.5 > 2.785: RK4 multiplies the stiff mode by R(−3.5) ≈ 2.73 per step."""
+    problem, lam, theta, _ = stiff_quadratic()
+    inner = GradientFlow(1.0, 14, "rk4")  # h·λ_max = 50/14 ≈ 3.57, finite growth
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HypergradWarning)
+        res = hypergrad(problem, lam, theta, inner=inner, method=Adjoint(traj))
+    assert not res.success and "forward integration unstable at step" in res.message
+    assert res.unstable_step is not None and 0 <= res.unstable_step < 14
+    assert res.step_stiffness == pytest.approx(50.0 / 14, rel=1e-6)
+    assert "K ≥ 18" in res.message  # ⌈50 / 2.785⌉
+    with pytest.raises(HypergradError, match="forward integration unstable"):
+        hypergrad(problem, lam, theta, inner=inner, method=Adjoint(traj), strict=True)
+    # long enough to overflow: reported as a divergence at the step that produced inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.warns(HypergradWarning, match="forward integration diverged"):
+            far = hypergrad(problem, lam, theta, inner=GradientFlow(40.0, 560, "rk4"),
+                            method=Adjoint(traj))
+    assert not far.success and far.nonfinite_step is not None
+    assert f"at inner step {far.nonfinite_step}" in far.message
+    assert far.step_stiffness == pytest.approx(50.0 / 14, rel=1e-6)
+
+
+def test_reconstruct_reports_the_stiff_case():
+    """discrete=True with reconstruction: the backward RK4 pass with −h expands by e^{λT}."""
+    problem, lam, theta, _ = stiff_quadratic()
+    with pytest.warns(HypergradWarning, match="reconstruction"):
+        res = hypergrad(problem, lam, theta, inner=GradientFlow(1.0, 24, "rk4"),
+                        method=Adjoint("reconstruct"))
+    assert not res.success and res.reconstruction_error > 1e-4
+    assert res.unstable_step is None  # the forward pass itself is stable (h·λ ≈ 2.08)

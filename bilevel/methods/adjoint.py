@@ -14,17 +14,22 @@ its ``r∫a dt`` term then comes out of the ``−∫Mᵀa`` integral automatical
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from ..api import HypergradResult, HypergradState, HypergradWarning, Method, norm_per_problem
-from ..backend import namespace
+from ..backend import namespace, to_numpy
 from ..checkpoint import default_checkpoints, reverse_sweep
-from ..dynamics import Dynamics, GradientFlow, run
+from ..dynamics import Dynamics, GradientFlow
+from ..ode import Tableau, rk_step
 from ..problem import BilevelProblem, NonFiniteError
 
-__all__ = ["Adjoint"]
+__all__ = ["Adjoint", "lanczos_max_eigenvalue", "real_stability_bound"]
 
 TRAJECTORIES = ("store", "checkpoint", "reconstruct")
 
@@ -32,6 +37,180 @@ TRAJECTORIES = ("store", "checkpoint", "reconstruct")
 def _max(x: Any) -> float:
     xp = namespace(x)
     return float(xp.max(xp.reshape(xp.asarray(x), (-1,))))
+
+
+def _dot(x: Any, y: Any) -> Any:
+    """⟨x, y⟩ over all axes, or per problem (over the non-batch axes) for ``(B, ...)``."""
+    xp = namespace(x, y)
+    if len(x.shape) <= 1:
+        return xp.sum(x * y)
+    return xp.sum(x * y, axis=tuple(range(1, len(x.shape))))
+
+
+def _col(s: Any, x: Any) -> Any:
+    """Per-problem scalars ``s`` shaped to broadcast against ``x``."""
+    if len(x.shape) <= 1:
+        return s
+    return namespace(s).reshape(s, (-1,) + (1,) * (len(x.shape) - 1))
+
+
+def _host(x: Any) -> np.ndarray:
+    return np.asarray(to_numpy(x), dtype=float).reshape(-1)
+
+
+@functools.cache
+def real_stability_bound(scheme: Tableau) -> float:
+    """Largest ``x`` with ``|R(−y)| ≤ 1`` for all ``y ∈ [0, x]``: the step condition ``h·λ ≤ x``.
+
+    ``R(z) = 1 + Σ_j z^j bᵀA^{j−1}1`` is the stability polynomial of the explicit scheme;
+    a step on ``du/dt = −λu`` multiplies ``u`` by ``R(−hλ)``. Euler and Heun give 2, RK4
+    ≈ 2.7853. Cost: a scan of ``R`` on a grid of ``[0, 10]`` and a bisection.
+    """
+    A = np.zeros((scheme.stages, scheme.stages))
+    for i, row in enumerate(scheme.a):
+        A[i, : len(row)] = row
+    b = np.asarray(scheme.b)
+    coef, v = [1.0], np.ones(scheme.stages)
+    for _ in range(scheme.stages):
+        coef.append(float(b @ v))
+        v = A @ v
+    poly = np.polynomial.Polynomial(coef)
+
+    def stable(x: float) -> bool:
+        return abs(poly(-x)) <= 1.0 + 1e-12
+
+    grid = np.linspace(0.0, 10.0, 10001)[1:]
+    bad = np.flatnonzero(np.abs(poly(-grid)) > 1.0 + 1e-12)
+    if bad.size == 0:
+        return 10.0
+    lo = 0.0 if bad[0] == 0 else float(grid[bad[0] - 1])
+    hi = float(grid[bad[0]])
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if stable(mid) else (lo, mid)
+    return lo
+
+
+def lanczos_max_eigenvalue(hvp: Callable[[Any], Any], v0: Any, iters: int) -> np.ndarray:
+    """Largest Ritz value of ``H`` after ``iters`` Lanczos steps from ``v0`` (per problem).
+
+    Ritz values lie in ``[λ_min(H), λ_max(H)]``, so the result is a lower bound on
+    ``λ_max`` that is usually sharp for a separated top eigenvalue. Memory: three vectors
+    (no reorthogonalization); cost: ``iters`` HVPs. Returns a NumPy array of shape ``()``
+    or ``(B,)``.
+    """
+    xp = namespace(v0)
+    v = v0 / _col(norm_per_problem(v0), v0)
+    v_prev = xp.zeros_like(v)
+    beta = xp.zeros_like(norm_per_problem(v))
+    alphas, betas = [], []
+    for j in range(iters):
+        w = hvp(v)
+        alpha = _dot(w, v)
+        w = w - _col(alpha, w) * v - _col(beta, w) * v_prev
+        beta_next = norm_per_problem(w)
+        # breakdown: an invariant Krylov space; the remaining rows decouple (β = 0)
+        ok = beta_next > 1e-12 * (xp.abs(alpha) + beta + 1e-300)
+        beta_next = xp.where(ok, beta_next, xp.zeros_like(beta_next))
+        safe = xp.where(ok, beta_next, xp.ones_like(beta_next))
+        alphas.append(alpha)
+        if j + 1 < iters:
+            betas.append(beta_next)
+        v_prev, v = v, w / _col(safe, w)
+        v = xp.where(_col(ok, v), v, xp.zeros_like(v))
+        beta = beta_next
+    a = np.stack([np.atleast_1d(_host(x)) for x in alphas], axis=-1)  # (B, m)
+    b = (np.stack([np.atleast_1d(_host(x)) for x in betas], axis=-1) if betas
+         else np.zeros((a.shape[0], 0)))
+    T = np.zeros(a.shape + (a.shape[-1],))
+    idx = np.arange(a.shape[-1])
+    T[:, idx, idx] = a
+    T[:, idx[:-1], idx[1:]] = b
+    T[:, idx[1:], idx[:-1]] = b
+    top = np.linalg.eigvalsh(T)[:, -1]
+    return top.reshape(()) if len(v0.shape) <= 1 else top
+
+
+def _steps_needed(K: int, stiffness: float, bound: float) -> int:
+    """Steps ``K'`` with ``(T/K')·λ ≤ bound`` given ``stiffness = (T/K)·λ``."""
+    return max(K + 1, math.ceil(K * stiffness / bound - 1e-9))
+
+
+class _Stability:
+    """Running step-condition diagnostics (device arrays, no host sync per step).
+
+    Forward: the secant curvature ``q_k = ⟨∇g(u_{k+1}) − ∇g(u_k), Δu⟩/‖Δu‖²`` of each
+    step, a Rayleigh quotient of the averaged Hessian along the step, so ``h·q_k`` is a
+    lower bound on ``h·λ_max`` there; it is compared with the scheme's real stability
+    bound. Backward (continuous adjoint): the Rayleigh quotient ``⟨a, Ha⟩/‖a‖²`` of each
+    HVP the step already computes, against the bound 2 of explicit Euler/Heun. An
+    unstable mode grows until it dominates ``Δu`` or ``a``, so both tests fire as soon as
+    the error they cause is visible; a Lanczos estimate at ``u_K`` catches it earlier.
+    """
+
+    def __init__(self, h: float):
+        self.h = h
+        self.next_k = 0
+        self.prev: tuple[Any, Any] | None = None
+        self.fwd_max: Any = None
+        self.fwd_first: Any = None
+        self.bwd_max: Any = None
+        self.bwd_first: Any = None
+        self.top: np.ndarray | None = None
+
+    @staticmethod
+    def _update(
+        best: Any, first: Any, s: Any, valid: Any, k: int, bound: float
+    ) -> tuple[Any, Any]:
+        """Running max of the valid finite ``s``; first ``k`` with ``s > bound`` or non-finite."""
+        xp = namespace(s)
+        if best is None:
+            best = xp.full_like(s, -math.inf)
+            first = xp.full_like(s, -1.0)
+        finite = xp.isfinite(s)
+        bad = (first < 0) & valid & ((s > bound) | ~finite)
+        return xp.maximum(best, xp.where(valid & finite, s, best)), xp.where(
+            bad, xp.full_like(first, float(k)), first
+        )
+
+    def forward(self, k: int, u: Any, grad: Any, bound: float) -> None:
+        """Record ``(u_k, ∇g(u_k))`` of the first forward pass; test the step ``k−1 → k``."""
+        if k != self.next_k:  # a recomputation during checkpointing
+            return
+        self.next_k = k + 1
+        if self.prev is not None:
+            xp = namespace(u, grad)
+            u0, g0 = self.prev
+            du = u - u0
+            dn2 = _dot(du, du)
+            scale = xp.maximum(norm_per_problem(u), norm_per_problem(u0))
+            eps = float(xp.finfo(u.dtype).eps)
+            resolved = xp.sqrt(dn2) > math.sqrt(eps) * scale
+            valid = resolved | ~xp.isfinite(dn2)
+            s = self.h * _dot(grad - g0, du) / xp.where(resolved, dn2, xp.ones_like(dn2))
+            self.fwd_max, self.fwd_first = self._update(
+                self.fwd_max, self.fwd_first, s, valid, k - 1, bound
+            )
+        self.prev = (u, grad)
+
+    def backward(self, k: int, a: Any, ha: Any) -> None:
+        """Rayleigh quotient ``h⟨a, Ha⟩/‖a‖²`` of a continuous-adjoint HVP at step ``k``."""
+        xp = namespace(a, ha)
+        an2 = _dot(a, a)
+        valid = (an2 > 0) | ~xp.isfinite(an2)
+        s = self.h * _dot(a, ha) / xp.where(an2 > 0, an2, xp.ones_like(an2))
+        self.bwd_max, self.bwd_first = self._update(
+            self.bwd_max, self.bwd_first, s, valid, k, 2.0
+        )
+
+    @staticmethod
+    def worst(best: Any, first: Any) -> tuple[float, int | None]:
+        """``(largest h·q, first violating step or None)`` over the batch."""
+        if best is None:
+            return -math.inf, None
+        b, f = _host(best), _host(first)
+        bad = f[f >= 0]
+        return float(b.max()), (int(bad.min()) if bad.size else None)
 
 
 class _ReconstructionFailed(Exception):
@@ -84,9 +263,24 @@ class Adjoint(Method):
         Snapshots for ``trajectory="checkpoint"``.
     reconstruct_warn, reconstruct_tol : float
         Thresholds on ``reconstruction_error`` (see ``trajectory``).
+    stiffness_iters : int
+        Lanczos steps (HVPs) for the estimate of ``h·λ_max(H(u_K))`` checked against the
+        continuous adjoint's step condition (``discrete=False`` only; 0 turns it off).
 
     Notes
     -----
+    Step conditions. A scheme step on ``du/dt = −λu`` multiplies by its stability
+    polynomial ``R(−hλ)``: the flow diverges where ``h·λ_max(H)`` exceeds the real
+    stability bound of the scheme (2 for Euler and Heun, ≈ 2.785 for RK4, see
+    :func:`real_stability_bound`), and the explicit Euler/Heun backward step of the
+    continuous adjoint where ``h·λ_max > 2`` — so an RK4 forward pass with
+    ``2 < h·λ_max < 2.785`` is stable while its continuous adjoint blows up. Each forward
+    step's secant curvature and each continuous-adjoint HVP's Rayleigh quotient (both
+    free, lower bounds on ``λ_max``) and, for ``discrete=False``, ``stiffness_iters``
+    Lanczos steps at ``u_K`` are compared with these bounds; a violation gives
+    ``success=False`` (``HypergradError`` under ``strict``) with the first offending step
+    in ``unstable_step`` and the largest ``h·λ`` seen in ``step_stiffness``.
+
     Memory: O(K·n) stored, O(c·n) checkpointed, O(n) reconstructed (plus one trace of
     ``∇_w g`` at a time). Time with an ``s``-stage scheme: ``s·K`` gradients forward; the
     discrete backward ``s·K`` HVPs (VJPs of the field) plus ``s − 1`` gradients per step
@@ -110,6 +304,7 @@ class Adjoint(Method):
         checkpoints: int | None = None,
         reconstruct_warn: float = 1e-8,
         reconstruct_tol: float = 1e-4,
+        stiffness_iters: int = 8,
     ):
         if trajectory not in TRAJECTORIES:
             raise ValueError(
@@ -133,6 +328,13 @@ class Adjoint(Method):
                         ("reconstruct_tol", reconstruct_tol)):
             if not (isinstance(val, (int, float)) and val > 0):
                 raise ValueError(f"{nm} must be a positive number, got {val!r}")
+        if isinstance(stiffness_iters, bool) or not isinstance(stiffness_iters, int) or (
+            stiffness_iters < 0
+        ):
+            raise ValueError(
+                f"stiffness_iters must be a non-negative integer, got {stiffness_iters!r}"
+            )
+        self.stiffness_iters = stiffness_iters
         self.trajectory = trajectory
         self.discrete = discrete
         self.checkpoints = checkpoints
@@ -167,7 +369,18 @@ class Adjoint(Method):
         else:
             lin_next = problem.linearize(u_next, lam, data=data)
         a = acc["a"]
+        mon: _Stability = acc["stability"]
+        if k == inner.steps - 1 and self.stiffness_iters > 0:
+            xp = namespace(a)
+            rng = np.random.default_rng(0)
+            r = xp.asarray(rng.standard_normal(tuple(a.shape)), dtype=a.dtype)
+            an = norm_per_problem(a)
+            v0 = a / _col(xp.where(an > 0, an, xp.ones_like(an)), a) + r / _col(
+                norm_per_problem(r), r
+            )
+            mon.top = lanczos_max_eigenvalue(lin_next.hvp, v0, self.stiffness_iters)
         hu1, mu1 = lin_next.vjp(a)
+        mon.backward(k, a, hu1)
         if inner.scheme.order == 1:
             acc["a"] = a - h * hu1
             acc["h"] = acc["h"] - h * mu1
@@ -176,6 +389,7 @@ class Adjoint(Method):
         a_pred = a - h * hu1
         lin_k = problem.linearize(u_k, lam, data=data)
         hu0, mu0 = lin_k.vjp(a_pred)
+        mon.backward(k, a_pred, hu0)
         acc["a"] = a - (0.5 * h) * (hu1 + hu0)
         acc["h"] = acc["h"] - (0.5 * h) * (mu1 + mu0)
         acc["lin_next"] = (k, lin_k)
@@ -209,26 +423,69 @@ class Adjoint(Method):
     ) -> HypergradResult:
         self.check_dynamics(inner)
         K = inner.steps
-        acc: dict[str, Any] = {}
+        mon = _Stability(inner.h)
+        bound = real_stability_bound(inner.scheme)
+        acc: dict[str, Any] = {"stability": mon, "phase": "forward"}
 
         def on_final(st: tuple) -> None:
-            value, gw, gl = problem.outer_value_and_grads(st[0], lam)
+            try:
+                value, gw, gl = problem.outer_value_and_grads(st[0], lam)
+            except NonFiniteError as err:
+                err.step = K  # f at u_K
+                raise
+            acc["phase"] = "backward"
             acc.update(w=st[0], value=value, a=gw, h=gl, u_next=st[0], lin_next=None)
 
         def advance(st: tuple, k: int) -> tuple:
+            field = inner.field(problem, lam, k)
+            first: list[Any] = []
+
+            def recorded(u: Any) -> Any:
+                out = field(u)
+                if not first:
+                    first.append(out)
+                return out
+
             try:
-                return inner.step(problem, st, lam, k)
+                u_next = rk_step(recorded, st[0], inner.h, inner.scheme)
             except NonFiniteError as err:
                 err.step = k
                 raise
+            mon.forward(k, st[0], -first[0], bound)
+            return (u_next,)
 
         backward = self._backward(problem, inner, lam, acc)
         extra: dict[str, Any] = {}
         problems: list[str] = []
+        try:
+            if self.trajectory == "reconstruct":
+                extra, failure = self._reconstruct(
+                    problem, inner, lam, w0, advance, on_final, backward, acc
+                )
+            else:
+                c = None
+                if self.trajectory == "checkpoint":
+                    c = self.checkpoints if self.checkpoints is not None else (
+                        default_checkpoints(K)
+                    )
+                stats = reverse_sweep(
+                    advance, backward, inner.init(w0), K, checkpoints=c, on_final=on_final
+                )
+                extra = dict(
+                    steps_recomputed=stats.steps_recomputed,
+                    max_states_held=stats.max_states_held,
+                )
+                failure = None
+        except NonFiniteError as err:
+            if acc["phase"] != "forward" and mon.worst(mon.fwd_max, mon.fwd_first)[1] is None:
+                raise
+            return self._diverged(err, inner, lam, bound, mon)
+        extra.update(self._stability_report(inner, bound, mon, problems))
+        if failure is not None:
+            failure.update(extra)
+            failure.message = "; ".join([failure.message, *problems])
+            return failure
         if self.trajectory == "reconstruct":
-            extra, failure = self._reconstruct(problem, inner, lam, w0, on_final, backward, acc)
-            if failure is not None:
-                return failure
             err = extra["reconstruction_error"]
             if err > self.reconstruct_tol:
                 problems.append(
@@ -246,17 +503,6 @@ class Adjoint(Method):
                     HypergradWarning,
                     stacklevel=3,
                 )
-        else:
-            c = None
-            if self.trajectory == "checkpoint":
-                c = self.checkpoints if self.checkpoints is not None else default_checkpoints(K)
-            stats = reverse_sweep(
-                advance, backward, inner.init(w0), K, checkpoints=c, on_final=on_final
-            )
-            extra = dict(
-                steps_recomputed=stats.steps_recomputed,
-                max_states_held=stats.max_states_held,
-            )
         grad = acc["h"]
         if problem.init is not None:
             grad = grad + problem.init_vjp(lam, acc["a"])
@@ -273,12 +519,87 @@ class Adjoint(Method):
             **extra,
         )
 
-    def _reconstruct(self, problem, inner, lam, w0, on_final, backward, acc):
-        """Forward pass keeping only ``u_K``, then ``u`` and ``a`` integrated back together."""
-        from ..ode import rk_step
+    def _stability_report(
+        self, inner: GradientFlow, bound: float, mon: _Stability, problems: list[str]
+    ) -> dict:
+        """Compare the recorded curvatures with the step conditions; append failures."""
+        h, K, name = inner.h, inner.steps, inner.scheme.name
+        fwd, fwd_k = mon.worst(mon.fwd_max, mon.fwd_first)
+        report: dict[str, Any] = {"forward_stability_bound": bound}
+        stiff = [fwd]
+        if fwd_k is not None:
+            problems.append(
+                f"forward integration unstable at step {fwd_k}: h·λ_max(H) ≥ {fwd:.4g} "
+                f"exceeds {bound:.4g}, the real stability bound of {name} (h = T/K = {h:.4g}), "
+                f"so the discretized flow diverges instead of contracting; use "
+                f"K ≥ {_steps_needed(K, fwd, bound)} steps for this horizon"
+            )
+        if not self.discrete:
+            bwd, bwd_k = mon.worst(mon.bwd_max, mon.bwd_first)
+            top = -math.inf if mon.top is None else float(np.max(mon.top)) * h
+            stiff += [bwd, top]
+            report["backward_stability_bound"] = 2.0
+            if top > 2.0 and bwd_k is None:
+                bwd_k = inner.steps - 1
+            worst = max(bwd, top)
+            step_name = "Euler" if inner.scheme.order == 1 else "Heun"
+            if bwd_k is not None:
+                problems.append(
+                    f"continuous adjoint unstable from step {bwd_k}: h·λ_max(H) ≥ {worst:.4g} "
+                    f"exceeds 2, the stability bound of the explicit {step_name} backward "
+                    f"step (h = T/K = {h:.4g}), so the adjoint grows instead of decaying and "
+                    "the hypergradient is wrong; use discrete=True (exact for any stable "
+                    f"forward pass) or K ≥ {_steps_needed(K, worst, 2.0)} steps"
+                )
+            if bwd_k is not None:
+                fwd_k = bwd_k if fwd_k is None else min(fwd_k, bwd_k)
+        report["step_stiffness"] = max(stiff)
+        report["unstable_step"] = fwd_k
+        return report
 
+    def _diverged(
+        self, err: NonFiniteError, inner: GradientFlow, lam: Any, bound: float, mon: _Stability
+    ) -> HypergradResult:
+        """Result for a forward integration that produced non-finite values."""
+        xp = namespace(lam)
+        fwd, fwd_k = mon.worst(mon.fwd_max, mon.fwd_first)
+        seen = ""
+        if math.isfinite(fwd):
+            seen = (
+                f"; the largest h·λ_max(H) seen was {fwd:.4g} against the real stability "
+                f"bound {bound:.4g} of {inner.scheme.name} (h = T/K = {inner.h:.4g})"
+            )
+        if fwd_k is not None:
+            seen += (
+                f", exceeded from step {fwd_k}: use "
+                f"K ≥ {_steps_needed(inner.steps, fwd, bound)} steps for this horizon"
+            )
+        step = getattr(err, "step", None)
+        return HypergradResult(
+            grad=xp.full(tuple(lam.shape), math.nan, dtype=lam.dtype),
+            w=None,
+            value=math.nan,
+            success=False,
+            message=(
+                f"forward integration diverged: non-finite {err.what} at inner step {step}"
+                f"{seen}"
+            ),
+            nonfinite_step=step,
+            unstable_step=step if fwd_k is None else fwd_k,
+            step_stiffness=fwd,
+            forward_stability_bound=bound,
+            inner_residual=math.nan,
+            trajectory=self.trajectory,
+            discrete=self.discrete,
+            scheme=inner.scheme.name,
+        )
+
+    def _reconstruct(self, problem, inner, lam, w0, advance, on_final, backward, acc):
+        """Forward pass keeping only ``u_K``, then ``u`` and ``a`` integrated back together."""
         xp = namespace(lam, w0)
-        s = run(problem, inner, w0, lam)
+        s = inner.init(w0)
+        for k in range(inner.steps):
+            s = advance(s, k)
         on_final(s)
         u = s[0]
         u_K_norm = norm_per_problem(u)
