@@ -66,10 +66,10 @@ def build(args: argparse.Namespace) -> tuple[MetaAlgorithm, Any]:
         "anil": lambda: ANIL(model, lr, k),
         "reptile": lambda: Reptile(model, lr, k),
         "imaml": lambda: IMAML(model, reg=2.0 if args.reg is None else args.reg, inner_lr=lr,
-                               steps=k),
+                               steps=k, damping=args.damping),
         "amaml": lambda: AMAML(model, horizon=lr * k, steps=k, scheme=args.scheme,
                                reg=0.0 if args.reg is None else args.reg),
-        "memory_reduced": lambda: MemoryReduced(model, lr, k, damping=args.damping,
+        "memory_reduced": lambda: MemoryReduced(model, lr, k, damping=args.damping or 0.0,
                                                 head_reg=args.head_reg),
     }
     if args.algorithm == "cml":
@@ -99,7 +99,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    help="iMAML λ (default 2) / A-MAML r (default 0)")
     p.add_argument("--scheme", default="rk4",
                    help="A-MAML integrator; horizon = inner-lr × inner-steps")
-    p.add_argument("--damping", type=float, default=0.0, help="MemoryReduced CG damping")
+    p.add_argument("--damping", type=float, default=None,
+                   help="CG damping δ (iMAML: default reg + 20; MemoryReduced: default 0)")
     p.add_argument("--head-reg", type=float, default=0.0, help="MemoryReduced head ridge")
     p.add_argument("--cml-base", choices=ALGORITHMS[:-1], default="maml")
     p.add_argument("--cml-weight", type=float, default=1.0)
