@@ -8,12 +8,16 @@ the random-initialization baseline adapted the same way.
     python examples/meta_omniglot.py PATH --steps 2000 --algorithms maml fomaml anil
     python examples/meta_omniglot.py PATH --quick        # seconds (small net, few steps)
 
-Without a PATH (or when it holds no images) the script says so and exits with status 2.
+Without a PATH the script reads the folder named by the environment variable
+``BILEVEL_OMNIGLOT``, else ``../shared/data/omniglot`` next to the repository (the two
+background archives of the shared data folder), when present. When no data is found it
+says so and exits with status 2 (the example tests then skip).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -37,9 +41,21 @@ MAKERS = {
 }
 
 
+def default_path() -> str | None:
+    """``$BILEVEL_OMNIGLOT``, else ``../shared/data/omniglot`` beside the repository."""
+    env = os.environ.get("BILEVEL_OMNIGLOT")
+    if env:
+        return env
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shared = os.path.join(os.path.dirname(repo), "shared", "data", "omniglot")
+    return shared if os.path.isdir(shared) else None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("path", nargs="?", help="Omniglot zip archive(s) or extracted folder")
+    p.add_argument("path", nargs="?", default=default_path(),
+                   help="Omniglot zip archive(s) or extracted folder (default: "
+                        "$BILEVEL_OMNIGLOT or ../shared/data/omniglot)")
     p.add_argument("--algorithms", nargs="+", choices=sorted(MAKERS), default=["maml"])
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--inner-steps", type=int, default=1)
@@ -56,7 +72,8 @@ def main(argv=None) -> int:
 
     try:
         if args.path is None:
-            raise FileNotFoundError("no path given")
+            raise FileNotFoundError("no path given, BILEVEL_OMNIGLOT unset and no "
+                                    "../shared/data/omniglot")
         kw = dict(ways=args.ways, n_shot=args.shot, n_query=5, split_by="alphabet")
         train_tasks = Omniglot(args.path, split="train", **kw)
         test_tasks = Omniglot(args.path, split="test", **kw)
