@@ -210,7 +210,7 @@ def meta_curves(
     model = MLP((1, 40, 40, 1), activation="tanh")
     algorithms = {
         "MAML": MAML(model, inner_lr=0.01, steps=1),
-        "iMAML": IMAML(model, reg=10.0, inner_lr=0.02, steps=5,
+        "iMAML": IMAML(model, reg=2.0, inner_lr=0.01, steps=20, damping=22.0,
                        solver=CG(tol=1e-4, maxiter=20)),
     }
     curves = {}
