@@ -36,7 +36,7 @@ def algorithms(model, hidden, steps):
         "FOMAML": MAML(model, lr, steps, first_order=True),
         "ANIL": ANIL(model, lr, max(steps, 5)),
         "Reptile": Reptile(model, lr, max(steps, 5)),
-        "iMAML": IMAML(model, reg=5.0, inner_lr=lr, steps=max(steps, 5), damping=1.0),
+        "iMAML": IMAML(model, reg=2.0, inner_lr=lr, steps=max(steps, 20)),
         "A-MAML": AMAML(model, horizon=lr * steps, steps=steps, scheme="euler"),
         "MemoryReduced": MemoryReduced(model, lr, max(steps, 5), head_reg=0.1),
         "CML(MAML)": CML(MAML(model, lr, steps), colearner, 1.0),
@@ -104,7 +104,7 @@ def main(argv=None):
         print(f"{'algorithm':<15}" + "".join(f"{k:>10}" for k in ks))
         makers = {
             "MAML": lambda k: MAML(model, 0.01, k),
-            "iMAML": lambda k: IMAML(model, 5.0, 0.01, k, damping=1.0),
+            "iMAML": lambda k: IMAML(model, 2.0, 0.01, k),
             "A-MAML": lambda k: AMAML(model, 0.01 * k, k, scheme="rk4"),
             "MemoryReduced": lambda k: MemoryReduced(model, 0.01, k, head_reg=0.1),
         }
