@@ -94,14 +94,3 @@ def test_bench_memory_quick_per_method_rows(tmp_path):
     assert {r["method"] for r in data["result"]["rows"]} == {"Implicit"}
     assert open(os.path.join(out, "memory.png"), "rb").read(8) == PNG
 
-
-def test_docs_build_without_warnings(tmp_path):
-    pytest.importorskip("sphinx")
-    pytest.importorskip("numpydoc")
-    from sphinx.cmd.build import build_main
-
-    docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
-    assert os.path.exists(os.path.join(docs, "benchmarks.rst"))
-    code = build_main(["-W", "-q", "-b", "html", "-d", os.fspath(tmp_path / "doctrees"), docs,
-                       os.fspath(tmp_path / "html")])
-    assert code == 0, "sphinx-build -W reported warnings (see the captured output)"

@@ -11,6 +11,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "*.py")))
 
 
+# what an example must print besides exiting with 0: the HPO examples compare methods on a
+# common target and name the fastest, with no NaN in the table before that line
+OUTPUT_CHECKS = {
+    name: lambda out: "fastest:" in out and "nan" not in out.split("common target")[0].lower()
+    for name in ("hpo_ridge_diabetes.py", "hpo_logistic_breast_cancer.py",
+                 "hpo_hypercleaning_digits.py")
+}
+
+
 def _command(path: str) -> list[str]:
     with open(path) as fh:
         text = fh.read()
@@ -29,6 +38,13 @@ def test_example_runs_quick(path, tmp_path):
         # examples on local datasets (Omniglot) exit with status 2 and say what is missing
         pytest.skip(f"{os.path.basename(path)}: {(proc.stderr or proc.stdout).strip()[:200]}")
     assert proc.returncode == 0, f"{os.path.basename(path)} failed:\n{proc.stdout}\n{proc.stderr}"
+    check = OUTPUT_CHECKS.get(os.path.basename(path))
+    assert check is None or check(proc.stdout), proc.stdout
+
+
+def test_output_checks_name_existing_examples():
+    names = {os.path.basename(p) for p in EXAMPLES}
+    assert set(OUTPUT_CHECKS) <= names
 
 
 def test_examples_found():
