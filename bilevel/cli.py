@@ -7,6 +7,11 @@ runs one benchmark of :mod:`bilevel.bench` and writes ``NAME.json``, ``NAME.md``
 ``NAME.png`` into ``--out``; each finished row is saved at once, and ``--resume`` skips the
 rows already there. ``meta-train`` and ``meta-eval`` are :mod:`bilevel.meta.cli`.
 
+``bilevel bench memory`` runs one row per (problem, method), problem by problem, and shares
+a total ``--budget`` (default 240 s, ``--quick`` 60 s): each problem gets an equal part of
+what is left when it starts, each of its rows an equal part of what is left of that, so
+cheap rows hand their unused time to the later ones.
+
 Errors a user can fix (CuPy requested without a GPU, a resume from another configuration)
 are printed as one line without a traceback, with exit status 2.
 """
@@ -18,6 +23,7 @@ import importlib
 import inspect
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,11 +70,57 @@ def _parser() -> argparse.ArgumentParser:
                        help="method (or algorithm) labels to run (default: all)")
         b.add_argument("--docs", default=None, metavar="RST",
                        help="also regenerate this docs page (docs/benchmarks.rst) from --out")
+        if name == "memory":
+            from .bench.memory import BUDGET_QUICK_S, BUDGET_S
+
+            b.add_argument("--budget", type=_positive, default=None, metavar="SECONDS",
+                           help=f"total wall-clock budget, shared among the (problem, method) "
+                           f"rows; cells predicted not to fit are skipped and listed "
+                           f"(default {BUDGET_S:g}, --quick {BUDGET_QUICK_S:g})")
     sub.add_parser("meta-train", help="meta-train an algorithm (bilevel meta-train --help)",
                    add_help=False)
     sub.add_parser("meta-eval", help="evaluate a meta-train run (bilevel meta-eval --help)",
                    add_help=False)
     return p
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _budgeted(mod: Any, labels: list[str], args: argparse.Namespace, log: Any,
+              progress: bool) -> list[dict]:
+    """One row per (problem, method), sharing a total budget (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    total = getattr(args, "budget", None) or (
+        getattr(mod, "BUDGET_QUICK_S", 60.0) if args.quick else getattr(mod, "BUDGET_S", 240.0)
+    )
+    problems = list(inspect.signature(mod.run).parameters["problems"].default)
+    groups = [(pname, label) for pname in problems for label in labels]
+    t0 = time.perf_counter()
+    parts: list[dict] = []
+    problem_budget, problem_start = 0.0, 0.0
+    with tqdm(total=len(groups), desc="bench memory", disable=not progress) as bar:
+        for i, (pname, label) in enumerate(groups):
+            if i == 0 or groups[i - 1][0] != pname:
+                problems_left = len(dict.fromkeys(p for p, _ in groups[i:]))
+                problem_start = time.perf_counter()
+                problem_budget = max(total - (problem_start - t0), 0.0) / problems_left
+            left = sum(1 for p, _ in groups[i:] if p == pname)
+            spent = time.perf_counter() - problem_start
+            share = max(problem_budget - spent, 0.0) / left
+            parts.append(log.compute([label, pname], lambda p=pname, lb=label, s=share: {
+                "result": mod.run(quick=args.quick, backend=args.backend, methods=[lb],
+                                  problems=(p,), budget_s=s)})["result"])
+            bar.update(1)
+    return parts
 
 
 def _fail(message: str) -> int:
@@ -104,6 +156,9 @@ def _run_rows(name: str, args: argparse.Namespace) -> dict:
 
         seed = {"seed": args.seed} if "seed" in params else {}
         parts = []
+        if "budget_s" in params and "problems" in params and labels is not None:
+            groups = []
+            parts = _budgeted(mod, labels, args, log, progress)
         for group in tqdm(groups, desc=f"bench {name}", disable=not progress):
             kw = dict(seed, methods=group) if group is not None else dict(seed)
             key = group if group is not None else ["all"]

@@ -85,12 +85,38 @@ def test_bench_speed_quick_with_docs_page(tmp_path):
     assert os.path.exists(tmp_path / "docs" / "_static" / "bench" / "speed.png")
 
 
-def test_bench_memory_quick_per_method_rows(tmp_path):
+def test_bench_memory_quick_per_method_rows(tmp_path, capsys):
     out = os.fspath(tmp_path)
-    assert main(["bench", "memory", "--quick", "--no-progress", "--out", out,
-                 "--methods", "Implicit"]) == 0
+    args = ["bench", "memory", "--quick", "--no-progress", "--out", out,
+            "--methods", "Implicit", "Forward", "--budget", "20"]
+    assert main(args) == 0
     data = json.load(open(os.path.join(out, "memory.json")))
-    assert [r["key"] for r in data["rows"]] == [["Implicit"]]
-    assert {r["method"] for r in data["result"]["rows"]} == {"Implicit"}
+    # one resumable row per (method, problem), problem by problem; Forward runs on ridge only
+    assert [r["key"] for r in data["rows"]] == [
+        ["Implicit", "ridge"], ["Forward", "ridge"], ["Implicit", "mlp"], ["Forward", "mlp"]]
+    result = data["result"]
+    assert result["K_grid"] == [10, 30, 100]
+    cells = [(r["problem"], r["method"], r["K"]) for r in result["rows"]]
+    skipped = [(r["problem"], r["method"], r["K"]) for r in result["skipped"]]
+    assert not set(cells) & set(skipped) and len(set(cells)) == len(cells)
+    # every cell of the grid is measured or listed as skipped, never dropped
+    expected = {(p, m, K) for p in ("ridge", "mlp") for m in ("Implicit", "Forward")
+                for K in (10, 30, 100) if not (p == "mlp" and m == "Forward")}
+    assert set(cells) | set(skipped) == expected
+    assert {("ridge", "Implicit", K) for K in (10, 30, 100)} <= set(cells)
     assert open(os.path.join(out, "memory.png"), "rb").read(8) == PNG
+    table = open(os.path.join(out, "memory.md")).read()
+    headers = [line for line in table.splitlines() if line.startswith("| method |")]
+    assert len(headers) == 2 and all(h.count("K=") == 3 for h in headers)  # one column per K
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert "resuming: 4 finished row(s)" in capsys.readouterr().out
+    assert json.load(open(os.path.join(out, "memory.json")))["result"]["rows"] == result["rows"]
+
+
+def test_bench_memory_budget_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "memory", "--budget", "0"])
+    assert exc.value.code == 2
+    assert "expected a positive number of seconds" in capsys.readouterr().err
 

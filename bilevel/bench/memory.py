@@ -28,10 +28,14 @@ the same way, but exposes no peak); host memory is not counted there.
 
 Time budget: the autograd MLP costs milliseconds per inner step, so the full grid up to
 K = 10,000 does not fit every method in a few minutes. The run gives each problem an equal part of
-``budget_s`` and shares it among that problem's methods (at least its fair share and at most
-2.5 fair shares each, keeping ``MIN_PAIR_S`` seconds for every later method when it can),
-predicts each next cell's cost from the previous one, and skips cells that would not fit;
-skipped cells are listed with their predicted time in ``result["skipped"]``, never silently dropped.
+``budget_s`` (default :data:`BUDGET_S` seconds for the whole call) and shares it among that
+problem's methods (at least its fair share and at most 2.5 fair shares each, keeping
+``MIN_PAIR_S`` seconds for every later method when it can), predicts each next cell's cost
+from the previous one, and skips cells that would not fit; skipped cells are listed with
+their predicted time in ``result["skipped"]``, never silently dropped. The ridge grid for
+all eight methods costs about 85 s on two cores (the traced run is most of it), so the
+default leaves the MLP the rest. ``bilevel bench memory`` calls :func:`run` once per
+(problem, method) with its share of a total ``--budget`` (see :mod:`bilevel.cli`).
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ K_GRID = (10, 30, 100, 300, 1000, 3000, 10000)
 K_GRID_QUICK = (10, 30, 100)
 TRUNCATE = 10
 MIN_PAIR_S = 4.0
+BUDGET_S = 240.0
+BUDGET_QUICK_S = 60.0
 
 
 # --------------------------------------------------------------------------- problems
@@ -346,8 +352,9 @@ def run(
     K_grid : sequence of int, optional
         Overrides the grid chosen by ``quick``.
     budget_s : float, optional
-        Wall-clock budget for the whole run (default 150 s, quick 60 s); cells predicted
-        not to fit are skipped and listed.
+        Wall-clock budget for this call (default :data:`BUDGET_S` = 240 s, quick
+        :data:`BUDGET_QUICK_S` = 60 s); cells predicted not to fit are skipped and listed.
+        The first cell of each (problem, method) always runs.
     progress : callable, optional
         Called with a line of text after each cell.
 
@@ -376,7 +383,9 @@ def run(
     grid = tuple(K_grid) if K_grid is not None else (K_GRID_QUICK if quick else K_GRID)
     if not grid or any(int(K) != K or K < 1 for K in grid):
         raise ValueError(f"K_grid must hold positive integers, got {grid!r}")
-    budget = float(budget_s) if budget_s is not None else (60.0 if quick else 150.0)
+    budget = float(budget_s) if budget_s is not None else (
+        BUDGET_QUICK_S if quick else BUDGET_S
+    )
 
     built = {name: PROBLEMS[name](backend) for name in problems}
     pairs = [

@@ -41,6 +41,10 @@ def _max(x: Any) -> float:
 
 def _dot(x: Any, y: Any) -> Any:
     """⟨x, y⟩ over all axes, or per problem (over the non-batch axes) for ``(B, ...)``."""
+    if type(x) is np.ndarray and type(y) is np.ndarray:  # fast path, once per step
+        if x.ndim <= 1:
+            return np.vdot(x, y)
+        return np.einsum("ij,ij->i", x.reshape(len(x), -1), y.reshape(len(y), -1))
     xp = namespace(x, y)
     if len(x.shape) <= 1:
         return xp.sum(x * y)
@@ -137,7 +141,7 @@ def _steps_needed(K: int, stiffness: float, bound: float) -> int:
 
 
 class _Stability:
-    """Running step-condition diagnostics (device arrays, no host sync per step).
+    """Running step-condition diagnostics.
 
     Forward: the secant curvature ``q_k = ⟨∇g(u_{k+1}) − ∇g(u_k), Δu⟩/‖Δu‖²`` of each
     step, a Rayleigh quotient of the averaged Hessian along the step, so ``h·q_k`` is a
@@ -146,69 +150,79 @@ class _Stability:
     HVP the step already computes, against the bound 2 of explicit Euler/Heun. An
     unstable mode grows until it dominates ``Δu`` or ``a``, so both tests fire as soon as
     the error they cause is visible; a Lanczos estimate at ``u_K`` catches it earlier.
+    Cost per step: three inner products (forward) or two per HVP (backward). NumPy arrays
+    are judged on the host at once; other backends keep running maxima on the device (no
+    synchronization per step) and are read once at the end.
     """
 
     def __init__(self, h: float):
         self.h = h
         self.next_k = 0
-        self.prev: tuple[Any, Any] | None = None
-        self.fwd_max: Any = None
-        self.fwd_first: Any = None
-        self.bwd_max: Any = None
-        self.bwd_first: Any = None
+        self.prev: tuple[Any, Any, Any] | None = None
+        # kind -> [largest h·q, first violating step (None) or device arrays of both]
+        self.state: dict[str, list[Any]] = {"forward": [-math.inf, None],
+                                             "backward": [-math.inf, None]}
         self.top: np.ndarray | None = None
+        self.eps: dict[Any, float] = {}
 
-    @staticmethod
-    def _update(
-        best: Any, first: Any, s: Any, valid: Any, k: int, bound: float
-    ) -> tuple[Any, Any]:
-        """Running max of the valid finite ``s``; first ``k`` with ``s > bound`` or non-finite."""
-        xp = namespace(s)
-        if best is None:
-            best = xp.full_like(s, -math.inf)
-            first = xp.full_like(s, -1.0)
+    def _record(self, kind: str, num: Any, den: Any, valid: Any, k: int, bound: float) -> None:
+        """``s = h·num/den`` per problem where ``valid``; a non-finite ``s`` counts as > bound."""
+        entry = self.state[kind]
+        if isinstance(num, np.generic):  # one unbatched problem: plain floats
+            m = self.h * float(num) / float(den) if valid else -math.inf
+            if math.isnan(m):
+                m = math.inf
+        elif type(num) is np.ndarray:
+            s = self.h * num / np.where(valid, den, 1.0)
+            m = float(np.max(np.where(valid, s, -math.inf)))
+            if math.isnan(m):
+                m = math.inf
+        if isinstance(num, (np.generic, np.ndarray)):
+            if m > bound and entry[1] is None:
+                entry[1] = k
+            entry[0] = max(entry[0], m) if math.isfinite(m) else entry[0]
+            return
+        xp = namespace(num)
+        s = self.h * num / xp.where(valid, den, xp.ones_like(den))
+        if not isinstance(entry[1], list):
+            entry[1] = [xp.full_like(s, -math.inf), xp.full_like(s, -1.0)]
+        best, first = entry[1]
         finite = xp.isfinite(s)
         bad = (first < 0) & valid & ((s > bound) | ~finite)
-        return xp.maximum(best, xp.where(valid & finite, s, best)), xp.where(
-            bad, xp.full_like(first, float(k)), first
-        )
+        entry[1] = [xp.maximum(best, xp.where(valid & finite, s, best)),
+                    xp.where(bad, xp.full_like(first, float(k)), first)]
 
     def forward(self, k: int, u: Any, grad: Any, bound: float) -> None:
         """Record ``(u_k, ∇g(u_k))`` of the first forward pass; test the step ``k−1 → k``."""
         if k != self.next_k:  # a recomputation during checkpointing
             return
         self.next_k = k + 1
+        un2 = _dot(u, u)
         if self.prev is not None:
-            xp = namespace(u, grad)
-            u0, g0 = self.prev
+            u0, g0, un2_prev = self.prev
             du = u - u0
             dn2 = _dot(du, du)
-            scale = xp.maximum(norm_per_problem(u), norm_per_problem(u0))
-            eps = float(xp.finfo(u.dtype).eps)
-            resolved = xp.sqrt(dn2) > math.sqrt(eps) * scale
-            valid = resolved | ~xp.isfinite(dn2)
-            s = self.h * _dot(grad - g0, du) / xp.where(resolved, dn2, xp.ones_like(dn2))
-            self.fwd_max, self.fwd_first = self._update(
-                self.fwd_max, self.fwd_first, s, valid, k - 1, bound
-            )
-        self.prev = (u, grad)
+            eps = self.eps.get(u.dtype)
+            if eps is None:
+                eps = self.eps[u.dtype] = float(namespace(u).finfo(u.dtype).eps)
+            # ‖Δu‖ above √eps·max(‖u_k‖, ‖u_{k+1}‖): q is not rounding noise
+            resolved = dn2 > eps * ((un2 > un2_prev) * (un2 - un2_prev) + un2_prev)
+            valid = resolved | (dn2 != dn2) | (dn2 == math.inf)
+            self._record("forward", _dot(grad - g0, du), dn2, valid, k - 1, bound)
+        self.prev = (u, grad, un2)
 
     def backward(self, k: int, a: Any, ha: Any) -> None:
         """Rayleigh quotient ``h⟨a, Ha⟩/‖a‖²`` of a continuous-adjoint HVP at step ``k``."""
-        xp = namespace(a, ha)
         an2 = _dot(a, a)
-        valid = (an2 > 0) | ~xp.isfinite(an2)
-        s = self.h * _dot(a, ha) / xp.where(an2 > 0, an2, xp.ones_like(an2))
-        self.bwd_max, self.bwd_first = self._update(
-            self.bwd_max, self.bwd_first, s, valid, k, 2.0
-        )
+        valid = (an2 > 0) | (an2 != an2)
+        self._record("backward", _dot(a, ha), an2, valid, k, 2.0)
 
-    @staticmethod
-    def worst(best: Any, first: Any) -> tuple[float, int | None]:
+    def worst(self, kind: str) -> tuple[float, int | None]:
         """``(largest h·q, first violating step or None)`` over the batch."""
-        if best is None:
-            return -math.inf, None
-        b, f = _host(best), _host(first)
+        best, first = self.state[kind]
+        if not isinstance(first, list):
+            return best, first
+        b, f = _host(first[0]), _host(first[1])
         bad = f[f >= 0]
         return float(b.max()), (int(bad.min()) if bad.size else None)
 
@@ -477,7 +491,7 @@ class Adjoint(Method):
                 )
                 failure = None
         except NonFiniteError as err:
-            if acc["phase"] != "forward" and mon.worst(mon.fwd_max, mon.fwd_first)[1] is None:
+            if acc["phase"] != "forward" and mon.worst("forward")[1] is None:
                 raise
             return self._diverged(err, inner, lam, bound, mon)
         extra.update(self._stability_report(inner, bound, mon, problems))
@@ -524,7 +538,7 @@ class Adjoint(Method):
     ) -> dict:
         """Compare the recorded curvatures with the step conditions; append failures."""
         h, K, name = inner.h, inner.steps, inner.scheme.name
-        fwd, fwd_k = mon.worst(mon.fwd_max, mon.fwd_first)
+        fwd, fwd_k = mon.worst("forward")
         report: dict[str, Any] = {"forward_stability_bound": bound}
         stiff = [fwd]
         if fwd_k is not None:
@@ -535,7 +549,7 @@ class Adjoint(Method):
                 f"K ≥ {_steps_needed(K, fwd, bound)} steps for this horizon"
             )
         if not self.discrete:
-            bwd, bwd_k = mon.worst(mon.bwd_max, mon.bwd_first)
+            bwd, bwd_k = mon.worst("backward")
             top = -math.inf if mon.top is None else float(np.max(mon.top)) * h
             stiff += [bwd, top]
             report["backward_stability_bound"] = 2.0
@@ -562,7 +576,7 @@ class Adjoint(Method):
     ) -> HypergradResult:
         """Result for a forward integration that produced non-finite values."""
         xp = namespace(lam)
-        fwd, fwd_k = mon.worst(mon.fwd_max, mon.fwd_first)
+        fwd, fwd_k = mon.worst("forward")
         seen = ""
         if math.isfinite(fwd):
             seen = (
