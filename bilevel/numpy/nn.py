@@ -20,7 +20,7 @@ from bilevel.numpy.elementwise import add, exp, negative, subtract
 from bilevel.numpy.indexing import take_along_axis
 from bilevel.numpy.linalg import matmul
 from bilevel.numpy.reductions import logsumexp, max, mean, sum
-from bilevel.numpy.shape import reshape, squeeze, swapaxes
+from bilevel.numpy.shape import reshape, squeeze
 
 __all__ = [
     "avg_pool2d",
@@ -179,9 +179,12 @@ def conv2d(x: Any, w: Any, bias: Any = None, stride: int = 1, padding: int = 0) 
 
     Notes
     -----
-    im2col (:func:`patches`) then one batched ``matmul`` of ``(O, C·kh·kw)`` filters with
-    ``(C·kh·kw, Ho·Wo)`` columns. Time ``O(N·O·C·kh·kw·Ho·Wo)``; extra memory
-    ``N·C·kh·kw·Ho·Wo`` for the columns.
+    im2col (:func:`patches`, columns ``(..., N, C·kh·kw, Ho·Wo)``) then one batched
+    ``matmul`` of the ``(O, C·kh·kw)`` filters with each image's columns, which yields the
+    output directly in C-contiguous NCHW order (no transposed views or copies, so the
+    elementwise layers after it and the cotangents coming back all share one memory
+    layout). Time ``O(N·O·C·kh·kw·Ho·Wo)``; extra memory ``N·C·kh·kw·Ho·Wo`` for the
+    columns, and ``N·O·C·kh·kw`` for the per-image filter gradients summed in the VJP.
     """
     sx, sw = shape_of(x), shape_of(w)
     if len(sx) not in (4, 5):
@@ -199,23 +202,12 @@ def conv2d(x: Any, w: Any, bias: Any = None, stride: int = 1, padding: int = 0) 
     if kh > h + 2 * padding or kw > wd + 2 * padding:
         raise ValueError(f"conv2d: kernel {kh}x{kw} exceeds the padded image {h}x{wd}+{padding}")
     ho, wo = _out_size(h, kh, stride, padding), _out_size(wd, kw, stride, padding)
-    ckk, p = c * kh * kw, ho * wo
-    cols = reshape(patches(x, kh, kw, stride, padding), sx[:-3] + (ckk, p))
-    # Rows (image, pixel) against columns (channel, offset): one large GEMM instead of a
-    # stack of small ones — a 2-D product of (rows, C·kh·kw) by (C·kh·kw, O).
-    rows = swapaxes(cols, -1, -2)
-    if len(sw) == 4:
-        lead = sx[:-3]
-        y = matmul(reshape(rows, (-1, ckk)), swapaxes(reshape(w, (o, ckk)), 0, 1))
-        y = swapaxes(reshape(y, lead + (p, o)), -1, -2)
-    else:
-        t = sw[0]
-        filt = swapaxes(reshape(w, (t, o, ckk)), -1, -2)  # (T, CKK, O)
-        if len(sx) == 5:
-            y = matmul(reshape(rows, (t, -1, ckk)), filt)  # (T, N·P, O)
-        else:
-            y = matmul(reshape(rows, (-1, ckk)), filt)  # shared images, per-task filters
-        y = swapaxes(reshape(y, (t, sx[-4], p, o)), -1, -2)
+    ckk = c * kh * kw
+    cols = reshape(patches(x, kh, kw, stride, padding), sx[:-3] + (ckk, ho * wo))
+    # (O, CKK) @ (..., N, CKK, P) -> (..., N, O, P): per task the filters broadcast over
+    # the images (a (T, 1, O, CKK) batch against (T, N, CKK, P) or shared (N, CKK, P)).
+    filt = reshape(w, (o, ckk)) if len(sw) == 4 else reshape(w, (sw[0], 1, o, ckk))
+    y = matmul(filt, cols)
     y = reshape(y, shape_of(y)[:-1] + (ho, wo))
     if bias is not None:
         sb = shape_of(bias)
