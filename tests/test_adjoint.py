@@ -310,7 +310,10 @@ def test_needs_gradient_flow_and_valid_arguments():
         Adjoint("store", discrete="yes")
     with pytest.raises(ValueError, match="reconstruct_tol"):
         Adjoint("reconstruct", reconstruct_tol=-1.0)
+    with pytest.raises(ValueError, match="stiffness_iters"):
+        Adjoint("store", discrete=False, stiffness_iters=-1)
     assert repr(Adjoint()) == "Adjoint(trajectory='checkpoint', discrete=True)"
+    assert "stiffness_iters=0" in repr(Adjoint(discrete=False, stiffness_iters=0))
 
 
 def stiff_quadratic(top=50.0, n=4, seed=0):

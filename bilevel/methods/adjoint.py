@@ -359,6 +359,8 @@ class Adjoint(Method):
         args = [f"trajectory={self.trajectory!r}", f"discrete={self.discrete}"]
         if self.checkpoints is not None:
             args.append(f"checkpoints={self.checkpoints}")
+        if self.stiffness_iters != 8:
+            args.append(f"stiffness_iters={self.stiffness_iters}")
         return f"Adjoint({', '.join(args)})"
 
     def check_dynamics(self, inner: Dynamics) -> None:
