@@ -56,7 +56,7 @@ __all__ = ["CONFIGS", "diabetes_split", "ridge_exact_hypergrad", "run"]
 CONFIGS: dict[str, dict[str, Any]] = {
     "full": dict(steps=400, lr=0.4, horizon=160.0, flow_steps=400, meta_iterations=300,
                  meta_batch=10, eval_every=50, eval_tasks=100),
-    "quick": dict(steps=20, lr=0.4, horizon=8.0, flow_steps=10, meta_iterations=3,
+    "quick": dict(steps=20, lr=0.4, horizon=8.0, flow_steps=20, meta_iterations=3,
                   meta_batch=4, eval_every=3, eval_tasks=8),
 }
 
