@@ -10,6 +10,7 @@ and ``matmul``. Inputs may carry a leading task axis ``T``: ``(T, N, C, H, W)``.
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 import numpy as np
@@ -89,12 +90,34 @@ def _out_size(n: int, k: int, stride: int, padding: int) -> int:
     return (n + 2 * padding - k) // stride + 1
 
 
-def _windows(kh: int, kw: int, stride: int, ho: int, wo: int) -> list[tuple[slice, slice]]:
-    return [
-        (slice(i, i + stride * (ho - 1) + 1, stride), slice(j, j + stride * (wo - 1) + 1, stride))
-        for i in range(kh)
-        for j in range(kw)
-    ]
+def _valid(i: int, padding: int, stride: int, n: int, n_out: int) -> tuple[slice, slice] | None:
+    """Output positions ``p`` whose input ``p·stride + i - padding`` lies in ``[0, n)``.
+
+    Returns ``(output slice, input slice)`` of one kernel offset ``i`` along one axis, or
+    ``None`` when the offset reads only padding.
+    """
+    first = builtins.max(0, -(-(padding - i) // stride))
+    last = builtins.min(n_out, (n - 1 - i + padding) // stride + 1)
+    if last <= first:
+        return None
+    start = first * stride + i - padding
+    return slice(first, last), slice(start, start + (last - first - 1) * stride + 1, stride)
+
+
+def _windows(
+    kh: int, kw: int, stride: int, padding: int, h: int, w: int
+) -> list[tuple[int, tuple[slice, slice], tuple[slice, slice]]]:
+    """For each kernel offset ``k = i·kw + j`` that reads image pixels: ``(k, (rows, cols) of
+    the output window, (rows, cols) of the image)`` (the padding is never materialized)."""
+    ho, wo = _out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding)
+    out = []
+    for i in range(kh):
+        vi = _valid(i, padding, stride, h, ho)
+        for j in range(kw):
+            vj = _valid(j, padding, stride, w, wo)
+            if vi is not None and vj is not None:
+                out.append((i * kw + j, (vi[0], vj[0]), (vi[1], vj[1])))
+    return out
 
 
 @primitive
@@ -103,19 +126,17 @@ def patches(x: Any, kh: int, kw: int, stride: int = 1, padding: int = 0) -> Any:
 
     ``x`` is ``(..., C, H, W)``; the result is ``(..., C, kh·kw, Ho, Wo)`` with
     ``Ho = (H + 2·padding - kh) // stride + 1``. Memory ``kh·kw`` times the output image;
-    ``kh·kw`` strided slices. VJP: :func:`unpatches`; JVP: ``patches(t)``.
+    ``kh·kw`` strided slice copies into a zero buffer (the padded border stays zero, no
+    padded copy of ``x``). VJP: :func:`unpatches`; JVP: ``patches(t)``.
     """
     xp = namespace(x)
     shape = shape_of(x)
     h, w = shape[-2:]
-    if padding:
-        xpad = zeros(xp, shape[:-2] + (h + 2 * padding, w + 2 * padding), x.dtype, like=x)
-        xpad[..., padding : padding + h, padding : padding + w] = x
-    else:
-        xpad = x
     ho, wo = _out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding)
-    cols = [xpad[..., si, sj] for si, sj in _windows(kh, kw, stride, ho, wo)]
-    return xp.stack(cols, axis=-3)
+    out = zeros(xp, shape[:-2] + (kh * kw, ho, wo), x.dtype, like=x)
+    for k, (po, qo), (pi, qi) in _windows(kh, kw, stride, padding, h, w):
+        out[..., k, po, qo] = x[..., pi, qi]
+    return out
 
 
 @primitive
@@ -123,16 +144,18 @@ def unpatches(p: Any, kh: int, kw: int, stride: int, padding: int, shape: tuple[
     """col2im, the adjoint of :func:`patches`: ``x[..., c, y, z] = Σ P[..., c, k, p, q]`` over
     the windows ``(k, p, q)`` that read pixel ``(y, z)``; ``shape`` is the image shape.
 
-    ``kh·kw`` strided slice additions into a padded buffer. VJP: :func:`patches`.
+    ``kh·kw`` strided slice additions (in place on NumPy) into a zero image; the entries
+    that fell on the padding are dropped. VJP: :func:`patches`.
     """
     xp = namespace(p)
     h, w = shape[-2:]
-    ho, wo = shape_of(p)[-2:]
-    out = zeros(xp, tuple(shape[:-2]) + (h + 2 * padding, w + 2 * padding), p.dtype, like=p)
-    for k, (si, sj) in enumerate(_windows(kh, kw, stride, ho, wo)):
-        out[..., si, sj] = out[..., si, sj] + p[..., k, :, :]
-    if padding:
-        out = out[..., padding : padding + h, padding : padding + w]
+    out = zeros(xp, tuple(shape), p.dtype, like=p)
+    for k, (po, qo), (pi, qi) in _windows(kh, kw, stride, padding, h, w):
+        if xp is np:  # no temporary of the window's size
+            view = out[..., pi, qi]
+            np.add(view, p[..., k, po, qo], out=view)
+        else:
+            out[..., pi, qi] = out[..., pi, qi] + p[..., k, po, qo]
     return out
 
 
