@@ -1,9 +1,12 @@
 """Network functions: log-softmax, softmax, cross-entropy, 2-D convolution and pooling.
 
-Convolution and pooling rest on one primitive pair, :func:`patches` (im2col) and
-:func:`unpatches` (col2im, its adjoint). ``patches`` gathers the ``kh·kw`` strided
-windows of an NCHW image with one strided slice per kernel offset (never a loop over
-pixels); ``unpatches`` adds the windows back. Each is the other's VJP and each is its own
+Convolution and pooling rest on im2col/col2im primitive pairs: :func:`patches` (windows of
+each image, ``(..., C, kh·kw, Ho, Wo)``, used by the pools) with its adjoint
+:func:`unpatches`, and :func:`columns` (the same windows with the images behind the kernel
+axis, ``(..., C, kh·kw, N, Ho, Wo)``, the operand of one GEMM per task in
+:func:`conv2d`) with its adjoint :func:`uncolumns`. Each gathers the windows with one
+strided slice per kernel offset (never a loop over pixels; the zero padding is never
+materialized) and its adjoint adds them back. Each is the other's VJP and each is its own
 JVP, so convolutions and pools differentiate to any order on any backend that has slicing
 and ``matmul``. Inputs may carry a leading task axis ``T``: ``(T, N, C, H, W)``.
 """
@@ -21,16 +24,18 @@ from bilevel.numpy.elementwise import add, exp, negative, subtract
 from bilevel.numpy.indexing import take_along_axis
 from bilevel.numpy.linalg import matmul
 from bilevel.numpy.reductions import logsumexp, max, mean, sum
-from bilevel.numpy.shape import reshape, squeeze
+from bilevel.numpy.shape import reshape, squeeze, swapaxes
 
 __all__ = [
     "avg_pool2d",
+    "columns",
     "conv2d",
     "log_softmax",
     "max_pool2d",
     "patches",
     "softmax",
     "softmax_cross_entropy",
+    "uncolumns",
     "unpatches",
 ]
 
@@ -173,6 +178,72 @@ defvjp(
 defjvp(unpatches, "same")
 
 
+def _images_behind_channels(xp: Any, x: Any) -> Any:
+    """View of ``x (..., N, C, H, W)`` as ``(..., C, N, H, W)`` (axes -4 and -3 swapped)."""
+    nd = len(shape_of(x))
+    axes = tuple(range(nd - 4)) + (nd - 3, nd - 4, nd - 2, nd - 1)
+    return x.transpose(axes) if xp is np else xp.permute_dims(x, axes)
+
+
+@primitive
+def columns(x: Any, kh: int, kw: int, stride: int = 1, padding: int = 0) -> Any:
+    """im2col with the images behind the kernel axis, the operand of one GEMM per task:
+    ``Q[..., c, i·kw + j, n, p, q] = x_pad[..., n, c, p·s + i, q·s + j]``.
+
+    ``x`` is ``(..., N, C, H, W)``; the result ``(..., C, kh·kw, N, Ho, Wo)`` reshapes (a
+    view) to ``(..., C·kh·kw, N·Ho·Wo)``. Same memory and slices as :func:`patches`.
+    VJP: :func:`uncolumns`; JVP: ``columns(t)``.
+    """
+    xp = namespace(x)
+    shape = shape_of(x)
+    h, w = shape[-2:]
+    ho, wo = _out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding)
+    lead, n, c = shape[:-4], shape[-4], shape[-3]
+    out = zeros(xp, lead + (c, kh * kw, n, ho, wo), x.dtype, like=x)
+    xt = _images_behind_channels(xp, x)
+    for k, (po, qo), (pi, qi) in _windows(kh, kw, stride, padding, h, w):
+        out[..., k, :, po, qo] = xt[..., pi, qi]
+    return out
+
+
+@primitive
+def uncolumns(q: Any, kh: int, kw: int, stride: int, padding: int, shape: tuple[int, ...]) -> Any:
+    """col2im of :func:`columns` (its adjoint): ``x[..., n, c, y, z] = Σ Q[..., c, k, n, p, q]``
+    over the windows that read pixel ``(y, z)``; ``shape`` is the image shape ``(..., N, C, H, W)``.
+
+    ``kh·kw`` strided slice additions (in place on NumPy). VJP: :func:`columns`.
+    """
+    xp = namespace(q)
+    h, w = shape[-2:]
+    windows = _windows(kh, kw, stride, padding, h, w)
+    if xp is np:  # accumulate through a transposed view: the result is C-contiguous
+        out = np.zeros(tuple(shape), dtype=q.dtype)
+        ot = _images_behind_channels(np, out)
+        for k, (po, qo), (pi, qi) in windows:
+            view = ot[..., pi, qi]
+            np.add(view, q[..., k, :, po, qo], out=view)
+        return out
+    s = tuple(shape)
+    ot = zeros(xp, s[:-4] + (s[-3], s[-4]) + s[-2:], q.dtype, like=q)
+    for k, (po, qo), (pi, qi) in windows:
+        ot[..., pi, qi] = ot[..., pi, qi] + q[..., k, :, po, qo]
+    return _images_behind_channels(xp, ot)
+
+
+defvjp(
+    columns,
+    lambda ans, x, kh, kw, stride=1, padding=0: (
+        lambda g: uncolumns(g, kh, kw, stride, padding, shape_of(x))
+    ),
+)
+defjvp(columns, "same")
+defvjp(
+    uncolumns,
+    lambda ans, q, kh, kw, stride, padding, shape: lambda g: columns(g, kh, kw, stride, padding),
+)
+defjvp(uncolumns, "same")
+
+
 def _check_int(name: str, v: Any, low: int) -> int:
     if not isinstance(v, (int, np.integer)) or v < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
@@ -202,12 +273,11 @@ def conv2d(x: Any, w: Any, bias: Any = None, stride: int = 1, padding: int = 0) 
 
     Notes
     -----
-    im2col (:func:`patches`, columns ``(..., N, C·kh·kw, Ho·Wo)``) then one batched
-    ``matmul`` of the ``(O, C·kh·kw)`` filters with each image's columns, which yields the
-    output directly in C-contiguous NCHW order (no transposed views or copies, so the
-    elementwise layers after it and the cotangents coming back all share one memory
-    layout). Time ``O(N·O·C·kh·kw·Ho·Wo)``; extra memory ``N·C·kh·kw·Ho·Wo`` for the
-    columns, and ``N·O·C·kh·kw`` for the per-image filter gradients summed in the VJP.
+    im2col (:func:`columns`, ``(..., C·kh·kw, N·Ho·Wo)``) then one GEMM per task,
+    ``(O, C·kh·kw) @ (C·kh·kw, N·Ho·Wo)``: few large BLAS calls (multi-threaded BLAS
+    pays a synchronization per call), and every image plane ``(Ho, Wo)`` of the output
+    is contiguous (the result is a view with the image and channel axes swapped).
+    Time ``O(N·O·C·kh·kw·Ho·Wo)``; extra memory ``N·C·kh·kw·Ho·Wo`` for the columns.
     """
     sx, sw = shape_of(x), shape_of(w)
     if len(sx) not in (4, 5):
@@ -225,13 +295,13 @@ def conv2d(x: Any, w: Any, bias: Any = None, stride: int = 1, padding: int = 0) 
     if kh > h + 2 * padding or kw > wd + 2 * padding:
         raise ValueError(f"conv2d: kernel {kh}x{kw} exceeds the padded image {h}x{wd}+{padding}")
     ho, wo = _out_size(h, kh, stride, padding), _out_size(wd, kw, stride, padding)
-    ckk = c * kh * kw
-    cols = reshape(patches(x, kh, kw, stride, padding), sx[:-3] + (ckk, ho * wo))
-    # (O, CKK) @ (..., N, CKK, P) -> (..., N, O, P): per task the filters broadcast over
-    # the images (a (T, 1, O, CKK) batch against (T, N, CKK, P) or shared (N, CKK, P)).
-    filt = reshape(w, (o, ckk)) if len(sw) == 4 else reshape(w, (sw[0], 1, o, ckk))
-    y = matmul(filt, cols)
-    y = reshape(y, shape_of(y)[:-1] + (ho, wo))
+    ckk, n = c * kh * kw, sx[-4]
+    cols = reshape(columns(x, kh, kw, stride, padding), sx[:-4] + (ckk, n * ho * wo))
+    # (O, CKK) or per task (T, O, CKK) filters @ (CKK, N·P) or (T, CKK, N·P) columns
+    filt = reshape(w, sw[:-4] + (o, ckk))
+    y = matmul(filt, cols)  # (..., O, N·P)
+    y = reshape(y, shape_of(y)[:-1] + (n, ho, wo))
+    y = swapaxes(y, -4, -3)  # (..., N, O, Ho, Wo)
     if bias is not None:
         sb = shape_of(bias)
         y = add(y, reshape(bias, sb[:-1] + ((1,) if len(sb) == 2 else ()) + (sb[-1], 1, 1)))
