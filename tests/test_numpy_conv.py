@@ -119,3 +119,53 @@ def test_conv_and_pool_argument_errors():
         bnp.conv2d(x, np.zeros((3, 2, 7, 7)))
     with pytest.raises(ValueError, match="window"):
         bnp.max_pool2d(x, 5)
+
+
+def patches_reference(x, kh, kw, stride, padding):
+    """im2col by explicit padding and loops: ``(..., C, kh·kw, Ho, Wo)``."""
+    pad = [(0, 0)] * (x.ndim - 2) + [(padding, padding)] * 2
+    xp = np.pad(x, pad)
+    ho = (x.shape[-2] + 2 * padding - kh) // stride + 1
+    wo = (x.shape[-1] + 2 * padding - kw) // stride + 1
+    out = np.zeros(x.shape[:-2] + (kh * kw, ho, wo))
+    for i in range(kh):
+        for j in range(kw):
+            for p in range(ho):
+                for q in range(wo):
+                    out[..., i * kw + j, p, q] = xp[..., p * stride + i, q * stride + j]
+    return out
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    k=st.sampled_from([(1, 1), (2, 3), (3, 3), (3, 1)]),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 3),
+    tasks=st.booleans(),
+)
+def test_columns_and_patches_match_padded_loops_and_are_adjoint(seed, k, stride, padding, tasks):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(((2,) if tasks else ()) + (3, 2, 5, 4))
+    ref = patches_reference(x, *k, stride, padding)
+    np.testing.assert_array_equal(bnp.nn.patches(x, *k, stride, padding), ref)
+    # columns: the image axis N moved behind the kernel axis
+    cols = bnp.nn.columns(x, *k, stride, padding)
+    np.testing.assert_array_equal(cols, np.moveaxis(ref, -5, -3))
+    # adjoint identities <patches(x), P> = <x, unpatches(P)>, same for columns
+    p, q = rng.standard_normal(ref.shape), rng.standard_normal(cols.shape)
+    np.testing.assert_allclose(
+        np.sum(ref * p), np.sum(x * bnp.nn.unpatches(p, *k, stride, padding, x.shape)), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        np.sum(cols * q), np.sum(x * bnp.nn.uncolumns(q, *k, stride, padding, x.shape)), rtol=1e-12
+    )
+
+
+def test_columns_pair_derivatives():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 2, 4, 4))
+    q = rng.standard_normal(bnp.nn.columns(x, 3, 2, 2, 1).shape)
+    f = lambda a: bnp.tanh(bnp.nn.columns(a, 3, 2, 2, 1))  # noqa: E731
+    check_grads(f, modes=MODES, order=2)(x)
+    g = lambda b: bnp.tanh(bnp.nn.uncolumns(b, 3, 2, 2, 1, x.shape))  # noqa: E731
+    check_grads(g, modes=MODES, order=2)(q)
