@@ -178,3 +178,20 @@ def test_mixing_devices_is_an_error_that_names_them():
         bnp.add(x, xps.asarray(np.ones(3), device=CPU))
     with pytest.raises(TypeError, match="different backends"):
         bnp.multiply(x, np.ones(3))
+
+
+def test_conv_and_pool_image_derivatives_on_device():
+    """Derivatives with respect to the images: the generic (non-NumPy) col2im paths."""
+    rng = np.random.default_rng(5)
+    x_np, w_np = rng.standard_normal((2, 2, 2, 5, 4)), rng.standard_normal((2, 3, 2, 3, 2))
+
+    def f(x, w):
+        y = bnp.conv2d(x, w, stride=1, padding=2)
+        return bnp.sum(bnp.tanh(bnp.max_pool2d(y, 2))) + bnp.sum(bnp.avg_pool2d(y, 3, 1) ** 2)
+
+    x, w = to_device(x_np), to_device(w_np)
+    np.testing.assert_allclose(to_numpy(f(x, w)), f(x_np, w_np), rtol=1e-12)
+    gx = grad(f)(x, w)
+    assert gx.device == DEVICE
+    np.testing.assert_allclose(to_numpy(gx), grad(f)(x_np, w_np), rtol=1e-10, atol=1e-12)
+    check_grads(f, modes=MODES, order=2, argnum=(0, 1))(x, w)
