@@ -169,3 +169,42 @@ def test_columns_pair_derivatives():
     check_grads(f, modes=MODES, order=2)(x)
     g = lambda b: bnp.tanh(bnp.nn.uncolumns(b, 3, 2, 2, 1, x.shape))  # noqa: E731
     check_grads(g, modes=MODES, order=2)(q)
+
+
+@pytest.mark.parametrize("shape,size", [((2, 3, 6, 4), 2), ((2, 1, 2, 7, 5), 2), ((1, 2, 7, 9), 3)])
+def test_block_pools_equal_window_pools_with_ties(shape, size):
+    """Non-overlapping pools (block_max/block_sum) against max/mean over patches: values,
+    gradients, JVPs and Hessian-vector products, on inputs with many ties."""
+    from autograd import make_jvp
+
+    rng = np.random.default_rng(6)
+    x = rng.integers(-1, 2, size=shape).astype(float)  # values in {-1, 0, 1}: ties everywhere
+    v = rng.standard_normal(shape)
+    by_windows = {
+        "max": lambda a: bnp.max(bnp.nn.patches(a, size, size, size, 0), axis=-3),
+        "avg": lambda a: bnp.mean(bnp.nn.patches(a, size, size, size, 0), axis=-3),
+    }
+    pools = {"max": bnp.max_pool2d, "avg": bnp.avg_pool2d}
+    for name, pool in pools.items():
+        f = lambda a, p=pool: bnp.sum(bnp.tanh(p(a, size)) ** 2)  # noqa: E731
+        f_ref = lambda a, p=by_windows[name]: bnp.sum(bnp.tanh(p(a)) ** 2)  # noqa: E731
+        np.testing.assert_array_equal(pool(x, size), by_windows[name](x))
+        np.testing.assert_allclose(grad(f)(x), grad(f_ref)(x), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(
+            make_jvp(lambda a, p=pool: p(a, size))(x)(v)[1],
+            make_jvp(by_windows[name])(x)(v)[1],
+            rtol=1e-12,
+        )
+        np.testing.assert_allclose(
+            make_jvp(grad(f))(x)(v)[1], make_jvp(grad(f_ref))(x)(v)[1], rtol=1e-10, atol=1e-12
+        )
+
+
+def test_block_sum_and_unblock_are_adjoint():
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((2, 3, 6, 9)), rng.standard_normal((2, 3, 2, 3))
+    np.testing.assert_allclose(
+        np.sum(bnp.nn.block_sum(x, 3) * y), np.sum(x * bnp.nn.unblock(y, 3)), rtol=1e-12
+    )
+    np.testing.assert_allclose(bnp.nn.block_sum(x, 3), x.reshape(2, 3, 2, 3, 3, 3).sum((3, 5)))
+    check_grads(lambda a: bnp.nn.block_max(a, 3), modes=MODES, order=2)(x)

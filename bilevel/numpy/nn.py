@@ -20,14 +20,16 @@ import numpy as np
 from autograd.extend import defjvp, defvjp, primitive
 
 from bilevel.numpy._core import getval, namespace, shape_of, zeros
-from bilevel.numpy.elementwise import add, exp, negative, subtract
-from bilevel.numpy.indexing import take_along_axis
+from bilevel.numpy.elementwise import add, divide, exp, multiply, negative, subtract
+from bilevel.numpy.indexing import getitem, take_along_axis
 from bilevel.numpy.linalg import matmul
 from bilevel.numpy.reductions import logsumexp, max, mean, sum
 from bilevel.numpy.shape import reshape, squeeze, swapaxes
 
 __all__ = [
     "avg_pool2d",
+    "block_max",
+    "block_sum",
     "columns",
     "conv2d",
     "log_softmax",
@@ -35,6 +37,7 @@ __all__ = [
     "patches",
     "softmax",
     "softmax_cross_entropy",
+    "unblock",
     "uncolumns",
     "unpatches",
 ]
@@ -308,7 +311,96 @@ def conv2d(x: Any, w: Any, bias: Any = None, stride: int = 1, padding: int = 0) 
     return y
 
 
-def _pool_windows(x: Any, size: int, stride: int | None, name: str) -> Any:
+# ----------------------------------------------------------------- pooling
+
+
+def _block_slices(s: int) -> list[tuple[Any, slice, slice]]:
+    return [(Ellipsis, slice(i, None, s), slice(j, None, s)) for i in range(s) for j in range(s)]
+
+
+@primitive
+def block_sum(x: Any, s: int) -> Any:
+    """Sums over non-overlapping ``s × s`` blocks: ``y[.., p, q] = Σ_{i,j<s} x[.., p·s+i, q·s+j]``.
+
+    ``x`` is ``(..., s·Ho, s·Wo)``; ``s²`` strided slice additions (no window copies).
+    VJP: :func:`unblock`; JVP: ``block_sum(t)``. Time O(x.size).
+    """
+    xp = namespace(x)
+    parts = _block_slices(s)
+    y = x[parts[0]]
+    y = y.copy() if xp is np else y + xp.zeros_like(y)
+    for idx in parts[1:]:
+        if xp is np:
+            np.add(y, x[idx], out=y)
+        else:
+            y = y + x[idx]
+    return y
+
+
+@primitive
+def unblock(y: Any, s: int) -> Any:
+    """Nearest upsampling, adjoint of :func:`block_sum`: ``x[.., p·s+i, q·s+j] = y[.., p, q]``.
+
+    ``(..., Ho, Wo)`` to ``(..., s·Ho, s·Wo)``. VJP: :func:`block_sum`; JVP: ``unblock(t)``.
+    """
+    xp = namespace(y)
+    shape = shape_of(y)
+    ho, wo = shape[-2:]
+    blocks = shape[:-2] + (ho, s, wo, s)
+    if xp is np:
+        up = np.broadcast_to(y.reshape(shape[:-2] + (ho, 1, wo, 1)), blocks)
+        return up.reshape(shape[:-2] + (ho * s, wo * s))
+    up = xp.broadcast_to(xp.reshape(y, shape[:-2] + (ho, 1, wo, 1)), blocks)
+    return xp.reshape(up, shape[:-2] + (ho * s, wo * s))
+
+
+defvjp(block_sum, lambda ans, x, s: lambda g: unblock(g, s))
+defjvp(block_sum, "same")
+defvjp(unblock, lambda ans, y, s: lambda g: block_sum(g, s))
+defjvp(unblock, "same")
+
+
+def _block_max_weights(x: Any, ans: Any, s: int) -> tuple[Any, Any]:
+    """Constants of the max-pool derivative: maximizer indicator ``1[x = y]`` (dtype of
+    ``x``) and the number of maximizers per block (ties share the gradient)."""
+    x, ans = getval(x), getval(ans)
+    xp = namespace(x)
+    hit = x == unblock(ans, s)
+    hit = hit.astype(x.dtype) if xp is np else xp.astype(hit, x.dtype)
+    return hit, block_sum(hit, s)
+
+
+@primitive
+def block_max(x: Any, s: int) -> Any:
+    """Max over non-overlapping ``s × s`` blocks: ``y[.., p, q] = max_{i,j<s} x[.., p·s+i, q·s+j]``.
+
+    ``s² - 1`` elementwise maxima of strided slices. The gradient goes to the maximizers
+    of each block, split evenly among ties: VJP ``unblock(g / #ties) · 1[x = y]``,
+    JVP ``block_sum(t · 1[x = y]) / #ties``. Time O(x.size).
+    """
+    xp = namespace(x)
+    parts = _block_slices(s)
+    y = x[parts[0]]
+    for idx in parts[1:]:
+        y = np.maximum(y, x[idx]) if xp is np else xp.maximum(y, x[idx])
+    return y
+
+
+def _block_max_vjp(ans: Any, x: Any, s: int) -> Any:
+    hit, count = _block_max_weights(x, ans, s)
+    return lambda g: multiply(unblock(divide(g, count), s), hit)
+
+
+def _block_max_jvp(t: Any, ans: Any, x: Any, s: int) -> Any:
+    hit, count = _block_max_weights(x, ans, s)
+    return divide(block_sum(multiply(t, hit), s), count)
+
+
+defvjp(block_max, _block_max_vjp)
+defjvp(block_max, _block_max_jvp)
+
+
+def _pool_args(x: Any, size: int, stride: int | None, name: str) -> tuple[int, int]:
     sx = shape_of(x)
     if len(sx) not in (4, 5):
         raise ValueError(f"{name}: x must be (N, C, H, W) or (T, N, C, H, W), got shape {sx}")
@@ -316,17 +408,36 @@ def _pool_windows(x: Any, size: int, stride: int | None, name: str) -> Any:
     stride = size if stride is None else _check_int(f"{name}: stride", stride, 1)
     if size > sx[-1] or size > sx[-2]:
         raise ValueError(f"{name}: window {size} exceeds the image {sx[-2]}x{sx[-1]}")
-    return patches(x, size, size, stride, 0)
+    return size, stride
+
+
+def _cropped(x: Any, s: int) -> Any:
+    """``x`` without the last rows/columns that no ``s × s`` block covers."""
+    h, w = shape_of(x)[-2:]
+    if h % s or w % s:
+        return getitem(x, (Ellipsis, slice(0, h - h % s), slice(0, w - w % s)))
+    return x
 
 
 def max_pool2d(x: Any, size: int = 2, stride: int | None = None) -> Any:
     """Max over ``size × size`` windows (step ``stride``, default ``size``), NCHW.
 
     ``y[..., c, p, q] = max_{i,j} x[..., c, p·s + i, q·s + j]``; ties share the gradient.
+    Non-overlapping windows (``stride == size``) use :func:`block_max` (strided slices, no
+    window copies); overlapping ones the ``size²``-fold :func:`patches`.
     """
-    return max(_pool_windows(x, size, stride, "max_pool2d"), axis=-3)
+    size, stride = _pool_args(x, size, stride, "max_pool2d")
+    if stride == size:
+        return block_max(_cropped(x, size), size)
+    return max(patches(x, size, size, stride, 0), axis=-3)
 
 
 def avg_pool2d(x: Any, size: int = 2, stride: int | None = None) -> Any:
-    """Mean over ``size × size`` windows (step ``stride``, default ``size``), NCHW."""
-    return mean(_pool_windows(x, size, stride, "avg_pool2d"), axis=-3)
+    """Mean over ``size × size`` windows (step ``stride``, default ``size``), NCHW.
+
+    Non-overlapping windows use :func:`block_sum`; overlapping ones :func:`patches`.
+    """
+    size, stride = _pool_args(x, size, stride, "avg_pool2d")
+    if stride == size:
+        return divide(block_sum(_cropped(x, size), size), size * size)
+    return mean(patches(x, size, size, stride, 0), axis=-3)
