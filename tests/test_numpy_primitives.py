@@ -392,3 +392,20 @@ def test_bad_arguments_are_named():
         bnp.stack([rand(0, (2,)), rand(0, (3,))])
     with pytest.raises(ValueError, match="indices must have"):
         bnp.take_along_axis(rand(0, (2, 2)), np.zeros(2, int), axis=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_maximum_minimum_ties_share_the_gradient_with_broadcasting(dtype):
+    x = np.array([[0.0, -1.0, 2.0], [0.0, 3.0, -2.0]], dtype=dtype)
+    y = np.array([0.0, 3.0, 1.0], dtype=dtype)  # ties at (0, 0), (1, 0), (1, 1)
+    gx, gy = grad(lambda a, b: bnp.sum(bnp.maximum(a, b)), (0, 1))(x, y)
+    np.testing.assert_array_equal(gx, [[0.5, 0, 1], [0.5, 0.5, 0]])
+    np.testing.assert_array_equal(gy, [1.0, 1.5, 1.0])
+    assert gx.dtype == dtype and gy.dtype == dtype
+    gx_min = grad(lambda a: bnp.sum(bnp.minimum(a, 0.0)))(x)
+    np.testing.assert_array_equal(gx_min, [[0.5, 1, 0], [0.5, 0, 1]])
+    # forward mode: the tangent of max(x, 0) is t · share
+    t = np.ones_like(x)
+    np.testing.assert_array_equal(
+        make_jvp(lambda a: bnp.maximum(a, 0.0))(x)(t)[1], [[0.5, 0, 1], [0.5, 1, 0]]
+    )

@@ -146,6 +146,13 @@ def _as_float_mask(mask: Any, like: Any) -> Any:
 def _share(x: Any, ans: Any, other: Any) -> Any:
     """Constant weight of ``x`` in ``max/min(x, other)``: ``1[x = ans] / (1 + 1[x = other])``."""
     x, ans, other = getval(x), getval(ans), getval(other)
+    if type(x) is _nd and type(ans) is _nd and ans.ndim:
+        # the same numbers in fewer passes: halve the ties in place (exact in binary)
+        share = _as_float_mask(x == ans, ans)  # ans has the broadcast shape
+        tie = x == other
+        if tie.any():
+            np.multiply(share, 0.5, out=share, where=tie)
+        return share
     return _as_float_mask(x == ans, ans) / (1 + _as_float_mask(x == other, ans))
 
 
