@@ -8,6 +8,7 @@ Cost O(size) time and memory per call.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -50,9 +51,13 @@ _nd = np.ndarray
 # ----------------------------------------------------------------- binary arithmetic
 
 
+# operand types on which the NumPy operators apply as they are (one set lookup per operand)
+_NUMPY_OPERANDS = frozenset({_nd, float, int, np.float64, np.float32})
+
+
 def _binary(name: str, op: Callable[[Any, Any], Any], doc: str) -> Any:
     def fun(x: Any, y: Any) -> Any:
-        if type(x) is _nd and type(y) is _nd:
+        if type(x) in _NUMPY_OPERANDS and type(y) in _NUMPY_OPERANDS:
             return op(x, y)
         xp = namespace(x, y)
         if xp is not np:
@@ -65,13 +70,13 @@ def _binary(name: str, op: Callable[[Any, Any], Any], doc: str) -> Any:
     return primitive(fun)
 
 
-add = _binary("add", lambda x, y: x + y, "``x + y`` with broadcasting. VJP: unbroadcast ``g``.")
-subtract = _binary("subtract", lambda x, y: x - y, "``x - y`` with broadcasting.")
-multiply = _binary("multiply", lambda x, y: x * y, "``x · y`` with broadcasting.")
-divide = _binary("divide", lambda x, y: x / y, "``x / y`` with broadcasting.")
+add = _binary("add", operator.add, "``x + y`` with broadcasting. VJP: unbroadcast ``g``.")
+subtract = _binary("subtract", operator.sub, "``x - y`` with broadcasting.")
+multiply = _binary("multiply", operator.mul, "``x · y`` with broadcasting.")
+divide = _binary("divide", operator.truediv, "``x / y`` with broadcasting.")
 true_divide = divide
 power = _binary(
-    "power", lambda x, y: x**y, "``x ** y``; ∂/∂x = y x^(y-1), ∂/∂y = x^y log x (0 where x = 0)."
+    "power", operator.pow, "``x ** y``; ∂/∂x = y x^(y-1), ∂/∂y = x^y log x (0 where x = 0)."
 )
 
 defvjp(

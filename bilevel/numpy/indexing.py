@@ -27,12 +27,20 @@ def _clean(idx: Any) -> Any:
 
 
 @primitive
+def _getitem(x: Any, idx: Any) -> Any:
+    return x[idx]
+
+
 def getitem(x: Any, idx: Any) -> Any:
     """``x[idx]`` for slices, integers, ``None``, ``...`` and integer arrays.
 
     VJP: ``zeros(x.shape)`` with ``g`` scatter-added at ``idx``; JVP: ``t[idx]``.
+    A plain NumPy array (nothing traced) is indexed directly, without the tracer's
+    per-call overhead.
     """
-    return x[idx]
+    if type(x) is np.ndarray:
+        return x[idx]
+    return _getitem(x, idx)
 
 
 @primitive
@@ -41,8 +49,8 @@ def _scatter(g: Any, idx: Any, shape: tuple[int, ...]) -> Any:
     return scatter_add(g, idx, shape)
 
 
-defvjp(getitem, lambda ans, x, idx: lambda g: _scatter(g, idx, shape_of(x)))
-defjvp(getitem, "same")
+defvjp(_getitem, lambda ans, x, idx: lambda g: _scatter(g, idx, shape_of(x)))
+defjvp(_getitem, "same")
 defvjp(_scatter, lambda ans, g, idx, shape: lambda gg: getitem(gg, idx))
 defjvp(_scatter, "same")
 

@@ -77,10 +77,10 @@ def transpose(x: Any, axes: Any = None) -> Any:
 
     VJP: ``transpose(g, argsort(axes))``; JVP: ``transpose(t, axes)``. A view.
     """
+    if type(x) is np.ndarray:
+        return x.transpose(axes)  # NumPy reverses for None and takes negative axes
     nd = len(shape_of(x))
     axes = tuple(range(nd))[::-1] if axes is None else tuple(a % nd for a in axes)
-    if type(x) is np.ndarray:
-        return x.transpose(axes)
     return namespace(x).permute_dims(x, axes)
 
 
