@@ -327,13 +327,14 @@ def block_sum(x: Any, s: int) -> Any:
     """
     xp = namespace(x)
     parts = _block_slices(s)
-    y = x[parts[0]]
-    y = y.copy() if xp is np else y + xp.zeros_like(y)
-    for idx in parts[1:]:
-        if xp is np:
+    if xp is np:  # one copy, then in-place additions
+        y = x[parts[0]].copy()
+        for idx in parts[1:]:
             np.add(y, x[idx], out=y)
-        else:
-            y = y + x[idx]
+        return y
+    y = x[parts[0]]
+    for idx in parts[1:]:
+        y = y + x[idx]
     return y
 
 
