@@ -87,10 +87,12 @@ defvjp(
 defjvp(
     add, lambda t, ans, x, y: broadcast_like(t, ans), lambda t, ans, x, y: broadcast_like(t, ans)
 )
+# Factors constant along the broadcast axes are applied after unbroadcast's sum, on the
+# smaller array: -Σg = Σ(-g) and Σ(g·ans)/y = Σ(g·ans/y) when y is broadcast along the sum.
 defvjp(
     subtract,
     lambda ans, x, y: lambda g: unbroadcast(g, shape_of(x)),
-    lambda ans, x, y: lambda g: unbroadcast(negative(g), shape_of(y)),
+    lambda ans, x, y: lambda g: negative(unbroadcast(g, shape_of(y))),
 )
 defjvp(
     subtract,
@@ -106,7 +108,7 @@ defjvp(multiply, lambda t, ans, x, y: multiply(t, y), lambda t, ans, x, y: multi
 defvjp(
     divide,
     lambda ans, x, y: lambda g: unbroadcast(divide(g, y), shape_of(x)),
-    lambda ans, x, y: lambda g: unbroadcast(negative(divide(multiply(g, ans), y)), shape_of(y)),
+    lambda ans, x, y: lambda g: negative(divide(unbroadcast(multiply(g, ans), shape_of(y)), y)),
 )
 defjvp(
     divide,

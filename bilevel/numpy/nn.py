@@ -348,9 +348,8 @@ def unblock(y: Any, s: int) -> Any:
     shape = shape_of(y)
     ho, wo = shape[-2:]
     blocks = shape[:-2] + (ho, s, wo, s)
-    if xp is np:
-        up = np.broadcast_to(y.reshape(shape[:-2] + (ho, 1, wo, 1)), blocks)
-        return up.reshape(shape[:-2] + (ho * s, wo * s))
+    if xp is np:  # repeat: twice as fast as copying a broadcast view with 0-strides
+        return np.repeat(np.repeat(y, s, axis=-1), s, axis=-2)
     up = xp.broadcast_to(xp.reshape(y, shape[:-2] + (ho, 1, wo, 1)), blocks)
     return xp.reshape(up, shape[:-2] + (ho * s, wo * s))
 
@@ -366,8 +365,12 @@ def _block_max_weights(x: Any, ans: Any, s: int) -> tuple[Any, Any]:
     ``x``) and the number of maximizers per block (ties share the gradient)."""
     x, ans = getval(x), getval(ans)
     xp = namespace(x)
-    hit = x == unblock(ans, s)
-    hit = hit.astype(x.dtype) if xp is np else xp.astype(hit, x.dtype)
+    if xp is np:  # compare block offset by block offset, writing the float indicator
+        hit = np.empty(x.shape, dtype=x.dtype)
+        for idx in _block_slices(s):
+            np.equal(x[idx], ans, out=hit[idx], casting="unsafe")
+    else:
+        hit = xp.astype(x == unblock(ans, s), x.dtype)
     return hit, block_sum(hit, s)
 
 
