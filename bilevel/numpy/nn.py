@@ -1,14 +1,16 @@
 """Network functions: log-softmax, softmax, cross-entropy, 2-D convolution and pooling.
 
-Convolution and pooling rest on im2col/col2im primitive pairs: :func:`patches` (windows of
-each image, ``(..., C, kh·kw, Ho, Wo)``, used by the pools) with its adjoint
-:func:`unpatches`, and :func:`columns` (the same windows with the images behind the kernel
-axis, ``(..., C, kh·kw, N, Ho, Wo)``, the operand of one GEMM per task in
-:func:`conv2d`) with its adjoint :func:`uncolumns`. Each gathers the windows with one
-strided slice per kernel offset (never a loop over pixels; the zero padding is never
-materialized) and its adjoint adds them back. Each is the other's VJP and each is its own
-JVP, so convolutions and pools differentiate to any order on any backend that has slicing
-and ``matmul``. Inputs may carry a leading task axis ``T``: ``(T, N, C, H, W)``.
+Convolution and pooling rest on im2col/col2im primitive pairs: :func:`columns` (the
+``kh·kw`` windows with the images behind the kernel axis, ``(..., C, kh·kw, N, Ho, Wo)``,
+the operand of one GEMM per task in :func:`conv2d`) with its adjoint :func:`uncolumns`,
+and :func:`patches` (windows of each image, ``(..., C, kh·kw, Ho, Wo)``, for overlapping
+pools) with its adjoint :func:`unpatches`. Each gathers the windows with one strided slice
+per kernel offset (never a loop over pixels; the zero padding is never materialized) and
+its adjoint adds them back. Non-overlapping pools use :func:`block_max` and the adjoint
+pair :func:`block_sum` / :func:`unblock` (strided slices of the image, no window copies).
+Each linear primitive's VJP is its adjoint and its JVP is itself, so convolutions and
+pools differentiate to any order on any backend that has slicing and ``matmul``. Inputs
+may carry a leading task axis ``T``: ``(T, N, C, H, W)``.
 """
 
 from __future__ import annotations
