@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from shared_problems import N_MLP, mlp
 
 from bilevel import (
     BilevelProblem,
@@ -25,23 +26,6 @@ from bilevel import (
     hypergrad,
 )
 from bilevel.dynamics import minibatch_indices, run
-
-SIZES = [(3, 4), (4, 1)]
-N_MLP = sum(a * b + b for a, b in SIZES)
-
-
-def mlp(w, X):
-    """Tanh MLP 3→4→1 with flat parameters (n,) or a batch (B, n)."""
-    i, h = 0, X
-    for layer, (a, b) in enumerate(SIZES):
-        W = anp.reshape(w[..., i : i + a * b], w.shape[:-1] + (a, b))
-        i += a * b
-        bias = w[..., i : i + b]
-        i += b
-        h = anp.matmul(h, W) + bias[..., None, :]
-        if layer < len(SIZES) - 1:
-            h = anp.tanh(h)
-    return h[..., 0]
 
 
 def mlp_problem(seed, with_init=False):

@@ -7,6 +7,7 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 from hypothesis import given
+from shared_problems import relerr, ridge, ridge_exact
 
 from bilevel import (
     BilevelProblem,
@@ -21,43 +22,6 @@ from bilevel import (
     hypergrad,
 )
 from bilevel.testing import ridge_problems
-
-
-def ridge_data(seed=0, n=4, rows=12):
-    rng = np.random.default_rng(seed)
-    U = np.linalg.qr(rng.standard_normal((rows, n)))[0]
-    V = np.linalg.qr(rng.standard_normal((n, n)))[0]
-    X = (U * np.linspace(1.0, 1.8, n)) @ V
-    y = rng.standard_normal(rows)
-    Xv, yv = rng.standard_normal((6, n)), rng.standard_normal(6)
-    return X, y, Xv, yv, rng.uniform(-0.5, 0.5, n)
-
-
-def ridge_exact(seed, lam):
-    """V7 closed form ∇F(λ) = −e^λ ⊙ w* ⊙ A⁻¹X_vᵀr_v."""
-    X, y, Xv, yv, _ = ridge_data(seed)
-    A = X.T @ X + np.diag(np.exp(lam))
-    w_star = np.linalg.solve(A, X.T @ y)
-    return -np.exp(lam) * w_star * np.linalg.solve(A, Xv.T @ (Xv @ w_star - yv))
-
-
-def ridge(seed=0):
-    X, y, Xv, yv, lam = ridge_data(seed)
-
-    def g(w, lam):
-        return 0.5 * anp.sum((X @ w - y) ** 2) + 0.5 * anp.sum(anp.exp(lam) * w**2)
-
-    def f(w, lam):
-        return 0.5 * anp.sum((Xv @ w - yv) ** 2)
-
-    A = X.T @ X + np.diag(np.exp(lam))
-    w_star = np.linalg.solve(A, X.T @ y)
-    exact = -np.exp(lam) * w_star * np.linalg.solve(A, Xv.T @ (Xv @ w_star - yv))
-    return BilevelProblem(g, f), lam, w_star, exact, A, 1.0 / np.linalg.eigvalsh(A)[-1]
-
-
-def relerr(a, b):
-    return np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b)
 
 
 def test_ridge_long_run_matches_closed_form():

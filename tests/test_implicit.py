@@ -7,6 +7,7 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 from hypothesis import given
+from shared_problems import relerr, ridge
 
 from bilevel import (
     CG,
@@ -25,33 +26,6 @@ from bilevel import (
     hypergrad,
 )
 from bilevel.testing import imaml_tasks, ridge_problems
-
-
-def ridge(seed=0, n=4, rows=12):
-    """V7 ridge with per-feature log-penalties; well conditioned (cond(A) ≤ ~6)."""
-    rng = np.random.default_rng(seed)
-    U = np.linalg.qr(rng.standard_normal((rows, n)))[0]
-    V = np.linalg.qr(rng.standard_normal((n, n)))[0]
-    X = (U * np.linspace(1.0, 1.8, n)) @ V
-    y = rng.standard_normal(rows)
-    Xv, yv = rng.standard_normal((6, n)), rng.standard_normal(6)
-    lam = rng.uniform(-0.5, 0.5, n)
-
-    def g(w, lam):
-        return 0.5 * anp.sum((X @ w - y) ** 2) + 0.5 * anp.sum(anp.exp(lam) * w**2)
-
-    def f(w, lam):
-        return 0.5 * anp.sum((Xv @ w - yv) ** 2)
-
-    A = X.T @ X + np.diag(np.exp(lam))
-    w_star = np.linalg.solve(A, X.T @ y)
-    exact = -np.exp(lam) * w_star * np.linalg.solve(A, Xv.T @ (Xv @ w_star - yv))
-    L = np.linalg.eigvalsh(A)[-1]
-    return BilevelProblem(g, f), lam, w_star, exact, A, 1.0 / L
-
-
-def relerr(a, b):
-    return np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import pytest
 from autograd import grad as ag_grad
 from hypothesis import given
 from hypothesis import strategies as st
+from shared_problems import N_MLP, mlp
 
 from bilevel import (
     BilevelProblem,
@@ -82,24 +83,6 @@ def ridge(n_feat, seed):
         return w_star, -np.exp(lam) * w_star * np.linalg.solve(A, Xv.T @ r_v), A
 
     return BilevelProblem(g, f), closed_form
-
-
-SIZES = [(3, 4), (4, 1)]
-N_MLP = sum(a * b + b for a, b in SIZES)
-
-
-def mlp(w, X):
-    """Tanh MLP 3→4→1 with flat parameters (n,) or a batch (B, n)."""
-    i, h = 0, X
-    for layer, (a, b) in enumerate(SIZES):
-        W = anp.reshape(w[..., i : i + a * b], w.shape[:-1] + (a, b))
-        i += a * b
-        bias = w[..., i : i + b]
-        i += b
-        h = anp.matmul(h, W) + bias[..., None, :]
-        if layer < len(SIZES) - 1:
-            h = anp.tanh(h)
-    return h[..., 0]
 
 
 def mlp_problem(seed, n_data=10):

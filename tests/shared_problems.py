@@ -1,0 +1,63 @@
+"""Small test problems shared by several test modules (ridge V7 and a tanh MLP)."""
+
+import autograd.numpy as anp
+import numpy as np
+
+from bilevel import BilevelProblem
+
+SIZES = [(3, 4), (4, 1)]
+N_MLP = sum(a * b + b for a, b in SIZES)
+
+
+def mlp(w, X):
+    """Tanh MLP 3→4→1 with flat parameters (n,) or a batch (B, n)."""
+    i, h = 0, X
+    for layer, (a, b) in enumerate(SIZES):
+        W = anp.reshape(w[..., i : i + a * b], w.shape[:-1] + (a, b))
+        i += a * b
+        bias = w[..., i : i + b]
+        i += b
+        h = anp.matmul(h, W) + bias[..., None, :]
+        if layer < len(SIZES) - 1:
+            h = anp.tanh(h)
+    return h[..., 0]
+
+
+def ridge_data(seed=0, n=4, rows=12):
+    """Well-conditioned ridge data (cond(A) ≤ ~6) and log-penalties λ: (X, y, Xv, yv, λ)."""
+    rng = np.random.default_rng(seed)
+    U = np.linalg.qr(rng.standard_normal((rows, n)))[0]
+    V = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    X = (U * np.linspace(1.0, 1.8, n)) @ V
+    y = rng.standard_normal(rows)
+    Xv, yv = rng.standard_normal((6, n)), rng.standard_normal(6)
+    return X, y, Xv, yv, rng.uniform(-0.5, 0.5, n)
+
+
+def ridge_exact(seed, lam, n=4, rows=12):
+    """V7 closed form ∇F(λ) = −e^λ ⊙ w* ⊙ A⁻¹X_vᵀr_v on ``ridge_data(seed)``."""
+    X, y, Xv, yv, _ = ridge_data(seed, n, rows)
+    A = X.T @ X + np.diag(np.exp(lam))
+    w_star = np.linalg.solve(A, X.T @ y)
+    return -np.exp(lam) * w_star * np.linalg.solve(A, Xv.T @ (Xv @ w_star - yv))
+
+
+def ridge(seed=0, n=4, rows=12):
+    """(problem, λ, w*, exact ∇F, A, 1/λ_max(A)) for per-feature ridge (V7)."""
+    X, y, Xv, yv, lam = ridge_data(seed, n, rows)
+
+    def g(w, lam):
+        return 0.5 * anp.sum((X @ w - y) ** 2) + 0.5 * anp.sum(anp.exp(lam) * w**2)
+
+    def f(w, lam):
+        return 0.5 * anp.sum((Xv @ w - yv) ** 2)
+
+    A = X.T @ X + np.diag(np.exp(lam))
+    w_star = np.linalg.solve(A, X.T @ y)
+    exact = ridge_exact(seed, lam, n, rows)
+    return BilevelProblem(g, f), lam, w_star, exact, A, 1.0 / np.linalg.eigvalsh(A)[-1]
+
+
+def relerr(a, b):
+    """‖a − b‖ / ‖b‖."""
+    return np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b)
