@@ -35,6 +35,7 @@ The model follows the protocol of :mod:`bilevel.meta.models`: ``init(rng, backen
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,7 +185,7 @@ def _summary(res: HypergradResult) -> dict[str, Any]:
     return info
 
 
-class MetaAlgorithm:
+class MetaAlgorithm(abc.ABC):
     """Base class: a meta-learning algorithm over a model.
 
     Subclasses configure the inner problem (:meth:`inner_objective`, :meth:`outer_objective`,
@@ -228,12 +229,14 @@ class MetaAlgorithm:
         return params
 
     # ------------------------------------------------------------- interface
+    @abc.abstractmethod
     def meta_gradient(self, params: Any, episode: Any,
                       drop_failed: bool = True) -> tuple[Any, dict[str, Any]]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Meta-gradient of the mean query loss over the episode's tasks, and diagnostics."""
 
+    @abc.abstractmethod
     def adapt(self, params: Any, x_support: Any, y_support: Any) -> Any:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Task-adapted model parameters ``(T, n)`` from the support sets (test time)."""
 
     def evaluate(self, params: Any, episode: Any) -> dict[str, np.ndarray]:
         """Post-adaptation query loss and accuracy per task (NumPy arrays ``(T,)``).
