@@ -32,3 +32,13 @@ def test_code_blocks_run(page):
         exec(compile(block, f"{page}", "exec"), namespace)
     grad = namespace.get("grad")
     assert grad is not None and grad.shape == (5,)
+
+
+def test_readme_example_runs():
+    text = (DOCS.parent / "README.md").read_text()
+    start = text.index("```python\n") + len("```python\n")
+    code = text[start : text.index("```", start)]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    res = namespace["res"]
+    assert res.success and res.grad.shape == (5,)
