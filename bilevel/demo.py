@@ -188,11 +188,16 @@ def _ridge_plot(rows: list[dict], path: str) -> str:
     ):
         ax.barh(y, vals, color=colors)
         ax.set_title(title)
+        if ax is axes[0, 0]:
+            for yi, v in zip(y, vals, strict=True):
+                if not np.isfinite(v):  # a non-finite error has no bar: say so
+                    ax.text(0.02, yi, "not finite", transform=ax.get_yaxis_transform(),
+                            va="center", fontsize=8, color="tab:red")
         if log:
             ax.set_xscale("log")
         ax.set_yticks(y)
         ax.set_yticklabels(labels if ax is axes[0, 0] else [""] * len(rows), fontsize=8)
-        ax.invert_yaxis()
+        ax.set_ylim(len(rows) - 0.5, -0.5)  # first method on top, same rows in every panel
         ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle("diabetes per-feature ridge: every method (red = reported failure)")
     return save_figure(fig, path)
