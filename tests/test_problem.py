@@ -232,22 +232,23 @@ def test_batch_axis_equals_loop_over_problems(B, seed):
         "outer": p.outer_value_and_grads(W, L),
         "lin": p.linearize(W, L).vjp(U),
     }
+    TOL = dict(rtol=1e-12, atol=1e-14)  # rounding level; entries can be near zero
     assert batched["g"].shape == (B,) and batched["outer"][0].shape == (B,)
     for b in range(B):
         w, lam = W[b], L[b]
-        np.testing.assert_allclose(batched["g"][b], p.inner_value(w, lam), rtol=1e-13)
-        np.testing.assert_allclose(batched["grad"][b], p.inner_grad(w, lam), rtol=1e-13)
-        np.testing.assert_allclose(batched["hvp"][b], p.inner_hvp(w, lam, V[b]), rtol=1e-13)
+        np.testing.assert_allclose(batched["g"][b], p.inner_value(w, lam), **TOL)
+        np.testing.assert_allclose(batched["grad"][b], p.inner_grad(w, lam), **TOL)
+        np.testing.assert_allclose(batched["hvp"][b], p.inner_hvp(w, lam, V[b]), **TOL)
         np.testing.assert_allclose(batched["mvjp"][b], p.inner_mixed_vjp(w, lam, U[b]),
-                                   rtol=1e-13)
+                                   **TOL)
         np.testing.assert_allclose(batched["mjvp"][b], p.inner_mixed_jvp(w, lam, E[b]),
-                                   rtol=1e-13)
+                                   **TOL)
         np.testing.assert_allclose(batched["gjvp"][b],
-                                   p.inner_grad_jvp(w, lam, V[b], E[b])[1], rtol=1e-13)
+                                   p.inner_grad_jvp(w, lam, V[b], E[b])[1], **TOL)
         for got, want in zip(batched["outer"], p.outer_value_and_grads(w, lam), strict=True):
-            np.testing.assert_allclose(got[b], want, rtol=1e-13)
+            np.testing.assert_allclose(got[b], want, **TOL)
         for got, want in zip(batched["lin"], p.linearize(w, lam).vjp(U[b]), strict=True):
-            np.testing.assert_allclose(got[b], want, rtol=1e-13)
+            np.testing.assert_allclose(got[b], want, **TOL)
 
 
 def test_check_oracles_with_batch_axis():
