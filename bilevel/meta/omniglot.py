@@ -76,7 +76,12 @@ def _key(parts: tuple[str, ...]) -> tuple[str, str, str] | None:
 
 
 def _decode(data: bytes, size: int) -> np.ndarray:
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError as err:
+        raise ImportError(
+            "decoding Omniglot PNGs needs Pillow: pip install \"bilevel[meta]\" (or pillow)"
+        ) from err
 
     with Image.open(io.BytesIO(data)) as im:
         small = im.convert("L").resize((size, size), Image.Resampling.LANCZOS)
