@@ -3,7 +3,8 @@
 import autograd.numpy as anp
 import numpy as np
 
-from bilevel import BilevelProblem
+from bilevel import BilevelProblem, GradientDescent, GradientFlow, Momentum
+from bilevel.dynamics import minibatch_indices
 
 SIZES = [(3, 4), (4, 1)]
 N_MLP = sum(a * b + b for a, b in SIZES)
@@ -61,3 +62,47 @@ def ridge(seed=0, n=4, rows=12):
 def relerr(a, b):
     """‖a − b‖ / ‖b‖."""
     return np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b)
+
+
+def spd(n, rng, lo=1.0, hi=4.0):
+    """A random symmetric positive-definite matrix with eigenvalues evenly in [lo, hi]."""
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    return (q * np.linspace(lo, hi, n)) @ q.T
+
+
+def fd_gradient(fun, lam):
+    """Central finite differences of a scalar function, step 1e-6·(1 + |λ_j|)."""
+    out = np.zeros_like(lam)
+    for j in range(lam.size):
+        e = np.zeros_like(lam)
+        eps = 1e-6 * (1 + abs(lam.flat[j]))
+        e.flat[j] = eps
+        out.flat[j] = (fun(lam + e) - fun(lam - e)) / (2 * eps)
+    return out
+
+
+def rel(a, b):
+    """‖a − b‖ / ‖b‖ guarded against ‖b‖ = 0."""
+    return np.linalg.norm(np.asarray(a) - np.asarray(b)) / max(np.linalg.norm(b), 1e-300)
+
+
+def dyn_for(kind, K, problem, seed):
+    """Inner dynamics by name: gd, schedule, momentum(-schedule), batches, or an RK scheme."""
+    lrs = 0.1 + 0.1 * np.random.default_rng(seed).random(K)
+    if kind == "gd":
+        return GradientDescent(0.15, K)
+    if kind == "schedule":
+        return GradientDescent(lrs, K)
+    if kind == "momentum":
+        return Momentum(0.05, 0.8, K)
+    if kind == "momentum-schedule":
+        return Momentum(0.5 * lrs, 0.6, K)
+    if kind == "batches":
+        idx = minibatch_indices(10, 4, seed)
+
+        def batch(k):
+            i = idx(k)
+            return dict(problem.data, X=problem.data["X"][i], y=problem.data["y"][i])
+
+        return GradientDescent(lrs, K, batches=batch)
+    return GradientFlow(0.15 * K, K, scheme=kind)

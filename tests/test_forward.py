@@ -12,20 +12,18 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from shared_problems import N_MLP, mlp
+from shared_problems import N_MLP, dyn_for, fd_gradient, mlp, rel, spd
 
 from bilevel import (
     BilevelProblem,
     Forward,
     GradientDescent,
-    GradientFlow,
     HypergradError,
     HypergradWarning,
-    Momentum,
     Reverse,
     hypergrad,
 )
-from bilevel.dynamics import minibatch_indices, run
+from bilevel.dynamics import run
 
 
 def mlp_problem(seed, with_init=False):
@@ -50,41 +48,6 @@ def mlp_problem(seed, with_init=False):
 
     init = (lambda lam: base * anp.exp(0.5 * lam[0]) + 0.1 * anp.sum(lam)) if with_init else None
     return BilevelProblem(g, f, data=data, init=init)
-
-
-def dyn_for(kind, K, problem, seed):
-    lrs = 0.1 + 0.1 * np.random.default_rng(seed).random(K)
-    if kind == "gd":
-        return GradientDescent(0.15, K)
-    if kind == "schedule":
-        return GradientDescent(lrs, K)
-    if kind == "momentum":
-        return Momentum(0.05, 0.8, K)
-    if kind == "momentum-schedule":
-        return Momentum(0.5 * lrs, 0.6, K)
-    if kind == "batches":
-        idx = minibatch_indices(10, 4, seed)
-
-        def batch(k):
-            i = idx(k)
-            return dict(problem.data, X=problem.data["X"][i], y=problem.data["y"][i])
-
-        return GradientDescent(lrs, K, batches=batch)
-    return GradientFlow(0.15 * K, K, scheme=kind)
-
-
-def rel(a, b):
-    return np.linalg.norm(np.asarray(a) - np.asarray(b)) / max(np.linalg.norm(b), 1e-300)
-
-
-def fd_gradient(fun, lam):
-    out = np.zeros_like(lam)
-    for j in range(lam.size):
-        e = np.zeros_like(lam)
-        eps = 1e-6 * (1 + abs(lam.flat[j]))
-        e.flat[j] = eps
-        out.flat[j] = (fun(lam + e) - fun(lam - e)) / (2 * eps)
-    return out
 
 
 def unrolled_value(problem, dyn, w0, lam):
@@ -117,11 +80,6 @@ def test_forward_equals_reverse_and_finite_differences(kind, K, seed, with_init)
 
 
 # --------------------------------------------------------------------------- V2
-
-
-def spd(n, rng, lo=1.0, hi=4.0):
-    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    return (q * np.linspace(lo, hi, n)) @ q.T
 
 
 @given(n=st.integers(1, 5), m=st.integers(1, 3), K=st.integers(1, 20), seed=st.integers(0, 2**16))

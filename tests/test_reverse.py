@@ -11,27 +11,20 @@ import pytest
 from autograd import grad as ag_grad
 from hypothesis import given
 from hypothesis import strategies as st
-from shared_problems import N_MLP, mlp
+from shared_problems import N_MLP, dyn_for, fd_gradient, mlp, rel, spd
 
 from bilevel import (
     BilevelProblem,
     GradientDescent,
-    GradientFlow,
     HypergradError,
     HypergradWarning,
-    Momentum,
     Reverse,
     hypergrad,
 )
-from bilevel.dynamics import minibatch_indices, run
+from bilevel.dynamics import run
 from bilevel.linalg import neumann
 
 # --------------------------------------------------------------------------- problems
-
-
-def spd(n, rng, lo=1.0, hi=4.0):
-    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    return (q * np.linspace(lo, hi, n)) @ q.T
 
 
 def linear_quadratic(n, m, seed):
@@ -110,39 +103,6 @@ def mlp_problem(seed, n_data=10):
 def unrolled_value(problem, dyn, w0_of, lam):
     s = run(problem, dyn, w0_of(lam), lam)
     return problem.outer_value(dyn.weights(s), lam)
-
-
-def fd_gradient(fun, lam):
-    out = np.zeros_like(lam)
-    for j in range(lam.size):
-        e = np.zeros_like(lam)
-        eps = 1e-6 * (1 + abs(lam.flat[j]))
-        e.flat[j] = eps
-        out.flat[j] = (fun(lam + e) - fun(lam - e)) / (2 * eps)
-    return out
-
-
-def rel(a, b):
-    return np.linalg.norm(np.asarray(a) - np.asarray(b)) / max(np.linalg.norm(b), 1e-300)
-
-
-def dyn_for(kind, K, problem, seed):
-    lrs = 0.1 + 0.1 * np.random.default_rng(seed).random(K)
-    if kind == "gd":
-        return GradientDescent(0.15, K)
-    if kind == "schedule":
-        return GradientDescent(lrs, K)
-    if kind == "momentum":
-        return Momentum(0.05, 0.8, K)
-    if kind == "batches":
-        idx = minibatch_indices(10, 4, seed)
-
-        def batch(k):
-            i = idx(k)
-            return dict(problem.data, X=problem.data["X"][i], y=problem.data["y"][i])
-
-        return GradientDescent(0.15, K, batches=batch)
-    return GradientFlow(0.15 * K, K, scheme=kind)
 
 
 # --------------------------------------------------------------------------- closed forms
