@@ -5,7 +5,7 @@ get ∇F(λ) from interchangeable methods::
 
     from bilevel import BilevelProblem, GradientDescent, Implicit, CG, hypergrad
     res = hypergrad(BilevelProblem(g, f), lam, w0,
-                    inner=GradientDescent(lr=0.1, steps=200), method=Implicit(CG()))
+                    dynamics=GradientDescent(lr=0.1, steps=200), method=Implicit(CG()))
     res.grad, res.success, res.message
 """
 

@@ -1,6 +1,6 @@
 """The entry point :func:`hypergrad` and the :class:`HypergradResult` object.
 
-``hypergrad(problem, lam, w0, inner=GradientDescent(lr, steps), method=Implicit(CG()))``
+``hypergrad(problem, lam, w0, dynamics=GradientDescent(lr, steps), method=Implicit(CG()))``
 runs the inner dynamics from ``w0`` and returns ∇F(λ) with diagnostics. The method is a
 strategy object (:mod:`bilevel.methods`); any method works with any problem.
 """
@@ -25,6 +25,7 @@ __all__ = [
     "HypergradState",
     "HypergradWarning",
     "Method",
+    "failure_result",
     "hypergrad",
     "norm_per_problem",
     "value_and_hypergrad",
@@ -164,15 +165,55 @@ def _finite(x: Any) -> bool:
     return bool(xp.all(xp.isfinite(x)))
 
 
+def failure_result(lam: Any, message: str, **diagnostics: Any) -> HypergradResult:
+    """The result of a failed computation: a NaN hypergradient, ``success=False``, ``message``.
+
+    Never a zero or a stale value: whoever ignores ``success`` still sees NaN.
+    """
+    xp = namespace(lam)
+    res = HypergradResult(
+        grad=xp.full(tuple(lam.shape), float("nan"), dtype=lam.dtype),
+        w=None,
+        value=float("nan"),
+        success=False,
+        message=message,
+        inner_residual=float("nan"),
+    )
+    res.update(diagnostics)
+    return res
+
+
+ON_FAILURE = ("warn", "raise", "ignore")
+
+
+def resolve_dynamics(dynamics: Any, inner: Any, where: str = "hypergrad") -> Any:
+    """The inner solver passed as ``dynamics=`` (or the deprecated ``inner=`` keyword)."""
+    if inner is not None:
+        if dynamics is not None:
+            raise TypeError(
+                f"{where} got both dynamics= and its old name inner=; pass dynamics= only"
+            )
+        warnings.warn(
+            f"{where}(inner=...) is deprecated: the inner solver is now passed as dynamics=... "
+            "(inner= names the inner objective of BilevelProblem)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return inner
+    return dynamics
+
+
 def hypergrad(
     problem: BilevelProblem,
     lam: Any,
     w0: Any = None,
-    inner: Dynamics | None = None,
+    dynamics: Dynamics | None = None,
     method: Method | None = None,
     *,
     state: HypergradState | None = None,
     strict: bool = False,
+    on_failure: str = "warn",
+    inner: Dynamics | None = None,
 ) -> HypergradResult:
     """Hypergradient ∇F(λ) of ``F(λ) = f(w(λ), λ)`` with ``w(λ)`` from the inner dynamics.
 
@@ -187,8 +228,9 @@ def hypergrad(
         Starting point, ``(n,)`` or ``(B, n)``. Defaults to ``problem.init(lam)``. When
         the problem has an ``init`` map, a given ``w0`` is taken to *be* ``init(lam)``
         (e.g. precomputed): the unrolled methods still add the ``Cᵀa₀`` term of the map.
-    inner : Dynamics
-        Inner solver, e.g. ``GradientDescent(lr=0.1, steps=100)``.
+    dynamics : Dynamics
+        Inner solver, e.g. ``GradientDescent(lr=0.1, steps=100)``. (Its old keyword
+        ``inner=`` still works with a ``DeprecationWarning``.)
     method : Method
         Hypergradient strategy: ``Reverse()``, ``Forward()``, ``Implicit(CG())``,
         ``Adjoint()``, ``Historyless()``. Default ``Reverse()`` (the exact derivative of
@@ -199,6 +241,11 @@ def hypergrad(
     strict : bool
         Raise :class:`HypergradError` instead of warning when a diagnostic fails
         (unconverged linear solve, CG breakdown, NaN, diverged ODE reconstruction).
+        Same as ``on_failure="raise"``.
+    on_failure : {"warn", "raise", "ignore"}
+        What a failed diagnostic does besides ``success=False`` in the result: a
+        :class:`HypergradWarning` (default), a :class:`HypergradError`, or nothing (for
+        callers that read ``success`` themselves, e.g. an outer loop that skips the step).
 
     Returns
     -------
@@ -213,7 +260,7 @@ def hypergrad(
     >>> g = lambda w, lam: 0.5 * ((w - lam) ** 2).sum()
     >>> f = lambda w, lam: 0.5 * (w ** 2).sum()
     >>> res = hypergrad(BilevelProblem(g, f), np.ones(2), np.zeros(2),
-    ...                 inner=GradientDescent(0.5, 30), method=Reverse())
+    ...                 dynamics=GradientDescent(0.5, 30), method=Reverse())
     >>> np.allclose(res.grad, 1.0)
     True
     """
@@ -224,12 +271,17 @@ def hypergrad(
             f"problem must be a BilevelProblem, got {type(problem).__name__}; build one with "
             "BilevelProblem(inner=g, outer=f)"
         )
+    inner = resolve_dynamics(dynamics, inner)
+    if on_failure not in ON_FAILURE:
+        raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
+    if strict:
+        on_failure = "raise"
     if inner is None:
         raise TypeError(
-            "hypergrad needs inner dynamics, e.g. inner=GradientDescent(lr=0.1, steps=100)"
+            "hypergrad needs inner dynamics, e.g. dynamics=GradientDescent(lr=0.1, steps=100)"
         )
     if not isinstance(inner, Dynamics):
-        raise TypeError(f"inner must be a Dynamics object, got {type(inner).__name__}")
+        raise TypeError(f"dynamics must be a Dynamics object, got {type(inner).__name__}")
     method = Reverse() if method is None else method
     if not isinstance(method, Method):
         raise TypeError(
@@ -258,16 +310,7 @@ def hypergrad(
     except NonFiniteError as err:
         step = getattr(err, "step", None)
         where = f" at inner step {step}" if step is not None else ""
-        xp = namespace(lam)
-        res = HypergradResult(
-            grad=xp.full(tuple(lam.shape), float("nan"), dtype=lam.dtype),
-            w=None,
-            value=float("nan"),
-            success=False,
-            message=f"non-finite {err.what}{where}: {err}",
-            nonfinite_step=step,
-            inner_residual=float("nan"),
-        )
+        res = failure_result(lam, f"non-finite {err.what}{where}: {err}", nonfinite_step=step)
     res.setdefault("success", True)
     res.setdefault("message", "ok")
     if res.get("w") is not None and "inner_residual" not in res:
@@ -288,9 +331,10 @@ def hypergrad(
             state.v = res.v
         state.t += 1
     if not res.success:
-        if strict:
+        if on_failure == "raise":
             raise HypergradError(f"{method!r}: {res.message}", res)
-        warnings.warn(f"{method!r}: {res.message}", HypergradWarning, stacklevel=2)
+        if on_failure == "warn":
+            warnings.warn(f"{method!r}: {res.message}", HypergradWarning, stacklevel=2)
     return res
 
 

@@ -105,7 +105,7 @@ def _quiet_hypergrad(problem: Any, lam: Any, w0: Any, inner: Any, method: Any) -
         warnings.simplefilter("ignore", HypergradWarning)
         warnings.simplefilter("ignore", RuntimeWarning)  # overflow of a diverging method
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return hypergrad(problem, lam, w0, inner=inner, method=method)
+            return hypergrad(problem, lam, w0, dynamics=inner, method=method)
 
 
 def _sync(backend: str) -> None:

@@ -44,7 +44,7 @@ def main(quick: bool = False, seed: int = 0) -> dict:
     lam0 = np.zeros(N)
 
     def evaluate(lam: np.ndarray) -> tuple[float, float, float]:
-        w = hypergrad(prob, lam, w0, inner=GradientDescent(lr_inner, eval_steps)).w
+        w = hypergrad(prob, lam, w0, dynamics=GradientDescent(lr_inner, eval_steps)).w
         Wm = w.reshape(p + 1, C)
 
         def scores(X):

@@ -45,7 +45,7 @@ def main(quick: bool = False, seed: int = 0) -> dict:
     w0 = np.zeros(n + 1)
 
     def evaluate(prob, lam):
-        w = hypergrad(prob, lam, w0, inner=GradientDescent(lr_inner, eval_steps)).w
+        w = hypergrad(prob, lam, w0, dynamics=GradientDescent(lr_inner, eval_steps)).w
         return metrics(w, d["Xv"], d["yv"]) + metrics(w, d["Xt"], d["yt"])
 
     shared = problems.logistic(d["X"], d["y"], d["Xv"], d["yv"])

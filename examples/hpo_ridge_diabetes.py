@@ -53,7 +53,7 @@ def main(quick: bool = False, seed: int = 0) -> dict:
                                   progress=False)
 
     def evaluate(lam: np.ndarray) -> tuple[float, float]:
-        w = hypergrad(prob, lam, np.zeros(n), inner=GradientDescent(inner.lr, eval_steps)).w
+        w = hypergrad(prob, lam, np.zeros(n), dynamics=GradientDescent(inner.lr, eval_steps)).w
         mse = lambda X, y: float(np.mean((X @ w - y) ** 2)) * d["y_scale"] ** 2  # noqa: E731
         return mse(d["Xv"], d["yv"]), mse(d["Xt"], d["yt"])
 

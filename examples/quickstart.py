@@ -30,13 +30,13 @@ def main(quick: bool = False) -> None:
 
     exact = ridge_exact_hypergrad(X, y, Xv, yv, lam)
     for method in (Reverse(), Forward(), Implicit(CG()), Historyless()):
-        res = hypergrad(problem, lam, w0, inner=inner, method=method)
+        res = hypergrad(problem, lam, w0, dynamics=inner, method=method)
         err = np.linalg.norm(res.grad - exact) / np.linalg.norm(exact)
         print(f"{method!r:48s} relative error {err:.1e}  HVPs {res.n_hvp:4d}  "
               f"{res.time * 1e3:7.1f} ms  {res.message}")
 
     for step in range(5 if quick else 20):  # hypergradient descent on λ
-        res = hypergrad(problem, lam, w0, inner=inner, method=Implicit(CG()))
+        res = hypergrad(problem, lam, w0, dynamics=inner, method=Implicit(CG()))
         lam = lam - 2.0 * res.grad
         if step % 5 == 0:
             print(f"outer step {step:2d}: validation loss {float(res.value):.4f}")

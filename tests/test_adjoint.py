@@ -85,8 +85,8 @@ def smooth_problem(seed=0, n=3, init=False):
 def test_discrete_adjoint_is_exact_gradient_of_the_scheme(scheme, trajectory, data):
     gen = data
     inner = GradientFlow(gen.inner.horizon, gen.inner.steps, scheme)
-    res = hypergrad(gen.problem, gen.lam, inner=inner, method=Adjoint(trajectory))
-    ref = hypergrad(gen.problem, gen.lam, inner=inner, method=Reverse())
+    res = hypergrad(gen.problem, gen.lam, dynamics=inner, method=Adjoint(trajectory))
+    ref = hypergrad(gen.problem, gen.lam, dynamics=inner, method=Reverse())
     np.testing.assert_allclose(res.grad, ref.grad, rtol=1e-11, atol=1e-13)
     if scheme == "rk4":
         np.testing.assert_allclose(res.grad, gen.references["unrolled"], rtol=1e-9, atol=1e-12)
@@ -94,7 +94,7 @@ def test_discrete_adjoint_is_exact_gradient_of_the_scheme(scheme, trajectory, da
 
 @given(gradient_flow_problems(n=(1, 4), steps=(1, 12), batch=2))
 def test_batched_rk4_matches_unrolled_reference(gen):
-    res = hypergrad(gen.problem, gen.lam, inner=gen.inner, method=Adjoint("checkpoint"))
+    res = hypergrad(gen.problem, gen.lam, dynamics=gen.inner, method=Adjoint("checkpoint"))
     assert res.grad.shape == gen.lam.shape
     np.testing.assert_allclose(res.grad, gen.references["unrolled"], rtol=1e-9, atol=1e-12)
 
@@ -104,7 +104,7 @@ def test_rk4_matches_expm_closed_form(discrete):
     """V4 with λ in g: the −∫Mᵀa term against e^{−PT}."""
     problem, lam, theta, exact = quadratic_flow()
     T = 1.5
-    res = hypergrad(problem, lam, theta, inner=GradientFlow(T, 60, "rk4"),
+    res = hypergrad(problem, lam, theta, dynamics=GradientFlow(T, 60, "rk4"),
                     method=Adjoint("store", discrete=discrete))
     # RK4 forward is O(h⁴); the continuous (Heun-type) backward adds O(h²)
     assert relerr(res.grad, exact(T)) < (1e-7 if discrete else 1e-3)
@@ -122,7 +122,7 @@ def test_init_map_gives_a0_through_C():
     want = E @ (a + E @ (theta - a) - b)
     problem = BilevelProblem(g, f, init=lambda th: th)
     for traj in ("store", "checkpoint", "reconstruct"):
-        res = hypergrad(problem, theta, inner=GradientFlow(T, 80, "rk4"), method=Adjoint(traj))
+        res = hypergrad(problem, theta, dynamics=GradientFlow(T, 80, "rk4"), method=Adjoint(traj))
         assert relerr(res.grad, want) < 1e-7, traj
         np.testing.assert_allclose(res.adjoint_initial, res.grad, rtol=1e-12)
 
@@ -132,14 +132,14 @@ def test_discrete_euler_adjoint_equals_reverse_over_gradient_descent(init):
     """V3: bit-for-bit the same recursion as reverse mode through GD with lr = h."""
     problem, lam, w0 = smooth_problem(init=init)
     K, T = 25, 2.0
-    ref = hypergrad(problem, lam, w0, inner=GradientDescent(T / K, K), method=Reverse())
+    ref = hypergrad(problem, lam, w0, dynamics=GradientDescent(T / K, K), method=Reverse())
     for traj in ("store", "checkpoint"):
-        res = hypergrad(problem, lam, w0, inner=GradientFlow(T, K, "euler"),
+        res = hypergrad(problem, lam, w0, dynamics=GradientFlow(T, K, "euler"),
                         method=Adjoint(traj))
         np.testing.assert_allclose(res.grad, ref.grad, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(res.w, ref.w, rtol=1e-13)
     with pytest.warns(HypergradWarning, match="round-trip error"):
-        res = hypergrad(problem, lam, w0, inner=GradientFlow(T, K, "euler"),
+        res = hypergrad(problem, lam, w0, dynamics=GradientFlow(T, K, "euler"),
                         method=Adjoint("reconstruct", reconstruct_tol=1.0))
     assert res.success
     # Euler with step −h inverts Euler with step h only to O(h²) per step: the reported
@@ -159,7 +159,7 @@ def test_continuous_adjoint_convergence_order(scheme, order):
     T = 2.0
     errs = []
     for K in (20, 40, 80):
-        res = hypergrad(problem, lam, theta, inner=GradientFlow(T, K, scheme),
+        res = hypergrad(problem, lam, theta, dynamics=GradientFlow(T, K, scheme),
                         method=Adjoint("store", discrete=False))
         errs.append(np.linalg.norm(res.grad - exact(T)))
     rates = [np.log2(a / b) for a, b in zip(errs, errs[1:], strict=False)]
@@ -173,8 +173,8 @@ def test_continuous_minus_discrete_shrinks_with_h(scheme, order):
     T, gaps = 1.0, []
     for K in (10, 20, 40):
         inner = GradientFlow(T, K, scheme)
-        cont = hypergrad(problem, lam, w0, inner=inner, method=Adjoint("store", discrete=False))
-        disc = hypergrad(problem, lam, w0, inner=inner, method=Adjoint("store"))
+        cont = hypergrad(problem, lam, w0, dynamics=inner, method=Adjoint("store", discrete=False))
+        disc = hypergrad(problem, lam, w0, dynamics=inner, method=Adjoint("store"))
         gaps.append(np.linalg.norm(cont.grad - disc.grad))
     rates = [np.log2(a / b) for a, b in zip(gaps, gaps[1:], strict=False)]
     assert all(abs(r - order) < 0.3 for r in rates), rates
@@ -209,10 +209,10 @@ def test_amaml_proximal_closed_form():
     J = E + r * Sinv @ (np.eye(n) - E)
     want = J.T @ ((uT - b) + r * (uT - theta)) - r * (uT - theta)
     for traj in ("checkpoint", "reconstruct"):
-        res = hypergrad(problem, theta, inner=GradientFlow(T, 60, "rk4"), method=Adjoint(traj))
+        res = hypergrad(problem, theta, dynamics=GradientFlow(T, 60, "rk4"), method=Adjoint(traj))
         np.testing.assert_allclose(res.w, uT, rtol=1e-7)
         assert relerr(res.grad, want) < 1e-7, traj
-    res = hypergrad(problem, theta, inner=GradientFlow(T, 60, "rk4"),
+    res = hypergrad(problem, theta, dynamics=GradientFlow(T, 60, "rk4"),
                     method=Adjoint("store", discrete=False))
     assert relerr(res.grad, want) < 1e-3
 
@@ -224,8 +224,8 @@ def test_amaml_long_horizon_limit_is_imaml():
     T = 30.0  # e^{−λ_min(S)·T} ≤ e^{−30}
     h_max = 0.5 / np.linalg.eigvalsh(S)[-1]
     K = int(np.ceil(T / h_max))
-    adj = hypergrad(problem, theta, inner=GradientFlow(T, K, "rk4"), method=Adjoint("store"))
-    imaml = hypergrad(problem, theta, inner=GradientDescent(1 / np.linalg.eigvalsh(S)[-1], 300),
+    adj = hypergrad(problem, theta, dynamics=GradientFlow(T, K, "rk4"), method=Adjoint("store"))
+    imaml = hypergrad(problem, theta, dynamics=GradientDescent(1 / np.linalg.eigvalsh(S)[-1], 300),
                       method=Implicit(CG()))
     phi = np.linalg.solve(S, P @ a + r * theta)
     want = np.linalg.solve(np.eye(len(theta)) + P / r, phi - b)
@@ -236,9 +236,10 @@ def test_amaml_long_horizon_limit_is_imaml():
 def test_memory_policies_report_their_schedule():
     problem, lam, theta, _ = quadratic_flow()
     inner = GradientFlow(1.0, 64, "heun")
-    store = hypergrad(problem, lam, theta, inner=inner, method=Adjoint("store"))
-    ckpt = hypergrad(problem, lam, theta, inner=inner, method=Adjoint("checkpoint"))
-    few = hypergrad(problem, lam, theta, inner=inner, method=Adjoint("checkpoint", checkpoints=2))
+    store = hypergrad(problem, lam, theta, dynamics=inner, method=Adjoint("store"))
+    ckpt = hypergrad(problem, lam, theta, dynamics=inner, method=Adjoint("checkpoint"))
+    few = hypergrad(problem, lam, theta,
+        dynamics=inner, method=Adjoint("checkpoint", checkpoints=2))
     assert store.max_states_held == 65 and store.steps_recomputed == 0
     assert ckpt.max_states_held <= 8 and ckpt.steps_recomputed > 0  # ⌈log₂64⌉ + 1 = 7
     assert few.max_states_held <= 3
@@ -256,23 +257,23 @@ def test_reconstruction_error_is_measured_and_judged():
     f = lambda u, lam: 0.5 * anp.sum((u - b) ** 2)  # noqa: E731
     problem, lam, theta = BilevelProblem(g, f), rng.standard_normal(n), rng.standard_normal(n)
     # RK4 with step −h inverts RK4 with step h up to O(h⁵) per step
-    short = hypergrad(problem, lam, theta, inner=GradientFlow(0.2, 100, "rk4"),
+    short = hypergrad(problem, lam, theta, dynamics=GradientFlow(0.2, 100, "rk4"),
                       method=Adjoint("reconstruct", reconstruct_warn=1e-6))
     assert short.success and short.reconstruction_error < 1e-8
-    store = hypergrad(problem, lam, theta, inner=GradientFlow(0.2, 100, "rk4"),
+    store = hypergrad(problem, lam, theta, dynamics=GradientFlow(0.2, 100, "rk4"),
                       method=Adjoint("store"))
     np.testing.assert_allclose(short.grad, store.grad, rtol=1e-7)
 
     long = GradientFlow(4.0, 100, "rk4")  # e^{12·4} ≈ 7e20 amplification
     with pytest.warns(HypergradWarning, match="reconstruction"):
-        res = hypergrad(problem, lam, theta, inner=long, method=Adjoint("reconstruct"))
+        res = hypergrad(problem, lam, theta, dynamics=long, method=Adjoint("reconstruct"))
     assert not res.success and res.reconstruction_error > 1e-4
     with pytest.raises(HypergradError, match="reconstruct"):
-        hypergrad(problem, lam, theta, inner=long, method=Adjoint("reconstruct"), strict=True)
+        hypergrad(problem, lam, theta, dynamics=long, method=Adjoint("reconstruct"), strict=True)
 
     mid = GradientFlow(1.0, 40, "rk4")  # moderate growth: warned, still a success
     with pytest.warns(HypergradWarning, match="round-trip error"):
-        res = hypergrad(problem, lam, theta, inner=mid,
+        res = hypergrad(problem, lam, theta, dynamics=mid,
                         method=Adjoint("reconstruct", reconstruct_warn=1e-14,
                                        reconstruct_tol=1.0))
     assert res.success and 1e-14 < res.reconstruction_error < 1.0
@@ -291,7 +292,7 @@ def test_nonfinite_inner_step_reported():
         for traj in ("store", "checkpoint", "reconstruct"):
             with pytest.warns(HypergradWarning, match=f"at inner step {k}"):
                 res = hypergrad(BilevelProblem(g, f), lam, np.zeros(2),
-                                inner=GradientFlow(h * (k + 5), k + 5, "euler"),
+                                dynamics=GradientFlow(h * (k + 5), k + 5, "euler"),
                                 method=Adjoint(traj))
             assert res.nonfinite_step == k and not res.success
 
@@ -299,7 +300,7 @@ def test_nonfinite_inner_step_reported():
 def test_needs_gradient_flow_and_valid_arguments():
     problem, lam, theta, _ = quadratic_flow()
     with pytest.raises(TypeError, match="GradientFlow"):
-        hypergrad(problem, lam, theta, inner=GradientDescent(0.1, 5), method=Adjoint())
+        hypergrad(problem, lam, theta, dynamics=GradientDescent(0.1, 5), method=Adjoint())
     with pytest.raises(ValueError, match="trajectory"):
         Adjoint("keep")
     with pytest.raises(ValueError, match="checkpoints"):
@@ -373,29 +374,30 @@ def test_unstable_continuous_adjoint_is_reported(K):
     problem, lam, theta, exact = stiff_quadratic()
     inner = GradientFlow(1.0, K, "rk4")
     with pytest.warns(HypergradWarning, match="Heun backward step"):
-        res = hypergrad(problem, lam, theta, inner=inner, method=Adjoint("store", discrete=False))
+        res = hypergrad(problem, lam, theta,
+            dynamics=inner, method=Adjoint("store", discrete=False))
     assert not res.success and res.unstable_step is not None
     assert 2.0 < res.step_stiffness <= 50.0 / K * (1 + 1e-12)
     assert "K ≥ 25 steps" in res.message  # ⌈λ_max·T / 2⌉
     if K > 4:  # forward stable: the discrete adjoint is right and says so
         assert relerr(res.grad, exact(1.0)) > 1.0  # the failure being reported is real
-        ok = hypergrad(problem, lam, theta, inner=inner, method=Adjoint("store"))
+        ok = hypergrad(problem, lam, theta, dynamics=inner, method=Adjoint("store"))
         assert ok.success and ok.unstable_step is None
         assert relerr(ok.grad, exact(1.0)) < 1e-3
     with pytest.raises(HypergradError, match="continuous adjoint unstable"):
-        hypergrad(problem, lam, theta, inner=inner, method=Adjoint("checkpoint", discrete=False),
+        hypergrad(problem, lam, theta, dynamics=inner, method=Adjoint("checkpoint", discrete=False),
                   strict=True)
 
 
 def test_stable_continuous_adjoint_passes_the_checks():
     problem, lam, theta, exact = stiff_quadratic()
-    res = hypergrad(problem, lam, theta, inner=GradientFlow(1.0, 30, "rk4"),
+    res = hypergrad(problem, lam, theta, dynamics=GradientFlow(1.0, 30, "rk4"),
                     method=Adjoint("store", discrete=False), strict=True)
     assert res.success and res.unstable_step is None
     assert res.step_stiffness == pytest.approx(50.0 / 30, rel=1e-6)  # Lanczos is sharp here
     assert relerr(res.grad, exact(1.0)) < 1e-3
     plain = Adjoint("store", discrete=False, stiffness_iters=0)
-    res0 = hypergrad(problem, lam, theta, inner=GradientFlow(1.0, 30, "rk4"), method=plain)
+    res0 = hypergrad(problem, lam, theta, dynamics=GradientFlow(1.0, 30, "rk4"), method=plain)
     assert res0.n_hvp == res.n_hvp - 8
     np.testing.assert_array_equal(res0.grad, res.grad)
 
@@ -407,18 +409,18 @@ def test_diverging_forward_flow_is_reported_with_its_step(traj):
     inner = GradientFlow(1.0, 14, "rk4")  # h·λ_max = 50/14 ≈ 3.57, finite growth
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HypergradWarning)
-        res = hypergrad(problem, lam, theta, inner=inner, method=Adjoint(traj))
+        res = hypergrad(problem, lam, theta, dynamics=inner, method=Adjoint(traj))
     assert not res.success and "forward integration unstable at step" in res.message
     assert res.unstable_step is not None and 0 <= res.unstable_step < 14
     assert res.step_stiffness == pytest.approx(50.0 / 14, rel=1e-6)
     assert "K ≥ 18" in res.message  # ⌈50 / 2.785⌉
     with pytest.raises(HypergradError, match="forward integration unstable"):
-        hypergrad(problem, lam, theta, inner=inner, method=Adjoint(traj), strict=True)
+        hypergrad(problem, lam, theta, dynamics=inner, method=Adjoint(traj), strict=True)
     # long enough to overflow: reported as a divergence at the step that produced inf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         with pytest.warns(HypergradWarning, match="forward integration diverged"):
-            far = hypergrad(problem, lam, theta, inner=GradientFlow(40.0, 560, "rk4"),
+            far = hypergrad(problem, lam, theta, dynamics=GradientFlow(40.0, 560, "rk4"),
                             method=Adjoint(traj))
     assert not far.success and far.nonfinite_step is not None
     assert f"at inner step {far.nonfinite_step}" in far.message
@@ -429,7 +431,7 @@ def test_reconstruct_reports_the_stiff_case():
     """discrete=True with reconstruction: the backward RK4 pass with −h expands by e^{λT}."""
     problem, lam, theta, _ = stiff_quadratic()
     with pytest.warns(HypergradWarning, match="reconstruction"):
-        res = hypergrad(problem, lam, theta, inner=GradientFlow(1.0, 24, "rk4"),
+        res = hypergrad(problem, lam, theta, dynamics=GradientFlow(1.0, 24, "rk4"),
                         method=Adjoint("reconstruct"))
     assert not res.success and res.reconstruction_error > 1e-4
     assert res.unstable_step is None  # the forward pass itself is stable (h·λ ≈ 2.08)

@@ -37,7 +37,7 @@ LAM = np.array([1.0, -2.0, 0.5])
 def test_hypergrad_closed_form_and_diagnostics(method):
     alpha, K = 0.3, 12
     c = 1 - (1 - alpha) ** K
-    res = hypergrad(shift_problem(), LAM, np.zeros(3), inner=GradientDescent(alpha, K),
+    res = hypergrad(shift_problem(), LAM, np.zeros(3), dynamics=GradientDescent(alpha, K),
                     method=method)
     np.testing.assert_allclose(res.grad, c**2 * LAM, rtol=1e-12)
     np.testing.assert_allclose(res.w, c * LAM, rtol=1e-12)
@@ -66,27 +66,54 @@ def test_init_map_gives_the_starting_point_one_step_maml():
                        lambda w, th: 0.5 * anp.sum((w - b) ** 2), init=lambda th: th)
     theta = np.array([0.2, -0.3, 0.4])
     w1 = theta - alpha * P @ (theta - a)
-    res = hypergrad(p, theta, inner=GradientDescent(alpha, 1), method=Reverse())
+    res = hypergrad(p, theta, dynamics=GradientDescent(alpha, 1), method=Reverse())
     np.testing.assert_allclose(res.grad, (np.eye(3) - alpha * P) @ (w1 - b), rtol=1e-12)
 
 
 def test_argument_errors():
     p, gd = shift_problem(), GradientDescent(0.1, 3)
     with pytest.raises(TypeError, match="problem must be a BilevelProblem"):
-        hypergrad(lambda w, lam: 0.0, LAM, np.zeros(3), inner=gd)
-    with pytest.raises(TypeError, match="needs inner dynamics, e.g. inner=GradientDescent"):
+        hypergrad(lambda w, lam: 0.0, LAM, np.zeros(3), dynamics=gd)
+    with pytest.raises(TypeError, match="needs inner dynamics, e.g. dynamics=GradientDescent"):
         hypergrad(p, LAM, np.zeros(3))
-    with pytest.raises(TypeError, match="inner must be a Dynamics object, got Reverse"):
-        hypergrad(p, LAM, np.zeros(3), inner=Reverse())
+    with pytest.raises(TypeError, match="dynamics must be a Dynamics object, got Reverse"):
+        hypergrad(p, LAM, np.zeros(3), dynamics=Reverse())
     for wrong in ("reverse", CG(), Reverse):
         with pytest.raises(TypeError, match="method must be a hypergradient method object"):
-            hypergrad(p, LAM, np.zeros(3), inner=gd, method=wrong)
+            hypergrad(p, LAM, np.zeros(3), dynamics=gd, method=wrong)
     with pytest.raises(ValueError, match="no starting point: pass w0=... or give the problem"):
-        hypergrad(p, LAM, inner=gd)
+        hypergrad(p, LAM, dynamics=gd)
     with pytest.raises(TypeError, match="lam must have a floating dtype"):
-        hypergrad(p, np.array([1, 2, 3]), np.zeros(3), inner=gd)
+        hypergrad(p, np.array([1, 2, 3]), np.zeros(3), dynamics=gd)
     with pytest.raises(ValueError, match="lam needs the same leading axis"):
-        hypergrad(p, LAM, np.zeros((2, 3)), inner=gd)
+        hypergrad(p, LAM, np.zeros((2, 3)), dynamics=gd)
+
+
+def test_old_inner_keyword_warns_and_agrees():
+    p, gd = shift_problem(), GradientDescent(0.1, 3)
+    new = hypergrad(p, LAM, np.zeros(3), dynamics=gd)
+    with pytest.warns(DeprecationWarning, match="now passed as dynamics="):
+        old = hypergrad(p, LAM, np.zeros(3), inner=gd)
+    np.testing.assert_array_equal(old.grad, new.grad)
+    with pytest.raises(TypeError, match="both dynamics= and its old name inner="):
+        hypergrad(p, LAM, np.zeros(3), dynamics=gd, inner=gd)
+
+
+@np.errstate(over="ignore", invalid="ignore")
+def test_on_failure_policies():
+    # w ↦ w − α·4w³ with α = 1e3 from w = 1 overflows within a few steps
+    p = BilevelProblem(lambda w, lam: anp.sum(w**4 + lam * w), lambda w, lam: anp.sum(w**2))
+    gd = GradientDescent(1e3, 6)
+    with pytest.warns(HypergradWarning):
+        warned = hypergrad(p, LAM, np.ones(3), dynamics=gd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = hypergrad(p, LAM, np.ones(3), dynamics=gd, on_failure="ignore")
+    assert not warned.success and not quiet.success and np.isnan(quiet.grad).all()
+    with pytest.raises(HypergradError):
+        hypergrad(p, LAM, np.ones(3), dynamics=gd, on_failure="raise")
+    with pytest.raises(ValueError, match="on_failure must be one of"):
+        hypergrad(p, LAM, np.ones(3), dynamics=gd, on_failure="skip")
 
 
 class CheckingMethod(Method):
@@ -101,7 +128,7 @@ class CheckingMethod(Method):
 
 def test_method_check_dynamics_is_called():
     with pytest.raises(ValueError, match="cannot run with GradientDescent"):
-        hypergrad(shift_problem(), LAM, np.zeros(3), inner=GradientDescent(0.1, 2),
+        hypergrad(shift_problem(), LAM, np.zeros(3), dynamics=GradientDescent(0.1, 2),
                   method=CheckingMethod())
 
 
@@ -115,11 +142,11 @@ class NaNMethod(Method):
 def test_nan_hypergradient_is_flagged_and_strict_raises():
     p = shift_problem()
     with pytest.warns(HypergradWarning, match="NaN or inf"):
-        res = hypergrad(p, LAM, np.zeros(3), inner=GradientDescent(0.1, 2), method=NaNMethod())
+        res = hypergrad(p, LAM, np.zeros(3), dynamics=GradientDescent(0.1, 2), method=NaNMethod())
     assert res.success is False and "NaN" in res.message
     assert res.inner_residual == pytest.approx(np.linalg.norm(LAM))
     with pytest.raises(HypergradError) as info:
-        hypergrad(p, LAM, np.zeros(3), inner=GradientDescent(0.1, 2), method=NaNMethod(),
+        hypergrad(p, LAM, np.zeros(3), dynamics=GradientDescent(0.1, 2), method=NaNMethod(),
                   strict=True)
     assert info.value.result.success is False
     assert "NaNMethod()" in str(info.value)
@@ -130,11 +157,11 @@ def test_diverging_inner_solve_is_reported_not_silent():
     gd = GradientDescent(1e155, 6)  # |1 − α|^k overflows: the inner gradient becomes inf
     with np.errstate(all="ignore"):
         with pytest.warns(HypergradWarning, match="non-finite"):
-            res = hypergrad(p, LAM, np.zeros(3), inner=gd, method=Reverse())
+            res = hypergrad(p, LAM, np.zeros(3), dynamics=gd, method=Reverse())
         assert res.success is False
         assert np.all(np.isnan(res.grad)) and res.grad.shape == LAM.shape
         with pytest.raises(HypergradError, match="non-finite") as info:
-            hypergrad(p, LAM, np.zeros(3), inner=gd, method=Reverse(), strict=True)
+            hypergrad(p, LAM, np.zeros(3), dynamics=gd, method=Reverse(), strict=True)
     assert info.value.result.success is False
     assert np.isnan(info.value.result.value)
 
@@ -142,19 +169,19 @@ def test_diverging_inner_solve_is_reported_not_silent():
 def test_warm_start_state_carries_w_across_calls():
     p, gd = shift_problem(), GradientDescent(0.2, 5)
     state = HypergradState()
-    first = hypergrad(p, LAM, np.zeros(3), inner=gd, method=Reverse(), state=state)
+    first = hypergrad(p, LAM, np.zeros(3), dynamics=gd, method=Reverse(), state=state)
     assert state.t == 1
     np.testing.assert_array_equal(state.w, first.w)
-    second = hypergrad(p, LAM, np.zeros(3), inner=gd, method=Reverse(), state=state)
-    direct = hypergrad(p, LAM, first.w, inner=gd, method=Reverse())
+    second = hypergrad(p, LAM, np.zeros(3), dynamics=gd, method=Reverse(), state=state)
+    direct = hypergrad(p, LAM, first.w, dynamics=gd, method=Reverse())
     assert state.t == 2
     np.testing.assert_allclose(second.w, direct.w, rtol=1e-15)
     np.testing.assert_allclose(second.grad, direct.grad, rtol=1e-15)
     # with an init map, w0 = init(λ) every time; the state only counts calls
     q = shift_problem(init=lambda lam: 0.0 * lam)
     s2 = HypergradState()
-    a = hypergrad(q, LAM, inner=gd, method=Reverse(), state=s2)
-    b = hypergrad(q, LAM, inner=gd, method=Reverse(), state=s2)
+    a = hypergrad(q, LAM, dynamics=gd, method=Reverse(), state=s2)
+    b = hypergrad(q, LAM, dynamics=gd, method=Reverse(), state=s2)
     np.testing.assert_allclose(a.grad, b.grad, rtol=1e-15)
     assert s2.t == 2 and s2.w is None
 
@@ -178,5 +205,5 @@ def test_result_attribute_access_and_repr():
 def test_hypergrad_warning_is_not_raised_on_success():
     with warnings.catch_warnings():
         warnings.simplefilter("error", HypergradWarning)
-        res = hypergrad(shift_problem(), LAM, np.zeros(3), inner=GradientDescent(0.5, 3))
+        res = hypergrad(shift_problem(), LAM, np.zeros(3), dynamics=GradientDescent(0.5, 3))
     assert res.method == "Reverse()"  # the default method

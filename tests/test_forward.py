@@ -69,8 +69,8 @@ def test_forward_equals_reverse_and_finite_differences(kind, K, seed, with_init)
     lam = 0.3 * rng.standard_normal(4)
     w0 = None if with_init else 0.5 * rng.standard_normal(N_MLP)
     dyn = dyn_for(kind, K, problem, seed)
-    fwd = hypergrad(problem, lam, w0, inner=dyn, method=Forward())
-    rev = hypergrad(problem, lam, w0, inner=dyn, method=Reverse())
+    fwd = hypergrad(problem, lam, w0, dynamics=dyn, method=Forward())
+    rev = hypergrad(problem, lam, w0, dynamics=dyn, method=Reverse())
     assert fwd.success and rev.success
     assert rel(fwd.grad, rev.grad) < 1e-12
     np.testing.assert_array_equal(fwd.w, rev.w)
@@ -98,7 +98,7 @@ def test_forward_matches_linear_quadratic_closed_form(n, m, K, seed):
     expected = Bm.T @ (np.eye(n) - RK) @ np.linalg.solve(H, C.T @ (C @ wK - d))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HypergradWarning)  # m > n is allowed, only slower
-        res = hypergrad(problem, lam, w0, inner=GradientDescent(alpha, K), method=Forward())
+        res = hypergrad(problem, lam, w0, dynamics=GradientDescent(alpha, K), method=Forward())
     np.testing.assert_allclose(res.w, wK, rtol=1e-10, atol=1e-12)
     assert rel(res.grad, expected) < 1e-10 or np.linalg.norm(expected) < 1e-12
     assert res.n_jvp == K * m
@@ -129,8 +129,8 @@ def test_forward_derivative_with_respect_to_the_step_size(n, K, seed):
     got, got_rev = np.zeros(n), np.zeros(n)
     for i in range(n):
         problem = BilevelProblem(g, coordinate(i))
-        got[i] = hypergrad(problem, alpha, w0, inner=dyn, method=Forward()).grad[0]
-        got_rev[i] = hypergrad(problem, alpha, w0, inner=dyn, method=Reverse()).grad[0]
+        got[i] = hypergrad(problem, alpha, w0, dynamics=dyn, method=Forward()).grad[0]
+        got_rev[i] = hypergrad(problem, alpha, w0, dynamics=dyn, method=Reverse()).grad[0]
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(got_rev, got, rtol=1e-12, atol=1e-14)
 
@@ -156,7 +156,7 @@ def test_one_step_maml_forward_equals_second_order_formula():
     problem = BilevelProblem(lambda w, lam: L_train(w), lambda w, lam: L_query(w),
                              init=lambda lam: lam)
     theta, alpha = 0.5 * rng.standard_normal(N_MLP), 0.3
-    res = hypergrad(problem, theta, inner=GradientDescent(alpha, 1), method=Forward())
+    res = hypergrad(problem, theta, dynamics=GradientDescent(alpha, 1), method=Forward())
     phi = theta - alpha * ag_grad(L_train)(theta)
     expected = (np.eye(N_MLP) - alpha * hessian(L_train)(theta)) @ ag_grad(L_query)(phi)
     np.testing.assert_allclose(res.grad, expected, rtol=1e-11, atol=1e-14)
@@ -173,12 +173,12 @@ def test_batched_problems_equal_a_per_problem_loop(kind):
     B = 3
     lam, w0 = 0.3 * rng.standard_normal((B, 4)), 0.5 * rng.standard_normal((B, N_MLP))
     dyn = dyn_for(kind, 3, problem, 5)
-    res = hypergrad(problem, lam, w0, inner=dyn, method=Forward())
-    rev = hypergrad(problem, lam, w0, inner=dyn, method=Reverse())
+    res = hypergrad(problem, lam, w0, dynamics=dyn, method=Forward())
+    rev = hypergrad(problem, lam, w0, dynamics=dyn, method=Reverse())
     assert res.grad.shape == (B, 4) and res.value.shape == (B,)
     np.testing.assert_allclose(res.grad, rev.grad, rtol=1e-12, atol=1e-15)
     for b in range(B):
-        one = hypergrad(problem, lam[b], w0[b], inner=dyn, method=Forward())
+        one = hypergrad(problem, lam[b], w0[b], dynamics=dyn, method=Forward())
         np.testing.assert_allclose(res.grad[b], one.grad, rtol=1e-11, atol=1e-14)
         np.testing.assert_allclose(res.w[b], one.w, rtol=1e-12, atol=1e-14)
 
@@ -201,18 +201,18 @@ def test_nan_in_inner_loop_is_reported_with_its_step():
         assert step is not None
         dyn = GradientDescent(1.0, 20)
         with pytest.warns(HypergradWarning, match=f"inner step {step}"):
-            res = hypergrad(problem, lam, w0, inner=dyn, method=Forward())
+            res = hypergrad(problem, lam, w0, dynamics=dyn, method=Forward())
         assert not res.success and res.nonfinite_step == step
         assert np.all(np.isnan(res.grad))
         with pytest.raises(HypergradError, match=f"inner step {step}"):
-            hypergrad(problem, lam, w0, inner=dyn, method=Forward(), strict=True)
+            hypergrad(problem, lam, w0, dynamics=dyn, method=Forward(), strict=True)
 
 
 def test_forward_warns_when_hyperparameters_outnumber_parameters():
     problem = BilevelProblem(lambda w, lam: 0.5 * anp.sum((w - anp.sum(lam)) ** 2),
                              lambda w, lam: anp.sum(w**2))
     with pytest.warns(HypergradWarning, match="m=5 tangent columns for n=2"):
-        res = hypergrad(problem, np.ones(5), np.zeros(2), inner=GradientDescent(0.5, 3),
+        res = hypergrad(problem, np.ones(5), np.zeros(2), dynamics=GradientDescent(0.5, 3),
                         method=Forward())
     # w_K = (1 − 0.5³)·Σλ in each coordinate, f = Σw², ∂f/∂λ_j = 2·Σ_i w_i·(1 − 0.5³)
     wk = (1 - 0.5**3) * 5.0

@@ -26,7 +26,7 @@ from bilevel.testing import ridge_problems
 
 def test_ridge_long_run_matches_closed_form():
     problem, lam, _, exact, A, lr = ridge()
-    res = hypergrad(problem, lam, np.zeros(4), inner=GradientDescent(lr, 200),
+    res = hypergrad(problem, lam, np.zeros(4), dynamics=GradientDescent(lr, 200),
                     method=Historyless(tol=1e-10))
     assert res.success, res.message
     assert relerr(res.grad, exact) < 1e-10
@@ -42,9 +42,9 @@ def test_equals_fixed_point_at_the_solution(gen):
     """Started at w*, the v recursion is exactly AID-FP with K iterations from 0 (V6)."""
     K, lr = 25, gen.info["lr"]
     w_star = gen.references["w_star"]
-    hl = hypergrad(gen.problem, gen.lam, w_star, inner=GradientDescent(lr, K),
+    hl = hypergrad(gen.problem, gen.lam, w_star, dynamics=GradientDescent(lr, K),
                    method=Historyless())
-    fp = hypergrad(gen.problem, gen.lam, w_star, inner=GradientDescent(lr, 1),
+    fp = hypergrad(gen.problem, gen.lam, w_star, dynamics=GradientDescent(lr, 1),
                    method=Implicit(Neumann(alpha=lr, maxiter=K), inner_tol=None))
     np.testing.assert_allclose(hl.grad, fp.grad, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(hl.v, fp.v, rtol=1e-9, atol=1e-12)
@@ -53,11 +53,11 @@ def test_equals_fixed_point_at_the_solution(gen):
 def test_warm_start_makes_short_loops_accurate():
     problem, lam, _, exact, _, lr = ridge(seed=1)
     inner = GradientDescent(lr, 8)
-    cold = hypergrad(problem, lam, np.zeros(4), inner=inner, method=Historyless())
+    cold = hypergrad(problem, lam, np.zeros(4), dynamics=inner, method=Historyless())
     state = HypergradState(w=np.zeros(4))
     errs = []
     for _ in range(12):
-        res = hypergrad(problem, lam, None, inner=inner, method=Historyless(), state=state)
+        res = hypergrad(problem, lam, None, dynamics=inner, method=Historyless(), state=state)
         errs.append(relerr(res.grad, exact))
     assert res.warm_started and state.t == 12
     assert errs[-1] < 1e-8 < relerr(cold.grad, exact)
@@ -70,7 +70,7 @@ def test_outer_iterations_with_moving_lambda():
     state = HypergradState(w=np.zeros(4))
     errs = []
     for t in range(30):
-        res = hypergrad(problem, lam, None, inner=GradientDescent(lr, 10),
+        res = hypergrad(problem, lam, None, dynamics=GradientDescent(lr, 10),
                         method=Historyless(), state=state)
         errs.append(relerr(res.grad, ridge_exact(2, lam)))
         lam = lam - 0.2 * 0.7**t * res.grad  # outer steps shrink: λ settles
@@ -80,9 +80,9 @@ def test_outer_iterations_with_moving_lambda():
 def test_momentum_needs_beta_then_converges():
     problem, lam, _, exact, _, lr = ridge()
     with pytest.raises(ValueError, match="beta"):
-        hypergrad(problem, lam, np.zeros(4), inner=Momentum(0.5 * lr, 0.5, 10),
+        hypergrad(problem, lam, np.zeros(4), dynamics=Momentum(0.5 * lr, 0.5, 10),
                   method=Historyless())
-    res = hypergrad(problem, lam, np.zeros(4), inner=Momentum(0.5 * lr, 0.5, 300),
+    res = hypergrad(problem, lam, np.zeros(4), dynamics=Momentum(0.5 * lr, 0.5, 300),
                     method=Historyless(beta=lr))
     assert relerr(res.grad, exact) < 1e-9
 
@@ -91,24 +91,24 @@ def test_divergent_beta_reported_and_strict():
     problem, lam, _, _, A, lr = ridge()
     beta = 2.5 / np.linalg.eigvalsh(A)[-1]
     with pytest.warns(HypergradWarning, match="diverged"):
-        res = hypergrad(problem, lam, np.zeros(4), inner=GradientDescent(lr, 200),
+        res = hypergrad(problem, lam, np.zeros(4), dynamics=GradientDescent(lr, 200),
                         method=Historyless(beta=beta))
     assert res.diverged and not res.success and res.diverged_step is not None
     assert np.all(np.isfinite(res.v))
     with pytest.raises(HypergradError, match="diverged"):
-        hypergrad(problem, lam, np.zeros(4), inner=GradientDescent(lr, 200),
+        hypergrad(problem, lam, np.zeros(4), dynamics=GradientDescent(lr, 200),
                   method=Historyless(beta=beta), strict=True)
 
 
 def test_tol_flags_an_inaccurate_estimate():
     problem, lam, _, _, _, lr = ridge()
     with pytest.warns(HypergradWarning, match="final linear residual"):
-        res = hypergrad(problem, lam, np.zeros(4), inner=GradientDescent(lr, 3),
+        res = hypergrad(problem, lam, np.zeros(4), dynamics=GradientDescent(lr, 3),
                         method=Historyless(tol=1e-6))
     assert res.relative_linear_residual > 1e-6 and not res.success
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        res = hypergrad(problem, lam, np.zeros(4), inner=GradientDescent(lr, 3),
+        res = hypergrad(problem, lam, np.zeros(4), dynamics=GradientDescent(lr, 3),
                         method=Historyless())
     assert res.success  # no tol: reported, not judged
 
@@ -116,7 +116,7 @@ def test_tol_flags_an_inaccurate_estimate():
 def test_damping_tracks_the_damped_system():
     problem, lam, w_star, _, A, lr = ridge()
     delta = 0.7
-    res = hypergrad(problem, lam, w_star, inner=GradientDescent(lr / 2, 400),
+    res = hypergrad(problem, lam, w_star, dynamics=GradientDescent(lr / 2, 400),
                     method=Historyless(beta=1.0 / (np.linalg.eigvalsh(A)[-1] + delta),
                                        damping=delta))
     b = problem.outer_grads(w_star, lam)[0]
@@ -135,7 +135,7 @@ def test_nonfinite_inner_step_reported():
         warnings.simplefilter("ignore", RuntimeWarning)
         with pytest.warns(HypergradWarning, match=f"at inner step {k}"):
             res = hypergrad(BilevelProblem(g, f), lam, np.zeros(2),
-                            inner=GradientDescent(lr, k + 5), method=Historyless())
+                            dynamics=GradientDescent(lr, k + 5), method=Historyless())
     assert res.nonfinite_step == k
 
 

@@ -47,11 +47,11 @@ def _check_fd(problem, lam, w0, inner):
     methods = (Reverse(), Forward(warn_ratio=1e3))
 
     def F(lm):
-        return float(hypergrad(problem, lm, w0, inner=inner).value)
+        return float(hypergrad(problem, lm, w0, dynamics=inner).value)
 
     want = _fd_grad(F, lam)
     scale = max(np.abs(want).max(), 1e-3)
-    grads = [hypergrad(problem, lam, w0, inner=inner, method=m).grad for m in methods]
+    grads = [hypergrad(problem, lam, w0, dynamics=inner, method=m).grad for m in methods]
     for m, got in zip(methods, grads, strict=True):
         assert np.abs(got - want).max() <= 1e-6 * scale, repr(m)
     return grads
@@ -69,7 +69,7 @@ def test_ridge_hypergrad_fd_and_closed_form():
     w_star = np.linalg.solve(A + np.diag(rho), X.T @ y / len(y))
     gw = Xv.T @ (Xv @ w_star - yv) / len(yv)
     want = -rho * w_star * np.linalg.solve(A + np.diag(rho), gw)
-    res = hypergrad(prob, lam, w_star.copy(), inner=GradientDescent(0.3, 5),
+    res = hypergrad(prob, lam, w_star.copy(), dynamics=GradientDescent(0.3, 5),
                     method=Implicit(Direct()))
     np.testing.assert_allclose(res.grad, want, rtol=1e-9, atol=1e-12)
 
@@ -78,8 +78,8 @@ def test_ridge_shared_penalty_equals_sum_of_per_feature():
     X, y, Xv, yv = _regression(1)
     inner = GradientDescent(0.3, 20)
     shared = hypergrad(problems.ridge(X, y, Xv, yv, per_feature=False), np.array([-0.5]),
-                       np.zeros(4), inner=inner)
-    per = hypergrad(problems.ridge(X, y, Xv, yv), np.full(4, -0.5), np.zeros(4), inner=inner)
+                       np.zeros(4), dynamics=inner)
+    per = hypergrad(problems.ridge(X, y, Xv, yv), np.full(4, -0.5), np.zeros(4), dynamics=inner)
     np.testing.assert_allclose(shared.grad, per.grad.sum(), rtol=1e-12)
 
 
@@ -119,11 +119,11 @@ def test_tuned_dynamics_reproduce_fixed_dynamics():
     lr, beta = 0.2, 0.6
     lam = np.array([np.log(lr), np.log(beta / (1 - beta))])
     w0 = np.zeros(4)
-    a = hypergrad(prob, lam, w0, inner=TunedMomentum(10)).w
-    b = hypergrad(prob, lam, w0, inner=Momentum(lr, beta, 10)).w
+    a = hypergrad(prob, lam, w0, dynamics=TunedMomentum(10)).w
+    b = hypergrad(prob, lam, w0, dynamics=Momentum(lr, beta, 10)).w
     np.testing.assert_allclose(a, b, rtol=1e-12)
-    a = hypergrad(prob, lam, w0, inner=TunedGradientDescent(10)).w
-    b = hypergrad(prob, lam, w0, inner=GradientDescent(lr, 10)).w
+    a = hypergrad(prob, lam, w0, dynamics=TunedGradientDescent(10)).w
+    b = hypergrad(prob, lam, w0, dynamics=GradientDescent(lr, 10)).w
     np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
@@ -141,9 +141,9 @@ def test_tuned_dynamics_with_penalty_in_lambda_and_batch_axis():
     lam = np.array([[-1.0, np.log(0.3)], [0.5, np.log(0.2)]])
     w0 = np.zeros((2, 3))
     grads = _check_fd(two, lam[0], w0[0], inner)
-    batched = hypergrad(two, lam, w0, inner=inner, method=Reverse()).grad
+    batched = hypergrad(two, lam, w0, dynamics=inner, method=Reverse()).grad
     np.testing.assert_allclose(batched[0], grads[0], rtol=1e-10)
-    single = hypergrad(two, lam[1], w0[1], inner=inner, method=Forward()).grad
+    single = hypergrad(two, lam[1], w0[1], dynamics=inner, method=Forward()).grad
     np.testing.assert_allclose(batched[1], single, rtol=1e-10)
 
 
@@ -165,12 +165,12 @@ def test_problem_input_errors():
         TunedMomentum(5, lr_index=1, beta_index=1)
     prob, inner = problems.optimizer_tuning(X, y, Xv, yv, steps=3)
     with pytest.raises(ValueError, match="m ≥ 2"):
-        hypergrad(prob, np.zeros(1), np.zeros(4), inner=inner)
+        hypergrad(prob, np.zeros(1), np.zeros(4), dynamics=inner)
 
 
 # ------------------------------------------------------------------ outer loop
 def _fresh_value(prob, lam, w0, inner):
-    return float(hypergrad(prob, lam, w0, inner=inner).value)
+    return float(hypergrad(prob, lam, w0, dynamics=inner).value)
 
 
 @pytest.mark.parametrize(

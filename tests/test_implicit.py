@@ -37,7 +37,7 @@ from bilevel.testing import imaml_tasks, ridge_problems
 def test_ridge_closed_form_every_solver(solver):
     problem, lam, _, exact, A, lr = ridge()
     assert 0.2 < 2 / np.linalg.eigvalsh(A)[-1]
-    res = hypergrad(problem, lam, np.zeros(4), inner=GradientDescent(lr, 150),
+    res = hypergrad(problem, lam, np.zeros(4), dynamics=GradientDescent(lr, 150),
                     method=Implicit(solver))
     assert res.success, res.message
     assert relerr(res.grad, exact) < 1e-9
@@ -52,7 +52,7 @@ def test_ridge_closed_form_every_solver(solver):
                          ids=["reverse", "forward", "reverse-ckpt"])
 def test_ridge_unrolled_large_K_matches_closed_form(method):
     problem, lam, _, exact, _, lr = ridge()
-    res = hypergrad(problem, lam, np.zeros(4), inner=GradientDescent(lr, 150), method=method)
+    res = hypergrad(problem, lam, np.zeros(4), dynamics=GradientDescent(lr, 150), method=method)
     assert relerr(res.grad, exact) < 1e-9
 
 
@@ -60,7 +60,7 @@ def test_ridge_unrolled_large_K_matches_closed_form(method):
 def test_ridge_generated_exact_from_solution(gen):
     """Started at w* (one inner step keeps it there), AID-CG is the IFT answer."""
     w_star = gen.references["w_star"]
-    res = hypergrad(gen.problem, gen.lam, w_star, inner=gen.inner, method=Implicit(CG()))
+    res = hypergrad(gen.problem, gen.lam, w_star, dynamics=gen.inner, method=Implicit(CG()))
     np.testing.assert_allclose(res.grad, gen.references["exact"], rtol=1e-8, atol=1e-10)
     assert res.success
 
@@ -69,8 +69,8 @@ def test_cg_with_n_iterations_equals_direct():
     """V11: CG after n iterations equals the dense solve."""
     problem, lam, w_star, _, _, _ = ridge(seed=3)
     inner = GradientDescent(0.1, 1)
-    direct = hypergrad(problem, lam, w_star, inner=inner, method=Implicit(Direct()))
-    cg = hypergrad(problem, lam, w_star, inner=inner,
+    direct = hypergrad(problem, lam, w_star, dynamics=inner, method=Implicit(Direct()))
+    cg = hypergrad(problem, lam, w_star, dynamics=inner,
                    method=Implicit(CG(tol=1e-12, maxiter=4), inner_tol=None))
     np.testing.assert_allclose(cg.grad, direct.grad, rtol=1e-10)
     assert cg.success and cg.linear_iterations <= 4
@@ -86,13 +86,13 @@ def test_scale_invariance_of_the_implicit_system():
     inner = GradientDescent(1e-3, 1)
     for c in (0.1, 1.0, 10.0):
         scaled = BilevelProblem(scale(problem.inner, c), problem.outer)
-        res = hypergrad(scaled, lam, w_star, inner=inner, method=Implicit(CG(), inner_tol=None))
+        res = hypergrad(scaled, lam, w_star, dynamics=inner, method=Implicit(CG(), inner_tol=None))
         assert relerr(res.grad, exact) < 1e-10
         np.testing.assert_allclose(res.v, np.linalg.solve(c * A, problem.outer_grads(
             w_star, lam)[0]), rtol=1e-9)
     L = np.linalg.eigvalsh(A)[-1]
     grads = [
-        hypergrad(problem, lam, w_star, inner=inner,
+        hypergrad(problem, lam, w_star, dynamics=inner,
                   method=Implicit(FixedPoint(alpha=a / L, maxiter=2000, tol=1e-14))).grad
         for a in (0.3, 1.0, 1.7)
     ]
@@ -103,7 +103,7 @@ def test_scale_invariance_of_the_implicit_system():
 def test_implicit_is_limit_of_unrolled():
     """V5: Reverse over K steps approaches Implicit as K grows, geometrically."""
     problem, lam, _, exact, _, lr = ridge(seed=2)
-    errs = [relerr(hypergrad(problem, lam, np.zeros(4), inner=GradientDescent(lr, K),
+    errs = [relerr(hypergrad(problem, lam, np.zeros(4), dynamics=GradientDescent(lr, K),
                              method=Reverse()).grad, exact) for K in (5, 10, 20, 40)]
     assert all(b < a for a, b in zip(errs, errs[1:], strict=False))
     assert errs[-1] < 1e-3 * errs[0]
@@ -131,7 +131,7 @@ def test_imaml_quadratic_batched_closed_form():
     problem = BilevelProblem(g, f, init=lambda th: th)
     S = P + r * np.eye(n)
     L = max(np.linalg.eigvalsh(s)[-1] for s in S)
-    res = hypergrad(problem, theta, inner=GradientDescent(1.0 / L, 200), method=Implicit(CG()))
+    res = hypergrad(problem, theta, dynamics=GradientDescent(1.0 / L, 200), method=Implicit(CG()))
     assert res.success, res.message
     assert res.grad.shape == (B, n)
     for i in range(B):
@@ -144,14 +144,14 @@ def test_imaml_quadratic_batched_closed_form():
 
 @given(imaml_tasks(n=(1, 4), steps=(1, 2)))
 def test_imaml_generated(gen):
-    res = hypergrad(gen.problem, gen.lam, gen.references["w_star"], inner=gen.inner,
+    res = hypergrad(gen.problem, gen.lam, gen.references["w_star"], dynamics=gen.inner,
                     method=Implicit(CG()))
     np.testing.assert_allclose(res.grad, gen.references["exact"], rtol=1e-8, atol=1e-10)
 
 
 def test_any_dynamics_momentum():
     problem, lam, _, exact, _, lr = ridge()
-    res = hypergrad(problem, lam, np.zeros(4), inner=Momentum(0.5 * lr, 0.5, 200),
+    res = hypergrad(problem, lam, np.zeros(4), dynamics=Momentum(0.5 * lr, 0.5, 200),
                     method=Implicit(CG()))
     assert res.success and relerr(res.grad, exact) < 1e-9
 
@@ -160,17 +160,17 @@ def test_warm_start_and_hoag_schedule():
     problem, lam, _, exact, _, lr = ridge(seed=5)
     state = HypergradState()
     method = Implicit(CG(), tol_schedule=lambda t: 1e-4 * 0.01**t)
-    first = hypergrad(problem, lam, np.zeros(4), inner=GradientDescent(lr, 60), method=method,
+    first = hypergrad(problem, lam, np.zeros(4), dynamics=GradientDescent(lr, 60), method=method,
                       state=state)
     assert first.tol == pytest.approx(1e-4) and not first.warm_started
     assert state.t == 1 and state.v is first.v and state.w is first.w
-    second = hypergrad(problem, lam, None, inner=GradientDescent(lr, 60), method=method,
+    second = hypergrad(problem, lam, None, dynamics=GradientDescent(lr, 60), method=method,
                        state=state)
     assert second.tol == pytest.approx(1e-6) and second.warm_started
     assert relerr(second.grad, exact) < relerr(first.grad, exact)
     assert relerr(second.grad, exact) < 1e-6
     # a v warm start at the exact solution needs no CG iteration beyond the first residual
-    again = hypergrad(problem, lam, None, inner=GradientDescent(lr, 60),
+    again = hypergrad(problem, lam, None, dynamics=GradientDescent(lr, 60),
                       method=Implicit(CG(tol=1e-6)), state=state)
     assert again.warm_started and again.linear_iterations == 0
 
@@ -179,15 +179,15 @@ def test_unconverged_inner_warns_and_raises_under_strict():
     problem, lam, _, _, _, lr = ridge()
     inner = GradientDescent(lr, 2)
     with pytest.warns(HypergradWarning, match="inner solve not converged"):
-        res = hypergrad(problem, lam, np.zeros(4), inner=inner, method=Implicit(CG()))
+        res = hypergrad(problem, lam, np.zeros(4), dynamics=inner, method=Implicit(CG()))
     assert not res.success and not res.inner_converged
     assert float(res.inner_residual) > 1e-3
     with pytest.raises(HypergradError, match="inner solve not converged") as info:
-        hypergrad(problem, lam, np.zeros(4), inner=inner, method=Implicit(CG()), strict=True)
+        hypergrad(problem, lam, np.zeros(4), dynamics=inner, method=Implicit(CG()), strict=True)
     assert info.value.result.inner_converged is False
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        res = hypergrad(problem, lam, np.zeros(4), inner=inner,
+        res = hypergrad(problem, lam, np.zeros(4), dynamics=inner,
                         method=Implicit(CG(), inner_tol=None))
     assert res.success
 
@@ -205,14 +205,14 @@ def test_indefinite_hessian_cg_breakdown_reported_and_strict():
     problem, lam, w_star, _ = indefinite_problem()
     inner = GradientDescent(0.1, 1)
     with pytest.warns(HypergradWarning, match="breakdown"):
-        res = hypergrad(problem, lam, w_star, inner=inner, method=Implicit(CG()))
+        res = hypergrad(problem, lam, w_star, dynamics=inner, method=Implicit(CG()))
     assert not res.success and res.linear_solve.breakdown
     assert "linear solve failed" in res.message
     with pytest.raises(HypergradError, match="breakdown"):
-        hypergrad(problem, lam, w_star, inner=inner, method=Implicit(CG()), strict=True)
+        hypergrad(problem, lam, w_star, dynamics=inner, method=Implicit(CG()), strict=True)
     # enough damping restores positive definiteness: the answer is then the damped IFT
     S = np.diag([2.0, 1.0, -0.5])
-    res = hypergrad(problem, lam, w_star, inner=inner, method=Implicit(CG(), damping=1.0))
+    res = hypergrad(problem, lam, w_star, dynamics=inner, method=Implicit(CG(), damping=1.0))
     b = w_star - 1.0
     np.testing.assert_allclose(res.grad, np.linalg.solve(S + np.eye(3), b), rtol=1e-10)
 
@@ -231,10 +231,10 @@ def test_nonfinite_inner_step_reported():
         warnings.simplefilter("ignore", RuntimeWarning)
         with pytest.warns(HypergradWarning, match=f"at inner step {k}"):
             res = hypergrad(BilevelProblem(g, f), lam, np.zeros(2),
-                            inner=GradientDescent(lr, k + 5), method=Implicit(CG()))
+                            dynamics=GradientDescent(lr, k + 5), method=Implicit(CG()))
         assert res.nonfinite_step == k and not res.success
         with pytest.raises(HypergradError):
-            hypergrad(BilevelProblem(g, f), lam, np.zeros(2), inner=GradientDescent(lr, k + 5),
+            hypergrad(BilevelProblem(g, f), lam, np.zeros(2), dynamics=GradientDescent(lr, k + 5),
                       method=Implicit(CG()), strict=True)
 
 

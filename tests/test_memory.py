@@ -64,8 +64,8 @@ def peak(name, K, momentum=False):
     problem, lam, w0 = diagonal_problem()
     method = METHODS[name]()
     inner = Momentum(0.2, 0.5, K) if momentum else GradientDescent(0.3, K)
-    hypergrad(problem, lam, w0, inner=inner, method=method)  # warm-up outside the trace
-    res, bytes_ = bench.peak_memory(lambda: hypergrad(problem, lam, w0, inner=inner,
+    hypergrad(problem, lam, w0, dynamics=inner, method=method)  # warm-up outside the trace
+    res, bytes_ = bench.peak_memory(lambda: hypergrad(problem, lam, w0, dynamics=inner,
                                                       method=method))
     assert res.success
     return bytes_

@@ -53,7 +53,7 @@ def peak_bytes(method, inner_for_K, K):
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        res = hypergrad(problem, lam, w0, inner=inner, method=method)
+        res = hypergrad(problem, lam, w0, dynamics=inner, method=method)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

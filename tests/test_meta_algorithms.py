@@ -234,7 +234,7 @@ def test_maml_equals_reverse_directly(model, episode):
 
     problem = BilevelProblem(g, f, data=episode, init=lambda lam: lam)
     lam = np.tile(theta, (T, 1))
-    res = hypergrad(problem, lam, inner=GradientDescent(0.05, 4), method=Reverse())
+    res = hypergrad(problem, lam, dynamics=GradientDescent(0.05, 4), method=Reverse())
     np.testing.assert_array_equal(grad, res.grad.mean(axis=0))
     # a user-chosen method: checkpointed reverse gives the same gradient to rounding
     ck, _ = MAML(model, 0.05, 4, method=Reverse(checkpoints=1)).meta_gradient(theta, episode)

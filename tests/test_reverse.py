@@ -115,7 +115,7 @@ def test_reverse_matches_linear_quadratic_closed_form(n, m, K, seed):
     lam, w0 = rng.standard_normal(m), rng.standard_normal(n)
     alpha = 0.3  # < 2 / λ_max(H) = 0.5
     wK, grad_K, _, _ = lq_closed_form(mats, lam, w0, alpha, K)
-    res = hypergrad(problem, lam, w0, inner=GradientDescent(alpha, K), method=Reverse())
+    res = hypergrad(problem, lam, w0, dynamics=GradientDescent(alpha, K), method=Reverse())
     assert res.success and res.message == "ok"
     np.testing.assert_allclose(res.w, wK, rtol=1e-10, atol=1e-12)
     assert rel(res.grad, grad_K) < 1e-10 or np.linalg.norm(grad_K) < 1e-12
@@ -147,7 +147,7 @@ def test_unrolled_converges_to_implicit_geometrically():
     )
     Ks = [5, 10, 20, 40, 80]
     errs = [
-        norm(hypergrad(problem, lam, w0, inner=GradientDescent(alpha, K)).grad - grad_ift)
+        norm(hypergrad(problem, lam, w0, dynamics=GradientDescent(alpha, K)).grad - grad_ift)
         for K in Ks
     ]
     for K, e in zip(Ks, errs, strict=True):
@@ -163,7 +163,7 @@ def test_unrolled_converges_to_implicit_geometrically():
     q = max(abs(1 - alpha * eig[0]), abs(1 - alpha * eig[-1]))
     Ks = [10, 20, 40, 80]
     errs = [
-        rel(hypergrad(rproblem, lam, np.zeros(4), inner=GradientDescent(alpha, K)).grad,
+        rel(hypergrad(rproblem, lam, np.zeros(4), dynamics=GradientDescent(alpha, K)).grad,
             grad_true)
         for K in Ks
     ]
@@ -181,7 +181,8 @@ def test_truncated_reverse_equals_neumann_series_on_quadratic(T, K_extra, seed):
     rng = np.random.default_rng(seed + 2)
     lam, w0, alpha = rng.standard_normal(2), rng.standard_normal(4), 0.25
     K = T + K_extra
-    res = hypergrad(problem, lam, w0, inner=GradientDescent(alpha, K), method=Reverse(truncate=T))
+    res = hypergrad(problem, lam, w0,
+        dynamics=GradientDescent(alpha, K), method=Reverse(truncate=T))
     gw = C.T @ (C @ res.w - d)
     R = np.eye(4) - alpha * H
     series = alpha * sum(np.linalg.matrix_power(R, j) for j in range(T)) @ gw
@@ -203,10 +204,10 @@ def test_truncated_and_full_reverse_at_a_fixed_point_equal_neumann_on_ridge(T):
     gw = problem.outer_grads(w_star, lam)[0]
     v = neumann(lambda u: A @ u, gw, alpha=alpha, maxiter=T).x
     expected = -problem.inner_mixed_vjp(w_star, lam, v)  # ∇_λ f = 0 here
-    trunc = hypergrad(problem, lam, w_star, inner=GradientDescent(alpha, T + 5),
+    trunc = hypergrad(problem, lam, w_star, dynamics=GradientDescent(alpha, T + 5),
                       method=Reverse(truncate=T))
     np.testing.assert_allclose(trunc.grad, expected, rtol=1e-9, atol=1e-12)
-    full = hypergrad(problem, lam, w_star, inner=GradientDescent(alpha, T), method=Reverse())
+    full = hypergrad(problem, lam, w_star, dynamics=GradientDescent(alpha, T), method=Reverse())
     np.testing.assert_allclose(full.grad, expected, rtol=1e-9, atol=1e-12)
 
 
@@ -215,8 +216,8 @@ def test_truncate_at_least_K_is_full_reverse():
     rng = np.random.default_rng(1)
     lam, w0 = 0.3 * rng.standard_normal(4), 0.5 * rng.standard_normal(N_MLP)
     dyn = GradientDescent(0.1, 6)
-    full = hypergrad(problem, lam, w0, inner=dyn, method=Reverse())
-    trunc = hypergrad(problem, lam, w0, inner=dyn, method=Reverse(truncate=50))
+    full = hypergrad(problem, lam, w0, dynamics=dyn, method=Reverse())
+    trunc = hypergrad(problem, lam, w0, dynamics=dyn, method=Reverse(truncate=50))
     np.testing.assert_array_equal(full.grad, trunc.grad)
     assert trunc.truncated_steps == 0
 
@@ -242,7 +243,7 @@ def test_truncated_reverse_on_maml_raises_a_clear_error():
     problem, _, _ = maml_problem(0)
     theta = 0.5 * np.random.default_rng(0).standard_normal(N_MLP)
     with pytest.raises(ValueError, match="only\\s+through the init map"):
-        hypergrad(problem, theta, inner=GradientDescent(0.1, 5), method=Reverse(truncate=2))
+        hypergrad(problem, theta, dynamics=GradientDescent(0.1, 5), method=Reverse(truncate=2))
 
 
 # --------------------------------------------------------------------------- MAML (V10)
@@ -253,7 +254,7 @@ def test_one_step_maml_second_and_first_order_match_their_references():
     problem, L_train, L_query = maml_problem(3)
     theta = 0.5 * np.random.default_rng(3).standard_normal(N_MLP)
     alpha = 0.3
-    res = hypergrad(problem, theta, inner=GradientDescent(alpha, 1), method=Reverse())
+    res = hypergrad(problem, theta, dynamics=GradientDescent(alpha, 1), method=Reverse())
     phi = theta - alpha * ag_grad(L_train)(theta)
     gq = ag_grad(L_query)(phi)
     hess = np.array([ag_grad(lambda t, i=i: ag_grad(L_train)(t)[i])(theta) for i in range(N_MLP)])
@@ -271,7 +272,7 @@ def test_one_step_maml_second_and_first_order_match_their_references():
             "inner_mixed_vjp": lambda w, lam, u, data: np.zeros_like(lam),
         },
     )
-    fo = hypergrad(first, theta, inner=GradientDescent(alpha, 1), method=Reverse())
+    fo = hypergrad(first, theta, dynamics=GradientDescent(alpha, 1), method=Reverse())
     np.testing.assert_allclose(fo.grad, gq, rtol=1e-12, atol=1e-14)
     # its finite-difference reference: θ enters L only through φ with dφ/dθ = I
     fd_first = fd_gradient(lambda t: L_query(phi + (t - theta)), theta)
@@ -284,7 +285,7 @@ def test_multi_step_maml_reverse_matches_finite_differences(K):
     problem, L_train, L_query = maml_problem(4)
     theta = 0.5 * np.random.default_rng(4).standard_normal(N_MLP)
     dyn = GradientDescent(0.2, K)
-    res = hypergrad(problem, theta, inner=dyn, method=Reverse())
+    res = hypergrad(problem, theta, dynamics=dyn, method=Reverse())
     fd = fd_gradient(lambda t: unrolled_value(problem, dyn, lambda lam: lam, t), theta)
     assert rel(res.grad, fd) < 1e-6
 
@@ -300,7 +301,7 @@ def test_reverse_matches_finite_differences_on_tanh_mlp(kind, K, seed):
     rng = np.random.default_rng(seed)
     lam, w0 = 0.3 * rng.standard_normal(4), 0.5 * rng.standard_normal(N_MLP)
     dyn = dyn_for(kind, K, problem, seed)
-    res = hypergrad(problem, lam, w0, inner=dyn, method=Reverse())
+    res = hypergrad(problem, lam, w0, dynamics=dyn, method=Reverse())
     fd = fd_gradient(lambda lm: unrolled_value(problem, dyn, lambda _: w0, lm), lam)
     assert rel(res.grad, fd) < 1e-6
     np.testing.assert_allclose(res.value, unrolled_value(problem, dyn, lambda _: w0, lam),
@@ -320,8 +321,8 @@ def test_checkpointed_reverse_equals_full_reverse(K, c, kind):
     rng = np.random.default_rng(K * c)
     lam, w0 = 0.3 * rng.standard_normal(4), 0.5 * rng.standard_normal(N_MLP)
     dyn = dyn_for(kind, K, problem, 0)
-    full = hypergrad(problem, lam, w0, inner=dyn, method=Reverse())
-    ck = hypergrad(problem, lam, w0, inner=dyn, method=Reverse(checkpoints=c))
+    full = hypergrad(problem, lam, w0, dynamics=dyn, method=Reverse())
+    ck = hypergrad(problem, lam, w0, dynamics=dyn, method=Reverse(checkpoints=c))
     np.testing.assert_allclose(ck.grad, full.grad, rtol=1e-14, atol=1e-16)
     np.testing.assert_array_equal(ck.w, full.w)
     assert ck.max_states_held <= c + 1
@@ -336,8 +337,8 @@ def test_truncated_checkpointed_reverse_equals_truncated():
     rng = np.random.default_rng(2)
     lam, w0 = 0.3 * rng.standard_normal(4), 0.5 * rng.standard_normal(N_MLP)
     dyn = GradientDescent(0.1, 30)
-    a = hypergrad(problem, lam, w0, inner=dyn, method=Reverse(truncate=12))
-    b = hypergrad(problem, lam, w0, inner=dyn, method=Reverse(truncate=12, checkpoints=3))
+    a = hypergrad(problem, lam, w0, dynamics=dyn, method=Reverse(truncate=12))
+    b = hypergrad(problem, lam, w0, dynamics=dyn, method=Reverse(truncate=12, checkpoints=3))
     np.testing.assert_allclose(b.grad, a.grad, rtol=1e-14, atol=1e-16)
     assert b.max_states_held <= 4 and a.max_states_held == 13
 
@@ -353,10 +354,10 @@ def test_batched_problems_equal_a_per_problem_loop(method, kind):
     B = 3
     lam, w0 = 0.3 * rng.standard_normal((B, 4)), 0.5 * rng.standard_normal((B, N_MLP))
     dyn = dyn_for(kind, 6, problem, 0)
-    res = hypergrad(problem, lam, w0, inner=dyn, method=method)
+    res = hypergrad(problem, lam, w0, dynamics=dyn, method=method)
     assert res.grad.shape == (B, 4) and res.value.shape == (B,)
     for b in range(B):
-        one = hypergrad(problem, lam[b], w0[b], inner=dyn, method=method)
+        one = hypergrad(problem, lam[b], w0[b], dynamics=dyn, method=method)
         np.testing.assert_allclose(res.grad[b], one.grad, rtol=1e-11, atol=1e-14)
         np.testing.assert_allclose(res.w[b], one.w, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(res.value[b], one.value, rtol=1e-12)
@@ -388,13 +389,13 @@ def test_nan_in_inner_loop_is_reported_with_its_step(method):
     dyn = GradientDescent(1.0, 20)
     with np.errstate(over="ignore", invalid="ignore"):
         with pytest.warns(HypergradWarning, match=f"step {step}"):
-            res = hypergrad(problem, lam, w0, inner=dyn, method=method)
+            res = hypergrad(problem, lam, w0, dynamics=dyn, method=method)
         assert not res.success
         assert f"inner step {step}" in res.message and "inner_grad" in res.message
         assert res.nonfinite_step == step
         assert np.all(np.isnan(res.grad))
         with pytest.raises(HypergradError, match=f"step {step}") as info:
-            hypergrad(problem, lam, w0, inner=dyn, method=method, strict=True)
+            hypergrad(problem, lam, w0, dynamics=dyn, method=method, strict=True)
     assert info.value.result.success is False
 
 

@@ -241,7 +241,8 @@ def test_discrete_flow_converges_to_the_matrix_exponential():
     gen = _one(gradient_flow_problems(n=3, steps=8, horizon=1.0, proximal=0.5))
     errors = []
     for K in (8, 16, 32):
-        res = hypergrad(gen.problem, gen.lam, inner=GradientFlow(1.0, K, "rk4"), method=Adjoint())
+        res = hypergrad(gen.problem, gen.lam,
+            dynamics=GradientFlow(1.0, K, "rk4"), method=Adjoint())
         errors.append(np.linalg.norm(res.grad - gen.references["flow"]))
     assert errors[0] > 0
     assert errors[1] < errors[0] / 10 and errors[2] < errors[1] / 10, errors
@@ -265,7 +266,7 @@ def test_methods_on_mlp_match_fd_and_each_other(gen):
     # V3: the discrete adjoint of explicit Euler is reverse mode through gradient descent
     lr, K = gen.info["lr"], gen.info["steps"]
     flow = GradientFlow(lr * K, K, scheme="euler")
-    a = hypergrad(gen.problem, gen.lam, gen.w0, inner=flow, method=Adjoint()).grad
+    a = hypergrad(gen.problem, gen.lam, gen.w0, dynamics=flow, method=Adjoint()).grad
     _close(a, gen.references["unrolled"], 1e-6)
 
 

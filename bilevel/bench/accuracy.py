@@ -193,7 +193,7 @@ def run(
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", HypergradWarning)
-                res = hypergrad(setup["problem"], setup["lam"], setup["w0"], inner=inner,
+                res = hypergrad(setup["problem"], setup["lam"], setup["w0"], dynamics=inner,
                                 method=method)
             seconds = time.perf_counter() - t0
             grad = to_numpy(res.grad)

@@ -296,7 +296,7 @@ def _call(problem: BilevelProblem, lam: Any, w0: Any, inner: Any, method: Any) -
         warnings.simplefilter("ignore", HypergradWarning)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
-                return hypergrad(problem, lam, w0, inner=inner, method=method)
+                return hypergrad(problem, lam, w0, dynamics=inner, method=method)
             except (NonFiniteError, FloatingPointError) as err:
                 return {"success": False, "message": f"non-finite: {err}", "n_hvp": 0}
 

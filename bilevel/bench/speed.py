@@ -54,7 +54,7 @@ def _hypergrad(problem: Any, lam: Any, w0: Any, inner: Any, method: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HypergradWarning)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return hypergrad(problem, lam, w0, inner=inner, method=method)
+            return hypergrad(problem, lam, w0, dynamics=inner, method=method)
 
 
 def run(

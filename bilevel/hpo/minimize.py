@@ -387,7 +387,7 @@ def minimize(
                     )
                 mem.begin()
                 t0 = time.perf_counter()
-                res = hypergrad(problem, lam, w0, inner=dyn, method=method, state=hstate,
+                res = hypergrad(problem, lam, w0, dynamics=dyn, method=method, state=hstate,
                                 strict=strict)
                 grad_ok = bool(xp.all(xp.isfinite(res.grad)))
                 value = _scalar(res.value)

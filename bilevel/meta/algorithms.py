@@ -357,7 +357,7 @@ class _Configured(MetaAlgorithm):
                                         episode.x_query, episode.y_query)
         if self.first_order:
             return self._first_order(problem, lam, w0)
-        return hypergrad(problem, lam, w0, inner=self.dynamics, method=self.method)
+        return hypergrad(problem, lam, w0, dynamics=self.dynamics, method=self.method)
 
     def meta_gradient(self, params: Any, episode: Any,
                       drop_failed: bool = True) -> tuple[Any, dict[str, Any]]:

@@ -8,13 +8,15 @@ method              memory                 time                        answer
 ``Implicit``        O(n + m)               K grads + J HVPs            IFT at w_K
 ``Adjoint``         O(c·n) or O(n)         ODE solve + K·s HVPs        exact / O(h) for flow
 ``Historyless``     O(n + m)               K grads + K HVPs            IFT, single loop
+``FirstOrder``      O(n + m)               K grads + 1                 first-order (FOMAML)
 ==================  =====================  ==========================  =====================
 """
 
 from .adjoint import Adjoint
+from .first_order import FirstOrder
 from .forward import Forward
 from .historyless import Historyless
 from .implicit import Implicit
 from .reverse import Reverse
 
-__all__ = ["Adjoint", "Forward", "Historyless", "Implicit", "Reverse"]
+__all__ = ["Adjoint", "FirstOrder", "Forward", "Historyless", "Implicit", "Reverse"]

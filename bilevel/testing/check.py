@@ -133,7 +133,7 @@ def _reference(
         ref = finite_difference_hypergrad(problem, lam, w0, inner=inner, eps=eps)
         return ref, f"central finite differences of the {inner.steps}-step unrolled map", None
     if isinstance(reference, Method):
-        res = hypergrad(problem, lam, w0, inner=inner, method=reference)
+        res = hypergrad(problem, lam, w0, dynamics=inner, method=reference)
         return res.grad, f"{reference!r} with {inner!r}", res
     if is_array(reference):
         return reference, "the given array", None
@@ -246,7 +246,7 @@ def check_hypergrad(
         rtol = 1e-3 if str(lam.dtype) == "float32" else 1e-6
     if rtol < 0 or atol < 0:
         raise ValueError(f"rtol and atol must be non-negative, got rtol={rtol}, atol={atol}")
-    res = hypergrad(problem, lam, w0, inner=inner, method=method)
+    res = hypergrad(problem, lam, w0, dynamics=inner, method=method)
     ref, ref_name, ref_res = _reference(reference, problem, lam, w0, inner, eps)
     grad = np.asarray(to_numpy(res.grad), dtype=float)
     ref_np = np.asarray(to_numpy(ref), dtype=float)
