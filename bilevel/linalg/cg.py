@@ -104,6 +104,7 @@ class _Run:
         self.failure = ""
         if bool(xp.any(self.broken)):
             self.failure = "CG breakdown: non-finite initial residual (check b, x0 and matvec)"
+        self.converged = xp.zeros_like(self.broken)
         self.iterations = 0
         self.history = [max_ratio(self.r_norm, b_norm)]
 
