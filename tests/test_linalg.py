@@ -279,3 +279,51 @@ def test_float32_and_array_api_strict():
         np.testing.assert_allclose(
             np.asarray(res.x), np.linalg.solve(spd(4, 7), np.ones(4)), rtol=1e-8
         )
+
+
+def test_solvers_are_frozen_registered_and_pickle():
+    import dataclasses
+    import pickle
+
+    from bilevel.registry import lookup, names
+
+    assert {"cg", "neumann", "fixed_point", "direct"} <= set(names("solver"))
+    for solver in (CG(tol=1e-6, maxiter=7), Neumann(0.5, 3), FixedPoint(0.5, 3, 1e-4),
+                   Direct(max_n=9)):
+        assert lookup("solver", solver.name) is type(solver)
+        assert pickle.loads(pickle.dumps(solver)) == solver
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            solver.maxiter = 1
+    assert lookup("solver", "Fixed-Point") is FixedPoint
+    assert dataclasses.replace(CG(), tol=1e-3).tol == 1e-3
+    assert not hasattr(Neumann(), "tol")  # a fixed budget of terms, no tolerance
+    assert Neumann() == Neumann(alpha=1.0, maxiter=100)
+    assert FixedPoint() == FixedPoint(alpha=1.0, maxiter=100, tol=1e-10)
+    with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
+        Neumann(alpha=-1.0)
+    with pytest.raises(ValueError, match="maxiter must be an integer >= 0"):
+        FixedPoint(maxiter=-1)
+
+
+def test_functions_call_the_classes():
+    A = spd(5, 3, cond=4.0)
+    b = np.arange(1.0, 6.0)
+    mv = matvec_of(A)
+    pairs = [
+        (linalg.cg(mv, b, tol=1e-8, maxiter=9, damping=0.1), CG(1e-8, 0.0, 9)(mv, b, None, 0.1)),
+        (linalg.neumann(mv, b, alpha=0.2, maxiter=7), Neumann(0.2, 7)(mv, b)),
+        (linalg.fixed_point(mv, b, alpha=0.2, maxiter=50, tol=1e-6),
+         FixedPoint(0.2, 50, 1e-6)(mv, b)),
+        (linalg.direct(mv, b, damping=0.3), Direct()(mv, b, damping=0.3)),
+    ]
+    for by_function, by_class in pairs:
+        np.testing.assert_array_equal(by_function.x, by_class.x)
+        assert by_function.message == by_class.message
+        assert by_function.n_matvec == by_class.n_matvec
+
+
+def test_cg_non_finite_warm_start_is_a_breakdown_not_convergence():
+    A = spd(3, 0)
+    res = linalg.cg(matvec_of(A), np.ones(3), x0=np.array([np.nan, 0.0, 0.0]))
+    assert res.breakdown and not res.converged
+    assert "non-finite initial residual" in res.message

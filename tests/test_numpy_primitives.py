@@ -409,3 +409,33 @@ def test_maximum_minimum_ties_share_the_gradient_with_broadcasting(dtype):
     np.testing.assert_array_equal(
         make_jvp(lambda a: bnp.maximum(a, 0.0))(x)(t)[1], [[0.5, 0, 1], [0.5, 1, 0]]
     )
+
+
+def test_definitions_import_no_rules_and_no_module_is_in_a_cycle():
+    """Primitives are defined first and the rules registered last (as autograd.numpy does)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(bnp.__file__).parent
+    imports = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(("bilevel", "numpy", *path.relative_to(root).with_suffix("").parts))
+        name = name.removesuffix(".__init__")
+        imports[name] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                imports[name].update(t for t in targets if t.startswith("bilevel.numpy."))
+            if isinstance(node, ast.ImportFrom) and node.module == "autograd.extend":
+                if name.count(".") == 2 and name != "bilevel.numpy.boxes":
+                    assert {"defvjp", "defjvp"}.isdisjoint(a.name for a in node.names), name
+    imports = {m: {t for t in ts if t in imports and t != m} for m, ts in imports.items()}
+    for name, targets in imports.items():
+        if not name.startswith("bilevel.numpy.rules") and name != "bilevel.numpy":
+            assert not any(t.startswith("bilevel.numpy.rules") for t in targets), name
+
+    def reaches(a, b, seen):
+        return any(t == b or (t not in seen and reaches(t, b, seen | {t}))
+                   for t in imports.get(a, ()))
+
+    assert [m for m in imports if reaches(m, m, {m})] == []

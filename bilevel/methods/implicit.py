@@ -12,6 +12,7 @@ replaces ``w*`` by the last iterate ``w_K`` and solves the linear system with an
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -165,6 +166,8 @@ class Implicit(Method):
         tol = float(self.tol_schedule(t))
         if not tol > 0:
             raise ValueError(f"tol_schedule({t}) must be a positive tolerance, got {tol!r}")
+        if dataclasses.is_dataclass(self.solver):  # the frozen solvers of bilevel.linalg
+            return dataclasses.replace(self.solver, tol=tol), tol
         solver = copy.copy(self.solver)
         solver.tol = tol
         return solver, tol

@@ -3,23 +3,37 @@
 Every function here runs on the array namespace of its arguments (NumPy, CuPy, or another
 Array-API library) and is an autograd primitive with VJP and JVP rules written in these
 same primitives, so derivatives of any order and forward-over-reverse work on every
-backend (DESIGN principle 2). On NumPy, autograd.numpy functions may be mixed in freely.
+backend. On NumPy, autograd.numpy functions may be mixed in freely.
+
+Layout, as in ``autograd.numpy``: the definitions modules (:mod:`~bilevel.numpy.elementwise`,
+:mod:`~bilevel.numpy.shape`, :mod:`~bilevel.numpy.reductions`,
+:mod:`~bilevel.numpy.indexing`, :mod:`~bilevel.numpy.linalg`, :mod:`~bilevel.numpy.nn`,
+:mod:`~bilevel.numpy.creation`) define the primitives and import no derivative rule;
+:mod:`bilevel.numpy.rules`, imported last, registers the rules.
 """
 
-from bilevel.numpy import shape as _shape_module  # noqa: I001  (import order breaks a cycle)
-from bilevel.numpy.shape import (
-    broadcast_to,
-    concatenate,
-    expand_dims,
-    moveaxis,
-    ravel,
-    reshape,
-    squeeze,
-    stack,
-    swapaxes,
-    transpose,
+import numpy as _np
+
+from bilevel.numpy.boxes import BackendBox, BackendVSpace, register
+from bilevel.numpy.creation import (
+    all,
+    any,
+    arange,
+    argmax,
+    asarray,
+    astype,
+    eye,
+    full,
+    full_like,
+    isfinite,
+    linspace,
+    ndim,
+    ones,
+    ones_like,
+    size,
+    zeros,
+    zeros_like,
 )
-from bilevel.numpy.reductions import logsumexp, max, mean, min, sum, var
 from bilevel.numpy.elementwise import (
     abs,
     add,
@@ -46,8 +60,8 @@ from bilevel.numpy.elementwise import (
     true_divide,
     where,
 )
-from bilevel.numpy.linalg import dot, einsum, matmul
 from bilevel.numpy.indexing import getitem, take, take_along_axis
+from bilevel.numpy.linalg import dot, einsum, matmul
 from bilevel.numpy.nn import (
     avg_pool2d,
     conv2d,
@@ -56,36 +70,33 @@ from bilevel.numpy.nn import (
     softmax,
     softmax_cross_entropy,
 )
-from bilevel.numpy.creation import (
-    all,
-    any,
-    arange,
-    argmax,
-    asarray,
-    astype,
-    eye,
-    full,
-    full_like,
-    isfinite,
-    linspace,
-    ndim,
-    ones,
-    ones_like,
-    shape,
-    size,
-    zeros,
-    zeros_like,
+from bilevel.numpy.reductions import logsumexp, max, mean, min, sum, var
+from bilevel.numpy.shape import (
+    broadcast_to,
+    concatenate,
+    expand_dims,
+    moveaxis,
+    ravel,
+    reshape,
+    squeeze,
+    stack,
+    swapaxes,
+    transpose,
 )
-from bilevel.numpy.boxes import BackendBox, BackendVSpace, register
 
-import numpy as _np
+# isort: split
+# The derivative rules last: they import the definitions above, which import no rule.
+from bilevel.numpy import rules  # noqa: F401
+
+# ``shape`` is the function of creation, not the submodule of that name
+from bilevel.numpy.creation import shape
 
 float32 = _np.float32
 float64 = _np.float64
 int32 = _np.int32
 int64 = _np.int64
 newaxis = None
-del _np, _shape_module
+del _np
 
 __all__ = [
     "BackendBox",

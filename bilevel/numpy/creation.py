@@ -2,7 +2,8 @@
 
 Arrays are created on the backend (and device) of a ``like=`` array, or, without one, on
 the backend selected by :func:`bilevel.backend.using` (NumPy by default). Created arrays
-are constants for autograd. :func:`astype` is a differentiable primitive.
+are constants for autograd. :func:`astype` is a differentiable primitive (its rules are in
+:mod:`bilevel.numpy.rules`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from autograd.extend import defjvp, defvjp, primitive
+from autograd.extend import primitive
 
 from bilevel import backend
-from bilevel.numpy._core import device_of, dtype_of, getval, namespace, shape_of
+from bilevel.numpy._core import box_types, device_of, dtype_of, getval, namespace, shape_of
 
 __all__ = [
     "all",
@@ -138,7 +139,7 @@ def asarray(obj: Any, dtype: Any = None, like: Any = None) -> Any:
 
     Differentiable values (autograd boxes) are returned unchanged unless a cast is asked for.
     """
-    if type(obj) in _BOX_TYPES:
+    if type(obj) in box_types:
         return obj if dtype is None else astype(obj, dtype)
     xp, dev = _target(like)
     return xp.asarray(obj, dtype=_dtype(xp, dtype), **dev)
@@ -152,10 +153,6 @@ def astype(x: Any, dtype: Any) -> Any:
         return x.astype(dtype)
     xp = namespace(x)
     return xp.astype(xp.asarray(x) if not hasattr(x, "shape") else x, _dtype(xp, dtype))
-
-
-defvjp(astype, lambda ans, x, dtype: lambda g: astype(g, dtype_of(x) or np.float64))
-defjvp(astype, "same")
 
 
 # ----------------------------------------------------------------- non-differentiable queries
@@ -198,6 +195,3 @@ def argmax(x: Any, axis: int | None = None, keepdims: bool = False) -> Any:
     """Index of the largest entry along ``axis`` (flattened when ``None``; not differentiable)."""
     x = getval(x)
     return namespace(x).argmax(x, axis=axis, keepdims=keepdims)
-
-
-from bilevel.numpy._core import box_types as _BOX_TYPES  # noqa: E402

@@ -2,8 +2,8 @@
 ``take_along_axis``, and the scatter-add that is their adjoint.
 
 ``getitem`` and ``_scatter`` form an adjoint pair: the VJP of one is the other, and each is
-linear, so its JVP is itself applied to the tangent. Repeated integer indices accumulate
-(``numpy.add.at`` / ``cupyx.scatter_add``).
+linear, so its JVP is itself applied to the tangent (rules in :mod:`bilevel.numpy.rules`).
+Repeated integer indices accumulate (``numpy.add.at`` / ``cupyx.scatter_add``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from autograd.extend import defjvp, defvjp, primitive
+from autograd.extend import primitive
 
 from bilevel.numpy._core import getval, namespace, scatter_add, shape_of
 from bilevel.numpy.shape import reshape
@@ -47,12 +47,6 @@ def getitem(x: Any, idx: Any) -> Any:
 def _scatter(g: Any, idx: Any, shape: tuple[int, ...]) -> Any:
     """``out = zeros(shape); out[idx] += g`` (repeated indices accumulate)."""
     return scatter_add(g, idx, shape)
-
-
-defvjp(_getitem, lambda ans, x, idx: lambda g: _scatter(g, idx, shape_of(x)))
-defjvp(_getitem, "same")
-defvjp(_scatter, lambda ans, g, idx, shape: lambda gg: getitem(gg, idx))
-defjvp(_scatter, "same")
 
 
 def index(x: Any, idx: Any) -> Any:

@@ -1,8 +1,9 @@
 """Products: ``matmul`` (with batch axes), ``dot``, ``einsum``.
 
 The VJP of a product with respect to one factor is a product of the cotangent with the
-other factors, so the rules reuse these primitives (derivatives of any order). Both
-products are bilinear: each JVP is the product with the tangent in place of the factor.
+other factors, so the rules (in :mod:`bilevel.numpy.rules`) reuse these primitives
+(derivatives of any order). Both products are bilinear: each JVP is the product with the
+tangent in place of the factor.
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ import string
 from typing import Any
 
 import numpy as np
-from autograd.core import defjvp_argnum, defvjp_argnum
-from autograd.extend import defjvp, defvjp, primitive
-from autograd.util import subval
+from autograd.extend import primitive
 
 from bilevel.numpy._core import namespace, shape_of
 from bilevel.numpy.elementwise import multiply
-from bilevel.numpy.shape import broadcast_to, expand_dims, reshape, swapaxes, unbroadcast
 
 __all__ = ["dot", "einsum", "matmul"]
 
@@ -33,43 +31,6 @@ def matmul(a: Any, b: Any) -> Any:
         return a @ b
     namespace(a, b)
     return a @ b
-
-
-def _matmul_vjp_a(ans: Any, a: Any, b: Any) -> Any:
-    sa, sb = shape_of(a), shape_of(b)
-
-    def vjp(g: Any) -> Any:
-        if len(sb) == 1:
-            da = multiply(expand_dims(g, -1), b)
-        elif len(sa) == 1:
-            da = reshape(matmul(b, expand_dims(g, -1)), shape_of(g)[:-1] + (sb[-2],))
-        else:
-            da = matmul(g, swapaxes(b, -1, -2))
-        return unbroadcast(da, sa)
-
-    return vjp
-
-
-def _matmul_vjp_b(ans: Any, a: Any, b: Any) -> Any:
-    sa, sb = shape_of(a), shape_of(b)
-
-    def vjp(g: Any) -> Any:
-        if len(sa) == 1 and len(sb) == 1:
-            db = multiply(g, a)
-        elif len(sa) == 1:
-            db = multiply(expand_dims(a, -1), expand_dims(g, -2))
-        elif len(sb) == 1:
-            at = swapaxes(a, -1, -2)
-            db = reshape(matmul(at, expand_dims(g, -1)), shape_of(at)[:-1])
-        else:
-            db = matmul(swapaxes(a, -1, -2), g)
-        return unbroadcast(db, sb)
-
-    return vjp
-
-
-defvjp(matmul, _matmul_vjp_a, _matmul_vjp_b)
-defjvp(matmul, "same", "same")
 
 
 def dot(a: Any, b: Any) -> Any:
@@ -142,32 +103,6 @@ def _einsum(subscripts: str, *operands: Any) -> Any:
         return np.einsum(subscripts, *operands, optimize=len(operands) > 2)
     xp = namespace(*operands)
     return xp.einsum(subscripts, *operands)
-
-
-def _einsum_vjp(argnum: int, ans: Any, args: Any, kwargs: Any) -> Any:
-    subscripts, operands = args[0], args[1:]
-    k = argnum - 1
-    ins, out = _parse(subscripts, [shape_of(o) for o in operands])
-    target = ins[k]
-    others = [o for i, o in enumerate(operands) if i != k]
-    other_subs = [t for i, t in enumerate(ins) if i != k]
-    present = set(out).union(*other_subs) if other_subs else set(out)
-    reduced = "".join(c for c in target if c in present)
-    spec = ",".join([out, *other_subs]) + "->" + reduced
-    shape = shape_of(operands[k])
-
-    def vjp(g: Any) -> Any:
-        r = _einsum(spec, g, *others)
-        if reduced != target:
-            kept = tuple(s if c in present else 1 for c, s in zip(target, shape, strict=True))
-            r = broadcast_to(reshape(r, kept), shape)
-        return r
-
-    return vjp
-
-
-defvjp_argnum(_einsum, _einsum_vjp)
-defjvp_argnum(_einsum, lambda argnum, g, ans, args, kwargs: _einsum(*subval(args, argnum, g)))
 
 
 def einsum(subscripts: str, *operands: Any) -> Any:

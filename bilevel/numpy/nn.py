@@ -8,8 +8,9 @@ pools) with its adjoint :func:`unpatches`. Each gathers the windows with one str
 per kernel offset (never a loop over pixels; the zero padding is never materialized) and
 its adjoint adds them back. Non-overlapping pools use :func:`block_max` and the adjoint
 pair :func:`block_sum` / :func:`unblock` (strided slices of the image, no window copies).
-Each linear primitive's VJP is its adjoint and its JVP is itself, so convolutions and
-pools differentiate to any order on any backend that has slicing and ``matmul``. Inputs
+Each linear primitive's VJP is its adjoint and its JVP is itself (rules in
+:mod:`bilevel.numpy.rules`), so convolutions and pools differentiate to any order on any
+backend that has slicing and ``matmul``. Inputs
 may carry a leading task axis ``T``: ``(T, N, C, H, W)``.
 """
 
@@ -19,10 +20,10 @@ import builtins
 from typing import Any
 
 import numpy as np
-from autograd.extend import defjvp, defvjp, primitive
+from autograd.extend import primitive
 
 from bilevel.numpy._core import getval, namespace, shape_of, zeros
-from bilevel.numpy.elementwise import add, divide, exp, multiply, negative, subtract
+from bilevel.numpy.elementwise import add, divide, exp, negative, subtract
 from bilevel.numpy.indexing import getitem, take_along_axis
 from bilevel.numpy.linalg import matmul
 from bilevel.numpy.reductions import logsumexp, max, mean, sum
@@ -169,20 +170,6 @@ def unpatches(p: Any, kh: int, kw: int, stride: int, padding: int, shape: tuple[
     return out
 
 
-defvjp(
-    patches,
-    lambda ans, x, kh, kw, stride=1, padding=0: (
-        lambda g: unpatches(g, kh, kw, stride, padding, shape_of(x))
-    ),
-)
-defjvp(patches, "same")
-defvjp(
-    unpatches,
-    lambda ans, p, kh, kw, stride, padding, shape: lambda g: patches(g, kh, kw, stride, padding),
-)
-defjvp(unpatches, "same")
-
-
 def _images_behind_channels(xp: Any, x: Any) -> Any:
     """View of ``x (..., N, C, H, W)`` as ``(..., C, N, H, W)`` (axes -4 and -3 swapped)."""
     nd = len(shape_of(x))
@@ -233,20 +220,6 @@ def uncolumns(q: Any, kh: int, kw: int, stride: int, padding: int, shape: tuple[
     for k, (po, qo), (pi, qi) in windows:
         ot[..., pi, qi] = ot[..., pi, qi] + q[..., k, :, po, qo]
     return _images_behind_channels(xp, ot)
-
-
-defvjp(
-    columns,
-    lambda ans, x, kh, kw, stride=1, padding=0: (
-        lambda g: uncolumns(g, kh, kw, stride, padding, shape_of(x))
-    ),
-)
-defjvp(columns, "same")
-defvjp(
-    uncolumns,
-    lambda ans, q, kh, kw, stride, padding, shape: lambda g: columns(g, kh, kw, stride, padding),
-)
-defjvp(uncolumns, "same")
 
 
 def _check_int(name: str, v: Any, low: int) -> int:
@@ -356,26 +329,6 @@ def unblock(y: Any, s: int) -> Any:
     return xp.reshape(up, shape[:-2] + (ho * s, wo * s))
 
 
-defvjp(block_sum, lambda ans, x, s: lambda g: unblock(g, s))
-defjvp(block_sum, "same")
-defvjp(unblock, lambda ans, y, s: lambda g: block_sum(g, s))
-defjvp(unblock, "same")
-
-
-def _block_max_weights(x: Any, ans: Any, s: int) -> tuple[Any, Any]:
-    """Constants of the max-pool derivative: maximizer indicator ``1[x = y]`` (dtype of
-    ``x``) and the number of maximizers per block (ties share the gradient)."""
-    x, ans = getval(x), getval(ans)
-    xp = namespace(x)
-    if xp is np:  # compare block offset by block offset, writing the float indicator
-        hit = np.empty(x.shape, dtype=x.dtype)
-        for idx in _block_slices(s):
-            np.equal(x[idx], ans, out=hit[idx], casting="unsafe")
-    else:
-        hit = xp.astype(x == unblock(ans, s), x.dtype)
-    return hit, block_sum(hit, s)
-
-
 @primitive
 def block_max(x: Any, s: int) -> Any:
     """Max over non-overlapping ``s × s`` blocks: ``y[.., p, q] = max_{i,j<s} x[.., p·s+i, q·s+j]``.
@@ -390,20 +343,6 @@ def block_max(x: Any, s: int) -> Any:
     for idx in parts[1:]:
         y = np.maximum(y, x[idx]) if xp is np else xp.maximum(y, x[idx])
     return y
-
-
-def _block_max_vjp(ans: Any, x: Any, s: int) -> Any:
-    hit, count = _block_max_weights(x, ans, s)
-    return lambda g: multiply(unblock(divide(g, count), s), hit)
-
-
-def _block_max_jvp(t: Any, ans: Any, x: Any, s: int) -> Any:
-    hit, count = _block_max_weights(x, ans, s)
-    return divide(block_sum(multiply(t, hit), s), count)
-
-
-defvjp(block_max, _block_max_vjp)
-defjvp(block_max, _block_max_jvp)
 
 
 def _pool_args(x: Any, size: int, stride: int | None, name: str) -> tuple[int, int]:

@@ -1,7 +1,8 @@
-"""Reductions: sum, mean, max, min, logsumexp, var.
+"""Reductions: sum, mean, max, min, logsumexp, var, and unbroadcast (a sum to a shape).
 
-``sum``, ``max`` and ``logsumexp`` are primitives; ``mean``, ``min`` and ``var`` are
-compositions of them, so their derivatives of every order come for free.
+``sum``, ``max`` and ``logsumexp`` are primitives (their derivative rules are registered by
+:mod:`bilevel.numpy.rules`); ``mean``, ``min`` and ``var`` are compositions of them, so
+their derivatives of every order come for free.
 """
 
 from __future__ import annotations
@@ -10,24 +11,13 @@ import math
 from typing import Any
 
 import numpy as np
-from autograd.extend import defjvp, defvjp, primitive
+from autograd.extend import primitive
 
-from bilevel.numpy._core import getval, namespace, normalize_axes, shape_of
-from bilevel.numpy.elementwise import divide, exp, multiply, subtract
-from bilevel.numpy.shape import broadcast_to, reshape
+from bilevel.numpy._core import namespace, normalize_axes, shape_of
+from bilevel.numpy.elementwise import divide, multiply, negative, subtract
+from bilevel.numpy.shape import reshape
 
-__all__ = ["logsumexp", "max", "mean", "min", "sum", "var"]
-
-
-def _kept_shape(shape: tuple[int, ...], axis: Any) -> tuple[int, ...]:
-    axes = normalize_axes(axis, len(shape))
-    return tuple(1 if i in axes else s for i, s in enumerate(shape))
-
-
-def _expand(g: Any, x: Any, axis: Any, keepdims: bool) -> Any:
-    """Reduced ``g`` reshaped so that it broadcasts against ``x`` (reduced axes kept as 1)."""
-    kept = _kept_shape(shape_of(x), axis)
-    return g if shape_of(g) == kept else reshape(g, kept)
+__all__ = ["logsumexp", "max", "mean", "min", "sum", "unbroadcast", "var"]
 
 
 @primitive
@@ -38,33 +28,11 @@ def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
     return namespace(x).sum(x, axis=axis, keepdims=keepdims)
 
 
-defvjp(
-    sum,
-    lambda ans, x, axis=None, keepdims=False: (
-        lambda g: broadcast_to(_expand(g, x, axis, keepdims), shape_of(x))
-    ),
-)
-defjvp(sum, "same")
-
-
 def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
     """``y = (1/n) Σ_axis x`` with ``n`` the number of reduced entries."""
     shape = shape_of(x)
     n = math.prod(shape[a] for a in normalize_axes(axis, len(shape)))
     return divide(sum(x, axis=axis, keepdims=keepdims), n)
-
-
-def _chooser_mask(x: Any, ans: Any, axis: Any) -> Any:
-    """Constant weights ``1[x = max] / #ties`` along ``axis`` (ties share the gradient)."""
-    x, ans = getval(x), getval(ans)
-    xp = namespace(x)
-    hit = x == (
-        ans
-        if shape_of(ans) == _kept_shape(shape_of(x), axis)
-        else xp.reshape(ans, _kept_shape(shape_of(x), axis))
-    )
-    hit = hit.astype(x.dtype) if xp is np else xp.astype(hit, x.dtype)
-    return hit / xp.sum(hit, axis=axis, keepdims=True)
 
 
 @primitive
@@ -78,24 +46,8 @@ def max(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
     return namespace(x).max(x, axis=axis, keepdims=keepdims)
 
 
-defvjp(
-    max,
-    lambda ans, x, axis=None, keepdims=False: (
-        lambda g: multiply(_expand(g, x, axis, keepdims), _chooser_mask(x, ans, axis))
-    ),
-)
-defjvp(
-    max,
-    lambda t, ans, x, axis=None, keepdims=False: sum(
-        multiply(t, _chooser_mask(x, ans, axis)), axis=axis, keepdims=keepdims
-    ),
-)
-
-
 def min(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
     """``y = min_axis x = -max_axis(-x)``."""
-    from bilevel.numpy.elementwise import negative
-
     return negative(max(negative(x), axis=axis, keepdims=keepdims))
 
 
@@ -121,24 +73,6 @@ def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
     return out
 
 
-def _softmax_weights(ans: Any, x: Any, axis: Any, keepdims: bool) -> Any:
-    return exp(subtract(x, _expand(ans, x, axis, keepdims)))
-
-
-defvjp(
-    logsumexp,
-    lambda ans, x, axis=None, keepdims=False: (
-        lambda g: multiply(_expand(g, x, axis, keepdims), _softmax_weights(ans, x, axis, keepdims))
-    ),
-)
-defjvp(
-    logsumexp,
-    lambda t, ans, x, axis=None, keepdims=False: sum(
-        multiply(t, _softmax_weights(ans, x, axis, keepdims)), axis=axis, keepdims=keepdims
-    ),
-)
-
-
 def var(x: Any, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Any:
     """``y = Σ_axis (x - mean x)² / (n - ddof)``."""
     shape = shape_of(x)
@@ -147,3 +81,20 @@ def var(x: Any, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Any:
         raise ValueError(f"var: ddof={ddof} leaves no degrees of freedom for {n} entries")
     d = subtract(x, mean(x, axis=axis, keepdims=True))
     return divide(sum(multiply(d, d), axis=axis, keepdims=keepdims), n - ddof)
+
+
+def unbroadcast(g: Any, shape: tuple[int, ...]) -> Any:
+    """Sum ``g`` over the axes that broadcasting added to an array of ``shape``.
+
+    The adjoint of ``broadcast_to(·, g.shape)``: leading extra axes are summed away and
+    axes where ``shape`` has length 1 are summed with ``keepdims``.
+    """
+    gshape = shape_of(g)
+    if gshape == shape:
+        return g
+    lead = len(gshape) - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, s in enumerate(shape) if s == 1 and gshape[lead + i] != 1
+    )
+    out = sum(g, axis=axes) if axes else g
+    return out if shape_of(out) == shape else reshape(out, shape)

@@ -1,21 +1,21 @@
 """Shape primitives: reshape, broadcast_to, transpose, concatenate and their compositions.
 
+Definitions only; their derivative rules are registered by :mod:`bilevel.numpy.rules`.
 All are linear maps, so each JVP applies the primitive to the tangent and each VJP is the
 adjoint map (reshape back, sum over broadcast axes, inverse permutation, slicing).
 """
 
 from __future__ import annotations
 
-import builtins
 from typing import Any
 
 import numpy as np
-from autograd.core import defjvp_argnums
-from autograd.extend import defjvp, defvjp, primitive
+from autograd.extend import primitive
 
-from bilevel.numpy._core import getval, namespace, normalize_axes, shape_of, zeros
+from bilevel.numpy._core import namespace, normalize_axes, shape_of
 
 __all__ = [
+    "broadcast_like",
     "broadcast_to",
     "concatenate",
     "expand_dims",
@@ -42,10 +42,6 @@ def reshape(x: Any, shape: Any) -> Any:
     return namespace(x).reshape(x, tuple(shape))
 
 
-defvjp(reshape, lambda ans, x, shape: lambda g: reshape(g, shape_of(x)))
-defjvp(reshape, "same")
-
-
 def ravel(x: Any) -> Any:
     """``x`` flattened to one dimension: ``reshape(x, (-1,))``."""
     return reshape(x, (-1,))
@@ -67,10 +63,6 @@ def broadcast_to(x: Any, shape: tuple[int, ...]) -> Any:
     return xp.broadcast_to(x, shape)
 
 
-defvjp(broadcast_to, lambda ans, x, shape: lambda g: unbroadcast(g, shape_of(x)))
-defjvp(broadcast_to, "same")
-
-
 @primitive
 def transpose(x: Any, axes: Any = None) -> Any:
     """Axes of ``x`` permuted by ``axes`` (reversed when ``None``): ``y[i_p] = x[i]``.
@@ -82,17 +74,6 @@ def transpose(x: Any, axes: Any = None) -> Any:
     nd = len(shape_of(x))
     axes = tuple(range(nd))[::-1] if axes is None else tuple(a % nd for a in axes)
     return namespace(x).permute_dims(x, axes)
-
-
-def _transpose_vjp(ans: Any, x: Any, axes: Any = None) -> Any:
-    nd = len(shape_of(x))
-    axes = tuple(range(nd))[::-1] if axes is None else tuple(a % nd for a in axes)
-    inverse = tuple(int(i) for i in np.argsort(axes))
-    return lambda g: transpose(g, inverse)
-
-
-defvjp(transpose, _transpose_vjp)
-defjvp(transpose, "same")
 
 
 def swapaxes(x: Any, axis1: int, axis2: int) -> Any:
@@ -142,38 +123,6 @@ def _concatenate(axis: int, *arrays: Any) -> Any:
     return namespace(*arrays).concat(arrays, axis=axis)
 
 
-def _concatenate_vjp(argnums: Any, ans: Any, args: Any, kwargs: Any) -> Any:
-    axis, arrays = args[0], args[1:]
-    nd = len(shape_of(ans))
-    ax = axis % nd
-    ends = np.cumsum([shape_of(a)[ax] for a in arrays])
-    starts = ends - np.array([shape_of(a)[ax] for a in arrays])
-
-    def piece(g: Any, k: int) -> Any:
-        from bilevel.numpy.indexing import getitem
-
-        idx = (slice(None),) * ax + (slice(int(starts[k]), int(ends[k])), Ellipsis)
-        return getitem(g, idx)
-
-    return lambda g: tuple(piece(g, argnum - 1) for argnum in argnums)
-
-
-def _concatenate_jvp(argnums: Any, gs: Any, ans: Any, args: Any, kwargs: Any) -> Any:
-    tangents = list(args[1:])
-    for k, arr in enumerate(tangents):
-        v = getval(arr)
-        tangents[k] = zeros(namespace(v), shape_of(v), v.dtype, like=v)
-    for argnum, g in zip(argnums, gs, strict=True):
-        tangents[argnum - 1] = g
-    return _concatenate(args[0], *tangents)
-
-
-from autograd.core import defvjp_argnums  # noqa: E402
-
-defvjp_argnums(_concatenate, _concatenate_vjp)
-defjvp_argnums(_concatenate, _concatenate_jvp)
-
-
 def concatenate(arrays: Any, axis: int = 0) -> Any:
     """Join ``arrays`` along an existing ``axis``. VJP: slices of ``g``; JVP: joined tangents."""
     arrays = tuple(arrays)
@@ -194,28 +143,7 @@ def stack(arrays: Any, axis: int = 0) -> Any:
     return concatenate([expand_dims(a, axis % nd) for a in arrays], axis=axis % nd)
 
 
-def unbroadcast(g: Any, shape: tuple[int, ...]) -> Any:
-    """Sum ``g`` over the axes that broadcasting added to an array of ``shape``.
-
-    The adjoint of ``broadcast_to(·, g.shape)``: leading extra axes are summed away and
-    axes where ``shape`` has length 1 are summed with ``keepdims``.
-    """
-    gshape = shape_of(g)
-    if gshape == shape:
-        return g
-    lead = len(gshape) - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, s in enumerate(shape) if s == 1 and gshape[lead + i] != 1
-    )
-    out = _sum(g, axis=axes) if axes else g
-    return out if shape_of(out) == shape else reshape(out, shape)
-
-
 def broadcast_like(t: Any, ans: Any) -> Any:
-    """Tangent ``t`` broadcast to the shape of the output ``ans`` (no-op when equal)."""
+    """``t`` broadcast to the shape of ``ans`` (no-op when equal): a tangent to the output's."""
     shape = shape_of(ans)
     return t if shape_of(t) == shape else broadcast_to(t, shape)
-
-
-builtins_sum = builtins.sum
-from bilevel.numpy.reductions import sum as _sum  # noqa: E402

@@ -1,0 +1,330 @@
+"""Fixed-point (Richardson) iteration and its fixed-budget form, the truncated Neumann series.
+
+Both solvers run one loop, ``vⱼ₊₁ = vⱼ − α((A + δI)vⱼ − b)``, per problem along the last
+axis. :class:`FixedPoint` stops each problem at ``‖(A + δI)vⱼ − b‖ ≤ tol·‖b‖``;
+:class:`Neumann` is the same loop with ``tol = 0``: a fixed budget of terms, after which
+``converged`` means "no divergence".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from bilevel.linalg.result import SolveResult, max_ratio
+from bilevel.linalg.system import (
+    LinearSolver,
+    Matvec,
+    check_system,
+    column,
+    damped_operator,
+    start,
+    zero_solution,
+)
+from bilevel.registry import register
+from bilevel.validation import integer, nonnegative, option, positive
+
+__all__ = ["DIVERGENCE_FACTOR", "FixedPoint", "Neumann", "fixed_point", "neumann"]
+
+Array = Any
+
+DIVERGENCE_FACTOR = 1e6
+"""A residual beyond this factor times ``max(‖b‖, ‖r₀‖)`` counts as divergence."""
+
+
+@register("solver")
+@dataclass(frozen=True)
+class FixedPoint(LinearSolver):
+    """Fixed-point (Richardson) iteration ``vⱼ₊₁ = vⱼ − α((A + δI)vⱼ − b)``.
+
+    The map is a contraction, and the iteration converges at rate ``q = ‖I − α(A + δI)‖``,
+    when ``A + δI ≻ 0`` and ``α·λ_max(A + δI) < 2``. Each problem stops once
+    ``‖(A + δI)vⱼ − b‖ ≤ tol·‖b‖`` (``tol=0`` disables the test). A residual beyond
+    ``1e6·max(‖b‖, ‖r₀‖)`` or a non-finite one is reported as divergence: that problem
+    stops at its last finite iterate with ``converged=False``.
+
+    Parameters
+    ----------
+    alpha
+        Step ``α > 0``.
+    maxiter
+        Number of updates at most.
+    tol
+        Relative residual tolerance.
+
+    Notes
+    -----
+    Cost: ``iterations + 1`` matvecs from a given ``x0``, ``iterations`` from zero (the
+    residual of the final iterate is always measured). Memory: three arrays of the shape
+    of ``b``.
+
+    References
+    ----------
+    R. Grazzi, L. Franceschi, M. Pontil, S. Salzo, "On the iteration complexity of
+    hypergradient computation", ICML 2020 (AID-FP).
+    """
+
+    name: ClassVar[str] = "fixed_point"
+
+    alpha: float = option(1.0, check=positive)
+    maxiter: int = option(100, check=integer(minimum=0))
+    tol: float = option(1e-10, check=nonnegative)
+
+    def __call__(
+        self, matvec: Matvec, b: Array, x0: Array | None = None, damping: float = 0.0
+    ) -> SolveResult:
+        """Solve ``(A + δI) x = b`` with ``A v = matvec(v)``, ``δ = damping``, from ``x0``."""
+        return richardson(
+            matvec, b, x0, damping, alpha=self.alpha, maxiter=self.maxiter, tol=self.tol,
+            label="fixed point",
+        )
+
+
+@register("solver")
+@dataclass(frozen=True)
+class Neumann(LinearSolver):
+    """Truncated Neumann series ``x_J = α Σ_{j<J} (I − α(A + δI))ʲ b``: ``J = maxiter`` terms.
+
+    The :class:`FixedPoint` iteration with ``tol = 0``: from ``v₀ = x0 = 0`` its ``J``
+    updates give exactly the partial sums above, so ``Neumann(α, J)`` equals
+    ``FixedPoint(α, J, tol=0)`` from zero. A fixed budget of terms: ``converged`` means "no
+    divergence", and ``residual_norm``/``b_norm`` tell the accuracy. Divergence (needs
+    ``α·λ_max(A + δI) < 2`` and ``A + δI ≻ 0``) is detected as in :class:`FixedPoint`.
+
+    Parameters
+    ----------
+    alpha
+        Step ``α > 0`` (the series scale).
+    maxiter
+        Number of terms ``J``.
+
+    Notes
+    -----
+    Cost: ``J`` matvecs from zero (``J + 1`` from a given ``x0``). Memory: three arrays of
+    the shape of ``b``.
+
+    References
+    ----------
+    J. Lorraine, P. Vicol, D. Duvenaud, "Optimizing millions of hyperparameters by
+    implicit differentiation", AISTATS 2020.
+    """
+
+    name: ClassVar[str] = "neumann"
+
+    alpha: float = option(1.0, check=positive)
+    maxiter: int = option(100, check=integer(minimum=0))
+
+    def __call__(
+        self, matvec: Matvec, b: Array, x0: Array | None = None, damping: float = 0.0
+    ) -> SolveResult:
+        """Sum ``maxiter`` terms for ``(A + δI) x = b`` with ``A v = matvec(v)``, from ``x0``."""
+        return richardson(
+            matvec, b, x0, damping, alpha=self.alpha, maxiter=self.maxiter, tol=0.0,
+            label="Neumann", fixed_budget=True,
+        )
+
+
+def richardson(
+    matvec: Matvec,
+    b: Array,
+    x0: Array | None,
+    damping: float,
+    *,
+    alpha: float,
+    maxiter: int,
+    tol: float,
+    label: str,
+    fixed_budget: bool = False,
+) -> SolveResult:
+    """The loop of both solvers: ``v ← v − α((A + δI)v − b)`` on the problems still active.
+
+    ``label`` names the solver in messages; with ``fixed_budget`` and ``tol = 0``,
+    ``converged`` means "no divergence". Options are taken as checked by the solver classes.
+    """
+    xp, damping = check_system(b, x0, damping)
+    op = damped_operator(matvec, b, damping)
+    b_norm = xp.linalg.vector_norm(b, axis=-1)
+    if not bool(xp.any(b_norm > 0)):
+        return zero_solution(xp, b, b_norm, label)
+    series = _Series(xp, op, b, b_norm, start(xp, b, b_norm, x0))
+    series.iterate(alpha, maxiter, tol, zero_start=x0 is None)
+    budget = fixed_budget and tol == 0
+    if budget:
+        series.converged = ~series.diverged
+    return series.result(_message(series, label, alpha, tol, damping, budget))
+
+
+class _Series:
+    """The state of one fixed-point solve: iterate, residual norms and per-problem flags."""
+
+    def __init__(self, xp: Any, op: Matvec, b: Array, b_norm: Array, v: Array) -> None:
+        self.xp, self.op, self.b, self.b_norm, self.v = xp, op, b, b_norm, v
+        self.active = xp.ones(b_norm.shape, dtype=xp.bool)
+        self.diverged = xp.zeros(b_norm.shape, dtype=xp.bool)
+        self.converged = xp.zeros(b_norm.shape, dtype=xp.bool)
+        self.r_norm = b_norm
+        self.limit: Array | None = None
+        self.history: list[float] = []
+        self.n_matvec = 0
+        self.iterations = 0
+
+    def iterate(self, alpha: float, maxiter: int, tol: float, zero_start: bool) -> None:
+        """Update until every problem has converged or diverged, or ``maxiter`` updates.
+
+        The residual of the final iterate is always measured (a zero start skips the first
+        matvec: ``(A + δI)·0 − b = −b``).
+        """
+        xp, v_prev = self.xp, self.v
+        threshold = tol * self.b_norm
+        while True:
+            if zero_start and self.iterations == 0:
+                r = -self.b
+            else:
+                r = self.op(self.v) - self.b
+                self.n_matvec += 1
+            self._record(xp.linalg.vector_norm(r, axis=-1), v_prev)
+            if tol > 0:
+                done = self.active & (self.r_norm <= threshold)
+                self.converged = self.converged | done
+                self.active = self.active & ~done
+            if self.iterations >= maxiter or not bool(xp.any(self.active)):
+                return
+            v_prev = self.v
+            self.v = xp.where(column(self.active), self.v - alpha * r, self.v)
+            self.iterations += 1
+
+    def _record(self, new_norm: Array, v_prev: Array) -> None:
+        """Take the new residual norms; a diverging problem stops at its last finite iterate."""
+        xp = self.xp
+        blown = self.active & self.diverging(new_norm)
+        if bool(xp.any(blown)):
+            self.diverged = self.diverged | blown
+            self.active = self.active & ~blown
+            self.v = xp.where(column(blown), v_prev, self.v)
+        self.r_norm = xp.where(blown, self.r_norm, new_norm)
+        self.history.append(max_ratio(self.r_norm, self.b_norm))
+
+    def diverging(self, new_norm: Array) -> Array:
+        """Per-problem divergence test: a non-finite residual or one beyond ``1e6·max(‖b‖, ‖r₀‖)``.
+
+        The one place that decides divergence, so a sharper test of the series (a residual
+        that grows over several iterations, an estimate of ``ρ(I − α(A + δI))``) goes here.
+        """
+        if self.limit is None:
+            self.limit = DIVERGENCE_FACTOR * self.xp.maximum(self.b_norm, new_norm)
+        return ~(new_norm <= self.limit)  # also catches NaN/inf
+
+    def result(self, message: str) -> SolveResult:
+        """The :class:`SolveResult` of the solve so far."""
+        return SolveResult.of(
+            self.v,
+            self.converged,
+            iterations=self.iterations,
+            residual_norm=self.r_norm,
+            b_norm=self.b_norm,
+            residual_history=self.history,
+            message=message,
+            n_matvec=self.n_matvec,
+        )
+
+
+def _message(
+    series: _Series, label: str, alpha: float, tol: float, damping: float, budget: bool
+) -> str:
+    """What happened: divergence, a fixed budget summed, convergence, or the iteration cap."""
+    rel = max_ratio(series.r_norm, series.b_norm)
+    n = series.iterations
+    if bool(series.xp.any(series.diverged)):
+        return (
+            f"{label} diverged after {n} iterations (residual beyond "
+            f"{DIVERGENCE_FACTOR:.0e}·‖b‖ or non-finite): alpha*lambda_max(A) must be < 2 "
+            f"and A positive definite; alpha={alpha:g}, damping={damping:g}"
+        )
+    if budget:
+        return f"{label}: {n} terms summed (fixed budget, tol=0), relative residual {rel:.2e}"
+    if bool(series.xp.all(series.converged)):
+        return f"{label} converged in {n} iterations (relative residual {rel:.2e})"
+    return (
+        f"{label} did not converge in {n} iterations: relative residual {rel:.2e} > "
+        f"tol={tol:g} (contraction factor ‖I − alpha·A‖ too close to 1: raise maxiter "
+        "or alpha, or use CG)"
+    )
+
+
+def fixed_point(
+    matvec: Matvec,
+    b: Array,
+    x0: Array | None = None,
+    *,
+    alpha: float = 1.0,
+    maxiter: int = 100,
+    tol: float = 1e-10,
+    damping: float = 0.0,
+) -> SolveResult:
+    """Fixed-point iteration: ``FixedPoint(alpha, maxiter, tol)(matvec, b, x0, damping)``.
+
+    See :class:`FixedPoint`.
+
+    Parameters
+    ----------
+    matvec
+        ``v ↦ A v`` on arrays of the shape of ``b``.
+    b
+        Right-hand side, ``(n,)`` or ``(B, n)``.
+    x0
+        Initial iterate; zero by default.
+    alpha
+        Step ``α > 0``.
+    maxiter
+        Number of updates at most.
+    tol
+        Relative residual tolerance.
+    damping
+        ``δ ≥ 0``: solve ``(A + δI) x = b``.
+
+    Returns
+    -------
+    SolveResult
+    """
+    return FixedPoint(alpha=alpha, maxiter=maxiter, tol=tol)(matvec, b, x0, damping)
+
+
+def neumann(
+    matvec: Matvec,
+    b: Array,
+    x0: Array | None = None,
+    *,
+    alpha: float = 1.0,
+    maxiter: int = 100,
+    tol: float = 0.0,
+    damping: float = 0.0,
+) -> SolveResult:
+    """Truncated Neumann series: ``Neumann(alpha, maxiter)(matvec, b, x0, damping)``.
+
+    See :class:`Neumann`. With ``tol > 0`` the series stops early, where the residual
+    test passes: that is :func:`fixed_point` with the same arguments.
+
+    Parameters
+    ----------
+    matvec
+        ``v ↦ A v`` on arrays of the shape of ``b``.
+    b
+        Right-hand side, ``(n,)`` or ``(B, n)``.
+    x0
+        Initial iterate; zero by default.
+    alpha
+        Step ``α > 0`` (the series scale).
+    maxiter
+        Number of terms ``J``.
+    tol
+        Relative residual tolerance for early stopping; ``0`` sums all ``J`` terms.
+    damping
+        ``δ ≥ 0``.
+
+    Returns
+    -------
+    SolveResult
+    """
+    if tol == 0:
+        return Neumann(alpha=alpha, maxiter=maxiter)(matvec, b, x0, damping)
+    return fixed_point(matvec, b, x0, alpha=alpha, maxiter=maxiter, tol=tol, damping=damping)
