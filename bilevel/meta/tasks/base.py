@@ -54,43 +54,45 @@ class Episode:
     y_support : array, shape ``(T, S)`` or ``(T, S, d)``
         Support targets: integer class labels ``(T, S)`` for classification, float
         targets ``(T, S, d)`` for regression.
-    x_query : array, shape ``(T, Q, ...)``
-        Query inputs.
-    y_query : array, shape ``(T, Q)`` or ``(T, Q, d)``
+    x_query : array, shape ``(T, Q, ...)``, optional
+        Query inputs (``None`` where only the support sets are known, e.g. test-time
+        adaptation).
+    y_query : array, shape ``(T, Q)`` or ``(T, Q, d)``, optional
         Query targets.
     info : dict
         Task parameters (arrays with the task axis first, on the episode's backend) and
         bookkeeping, e.g. ``amplitude``/``phase`` (sinusoids), ``P, a, Q, b`` (quadratic
-        tasks), ``classes`` (few-shot classification), ``split``.
+        tasks), ``classes`` (few-shot classification), ``split``, and per-batch caches of
+        the algorithms (``support_features``).
     """
 
     x_support: Any
     y_support: Any
-    x_query: Any
-    y_query: Any
+    x_query: Any = None
+    y_query: Any = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         shapes = {
             name: tuple(getattr(self, name).shape)
             for name in ("x_support", "y_support", "x_query", "y_query")
+            if getattr(self, name) is not None
         }
+        if (self.x_query is None) != (self.y_query is None):
+            raise ValueError("Episode needs both x_query and y_query, or neither")
         t = {s[0] if s else None for s in shapes.values()}
         if len(t) != 1 or None in t:
             raise ValueError(
                 "Episode arrays must share the leading task axis T; got shapes "
                 + ", ".join(f"{k}={v}" for k, v in shapes.items())
             )
-        if shapes["x_support"][1] != shapes["y_support"][1]:
-            raise ValueError(
-                f"x_support {shapes['x_support']} and y_support {shapes['y_support']} must "
-                "have the same number of points on axis 1"
-            )
-        if shapes["x_query"][1] != shapes["y_query"][1]:
-            raise ValueError(
-                f"x_query {shapes['x_query']} and y_query {shapes['y_query']} must have the "
-                "same number of points on axis 1"
-            )
+        for part in ("support", "query"):
+            x, y = shapes.get(f"x_{part}"), shapes.get(f"y_{part}")
+            if x is not None and x[1] != y[1]:
+                raise ValueError(
+                    f"x_{part} {x} and y_{part} {y} must have the same number of points on "
+                    "axis 1"
+                )
 
     @property
     def n_tasks(self) -> int:
@@ -119,10 +121,8 @@ class Episode:
             return v
 
         return Episode(
-            self.x_support[sl],
-            self.y_support[sl],
-            self.x_query[sl],
-            self.y_query[sl],
+            *(None if a is None else a[sl]
+              for a in (self.x_support, self.y_support, self.x_query, self.y_query)),
             {k: cut(v) for k, v in self.info.items()},
         )
 
