@@ -33,16 +33,20 @@ The model follows the protocol of :mod:`bilevel.meta.models`: ``init(rng, backen
 ``loss(pred, y) -> (T,)`` and ``accuracy(pred, y) -> (T,)``.
 """
 
-from ..tasks import Episode
-from .amaml import AMAML
-from .anil import ANIL
-from .base import MetaAlgorithm, Specified
-from .cml import CML, cooperative
-from .imaml import IMAML
+# isort: off
+# registration order = the order of bilevel.registry.names("algorithm")
 from .maml import FOMAML, MAML
-from .memory_reduced import MemoryReduced
-from .pretrain import Pretrain
+from .anil import ANIL
 from .reptile import Reptile
+from .imaml import IMAML
+from .amaml import AMAML
+from .memory_reduced import MemoryReduced
+from .cml import CML, cooperative
+from .pretrain import Pretrain
+
+# isort: on
+from ..tasks import Episode
+from .base import MetaAlgorithm, Specified
 from .specification import Specification, append_parameters
 from .step import MetaStep
 

@@ -160,8 +160,18 @@ class Specified(MetaAlgorithm):
     def problem(self, params: Any, x_support: Any, y_support: Any, x_query: Any = None,
                 y_query: Any = None) -> tuple[BilevelProblem, Any, Any]:
         """The batched bilevel problem of a meta-batch: ``(problem, λ, w₀)``."""
-        data = Episode(x_support, y_support, x_query, y_query)
-        return batched_problem(self.specification(), params, data, type(self).__name__)
+        return self._problem(self.specification(), params, x_support, y_support, x_query,
+                             y_query)
+
+    def _problem(self, spec: Specification, params: Any,
+                 *arrays: Any) -> tuple[BilevelProblem, Any, Any]:
+        return batched_problem(spec, params, Episode(*arrays), type(self).__name__)
+
+    def _hypergradient(self, spec: Specification, params: Any, episode: Any) -> HypergradResult:
+        problem, lam, w0 = self._problem(spec, params, episode.x_support, episode.y_support,
+                                         episode.x_query, episode.y_query)
+        return hypergrad(problem, lam, w0, dynamics=spec.dynamics, method=spec.method,
+                         on_failure="ignore")
 
     def hypergradient(self, params: Any, episode: Any) -> HypergradResult:
         """The batched :class:`bilevel.HypergradResult` of a meta-batch (per-task λ-grads).
@@ -169,22 +179,19 @@ class Specified(MetaAlgorithm):
         Failures are reported in the result (``success``, ``message``,
         ``problem_success``), not warned about.
         """
-        spec = self.specification()
-        problem, lam, w0 = self.problem(params, episode.x_support, episode.y_support,
-                                        episode.x_query, episode.y_query)
-        return hypergrad(problem, lam, w0, dynamics=spec.dynamics, method=spec.method,
-                         on_failure="ignore")
+        return self._hypergradient(self.specification(), params, episode)
 
     def meta_gradient(self, params: Any, episode: Any,
                       drop_failed: bool = True) -> tuple[Any, MetaStep]:
         """Meta-gradient ``λ'(θ)ᵀ (1/|S|) Σ_{i∈S} ∇_{λ_i} f_i`` and its :class:`MetaStep`."""
-        step = MetaStep.of(self.hypergradient(params, episode))
+        spec = self.specification()
+        step = MetaStep.of(self._hypergradient(spec, params, episode))
         mask = step.task_success if drop_failed else None
-        grad = self.specification().lam.pullback(mean_tasks(step.result.grad, mask), params)
+        grad = spec.lam.pullback(mean_tasks(step.result.grad, mask), params)
         return grad, replace(step, grad=grad)
 
     def adapt(self, params: Any, x_support: Any, y_support: Any) -> Any:
         """Test-time adaptation: the inner dynamics on the inner objective, ``(T, n)``."""
         spec = self.specification()
-        problem, lam, w0 = self.problem(params, x_support, y_support)
+        problem, lam, w0 = self._problem(spec, params, x_support, y_support)
         return spec.adapted(unroll(spec, problem, lam, w0), lam)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from bilevel import backend as _backend
+from bilevel.validation import integer
 
 __all__ = ["Episode", "TaskSampler", "check_rng", "check_count"]
 
@@ -38,9 +39,7 @@ def check_rng(rng: Any) -> np.random.Generator:
 
 def check_count(name: str, value: Any, minimum: int = 1) -> int:
     """``value`` as an int at least ``minimum``, or a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return integer(minimum)(name, value)
 
 
 @dataclass
