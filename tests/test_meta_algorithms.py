@@ -478,3 +478,12 @@ def test_task_data_is_the_episode_type():
     assert Episode(x, x).x_query is None
     with pytest.raises(ValueError, match="both x_query and y_query"):
         Episode(x, x, x)
+
+
+def test_former_hooks_warn_and_read_the_specification(model, episode):
+    alg = IMAML(model, reg=5.0, inner_lr=0.05, steps=5)
+    with pytest.warns(DeprecationWarning, match=r"specification\(\)\.inner"):
+        inner = alg.inner_objective
+    assert inner is not None and callable(inner)
+    with pytest.raises(AttributeError, match="nothing"):
+        _ = alg.nothing

@@ -9,6 +9,7 @@ meta-gradient, the test-time adaptation and the batched problem follow from it.
 from __future__ import annotations
 
 import abc
+import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +25,8 @@ from .step import MetaStep, mean_tasks
 __all__ = ["MetaAlgorithm", "Specified", "head_model", "meta_model", "specified", "split_part"]
 
 PROTOCOL = ("init", "apply", "loss", "n_params")
+OLD_HOOKS = {"inner_objective": "inner", "outer_objective": "outer", "init_map": "init",
+             "adapted": "adapted", "oracles": "oracles"}
 
 
 def meta_model(name: str, model: Any) -> Any:
@@ -134,6 +137,15 @@ class Specified(MetaAlgorithm):
     @abc.abstractmethod
     def specification(self) -> Specification:
         """The algorithm as a specification of the core."""
+
+    def __getattr__(self, name: str) -> Any:
+        """The hooks of the former base class, read from the specification (deprecated)."""
+        field = OLD_HOOKS.get(name)
+        if field is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        warnings.warn(f"{type(self).__name__}.{name} is deprecated: use "
+                      f".specification().{field}", DeprecationWarning, stacklevel=2)
+        return getattr(self.specification(), field)
 
     def _complete(self, **defaults: Any) -> None:
         """Fill the options left ``None`` with ``defaults``; check the specification builds.

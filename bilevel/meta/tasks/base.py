@@ -42,6 +42,13 @@ def check_count(name: str, value: Any, minimum: int = 1) -> int:
     return integer(minimum)(name, value)
 
 
+def _same_points(part: str, x: tuple[int, ...] | None, y: tuple[int, ...] | None) -> None:
+    if x is not None and x[1] != y[1]:
+        raise ValueError(
+            f"x_{part} {x} and y_{part} {y} must have the same number of points on axis 1"
+        )
+
+
 @dataclass
 class Episode:
     """A meta-batch of ``T`` few-shot tasks.
@@ -72,13 +79,13 @@ class Episode:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if (self.x_query is None) != (self.y_query is None):
+            raise ValueError("Episode needs both x_query and y_query, or neither")
         shapes = {
             name: tuple(getattr(self, name).shape)
             for name in ("x_support", "y_support", "x_query", "y_query")
             if getattr(self, name) is not None
         }
-        if (self.x_query is None) != (self.y_query is None):
-            raise ValueError("Episode needs both x_query and y_query, or neither")
         t = {s[0] if s else None for s in shapes.values()}
         if len(t) != 1 or None in t:
             raise ValueError(
@@ -86,12 +93,7 @@ class Episode:
                 + ", ".join(f"{k}={v}" for k, v in shapes.items())
             )
         for part in ("support", "query"):
-            x, y = shapes.get(f"x_{part}"), shapes.get(f"y_{part}")
-            if x is not None and x[1] != y[1]:
-                raise ValueError(
-                    f"x_{part} {x} and y_{part} {y} must have the same number of points on "
-                    "axis 1"
-                )
+            _same_points(part, shapes.get(f"x_{part}"), shapes.get(f"y_{part}"))
 
     @property
     def n_tasks(self) -> int:
