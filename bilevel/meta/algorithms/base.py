@@ -26,7 +26,7 @@ __all__ = ["MetaAlgorithm", "Specified", "head_model", "meta_model", "specified"
 
 PROTOCOL = ("init", "apply", "loss", "n_params")
 OLD_HOOKS = {"inner_objective": "inner", "outer_objective": "outer", "init_map": "init",
-             "adapted": "adapted", "oracles": "oracles"}
+             "adapted": "adapted"}
 
 
 def meta_model(name: str, model: Any) -> Any:

@@ -3,7 +3,7 @@
 An :class:`Episode` is a meta-batch of ``T`` tasks, each with a support set (used by the
 inner adaptation, ``L̂_i``) and a query set (used by the outer objective, ``L_i``).
 Every array carries the task axis first, so models and solvers process the whole
-meta-batch in one vectorized call (DESIGN principle 3).
+meta-batch in one vectorized call.
 
 A sampler is any object with ``sample(n_tasks, rng) -> Episode`` and the attributes
 ``loss`` (``"mse"`` or ``"cross_entropy"``), ``n_shot``, ``n_query`` and ``backend``;
