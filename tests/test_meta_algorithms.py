@@ -386,3 +386,104 @@ def test_bad_arguments_raise_clear_errors(model, colearner):
     ep = Sinusoid(n_shot=2, n_query=2).sample(1, np.random.default_rng(0))
     with pytest.raises(ValueError, match="params"):
         alg.meta_gradient(np.zeros(3), ep)
+
+
+# ------------------------------------------------------------------ specifications
+def test_registry_names_every_algorithm_in_every_spelling(model):
+    from bilevel.meta.algorithms import FOMAML
+    from bilevel.registry import lookup, names
+
+    want = {"maml": MAML, "fomaml": FOMAML, "anil": ANIL, "imaml": IMAML, "amaml": AMAML,
+            "A-MAML": AMAML, "reptile": Reptile, "memory-reduced": MemoryReduced,
+            "memory_reduced": MemoryReduced, "MemoryReduced": MemoryReduced,
+            "pretrain": Pretrain, "cml": CML}
+    for name, cls in want.items():
+        assert lookup("algorithm", name) is cls, name
+    assert {"maml", "fomaml", "memory-reduced", "cml"} <= set(names("algorithm"))
+
+
+def test_fomaml_is_maml_first_order_through_the_core_method(model, episode):
+    from bilevel.meta.algorithms import FOMAML
+    from bilevel.methods import FirstOrder
+
+    fo = FOMAML(model, 0.1, 3)
+    assert fo.first_order and isinstance(fo.method, FirstOrder)
+    theta = theta_of(fo)
+    g1, info = fo.meta_gradient(theta, episode)
+    g2, _ = MAML(model, 0.1, 3, first_order=True).meta_gradient(theta, episode)
+    np.testing.assert_array_equal(g1, g2)
+    assert info["method"] == "FirstOrder()" and info["n_hvp"] == 0
+    with pytest.raises(ValueError, match="first_order"):
+        MAML(model, 0.1, 3, first_order=True, method=Reverse())
+
+
+def test_meta_step_reads_as_attributes_and_as_a_mapping(model, episode):
+    from bilevel.meta.algorithms import MetaStep
+
+    alg = IMAML(model, reg=5.0, inner_lr=0.05, steps=5)
+    grad, step = alg.meta_gradient(theta_of(alg), episode)
+    assert isinstance(step, MetaStep)
+    assert step["loss"] == step.loss and step.get("success") is step.success
+    assert step["grad"] is grad and step.result.grad.shape == (3, grad.size)
+    assert step["inner_residual"] == step.diagnostics["inner_residual"]
+    assert step.get("nonexistent", 7) == 7 and "nonexistent" not in step
+    with pytest.raises(KeyError):
+        step["nonexistent"]
+    keys = set(dict(step))
+    assert {"loss", "success", "message", "task_success", "success_fraction", "n_grad",
+            "n_hvp", "n_jvp", "method", "inner_residual"} <= keys
+    assert step["task_success"].shape == (3,) and step["success_fraction"] == 1.0
+
+
+def test_meta_gradient_reports_failures_without_warning():
+    """Failures are read from the result (on_failure="ignore"), never warned about."""
+    ep, qmodel, theta = quadratic_setup()
+    alg = MAML(qmodel, 1e200, 4)  # the inner loop overflows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="ignore"):
+            grad, info = alg.meta_gradient(theta, ep)
+    assert not info["success"] and info["success_fraction"] == 0.0
+    assert "non-finite" in info["message"] and np.isnan(info["loss"])
+    assert np.all(np.isnan(grad))
+
+
+@pytest.mark.parametrize("name", ["maml", "anil", "amaml", "cml", "cml_anil"])
+def test_algorithms_pickle_and_compare(name, model, colearner, episode):
+    import pickle
+
+    alg = configured(model, colearner)[name]
+    copy = pickle.loads(pickle.dumps(alg))
+    params = theta_of(alg)
+    np.testing.assert_array_equal(copy.meta_gradient(params, episode)[0],
+                                  alg.meta_gradient(params, episode)[0])
+    assert repr(copy) == repr(alg) and "model" not in repr(alg)
+
+
+def test_cml_is_a_transformation_of_the_base_specification(model, colearner):
+    from bilevel.meta.algorithms import cooperative
+
+    base = MemoryReduced(model, 0.2, 3)
+    spec = cooperative(base.specification(), model, colearner, 0.5)
+    assert spec.n_params == model.n_params + colearner.n_params
+    assert spec.init is None and spec.dynamics.steps == 3
+    assert CML(base, colearner, 0.5).n_params == spec.n_params
+
+
+def test_task_data_is_the_episode_type():
+    from bilevel.meta.algorithms import TaskData
+
+    assert TaskData is Episode
+    x = np.zeros((2, 3, 1))
+    assert Episode(x, x).x_query is None
+    with pytest.raises(ValueError, match="both x_query and y_query"):
+        Episode(x, x, x)
+
+
+def test_former_hooks_warn_and_read_the_specification(model, episode):
+    alg = IMAML(model, reg=5.0, inner_lr=0.05, steps=5)
+    with pytest.warns(DeprecationWarning, match=r"specification\(\)\.inner"):
+        inner = alg.inner_objective
+    assert inner is not None and callable(inner)
+    with pytest.raises(AttributeError, match="nothing"):
+        _ = alg.nothing

@@ -3,10 +3,10 @@
 Task samplers (:mod:`bilevel.meta.tasks`) produce episodes with a leading task axis;
 models (:mod:`bilevel.meta.models`) are pure functions of flat parameter vectors
 evaluated on a whole meta-batch at once; algorithms (:mod:`bilevel.meta.algorithms`)
-configure the hypergradient core (MAML is ``Reverse`` through gradient descent, iMAML is
-``Implicit`` on a proximal inner problem, ...); :mod:`bilevel.meta.train` runs the outer
-loop. Outer optimizers (Adam, SGD) live in :mod:`bilevel.optim`, shared with the
-hyperparameter-optimization layer.
+are specifications of the hypergradient core (MAML is ``Reverse`` through gradient
+descent, iMAML is ``Implicit`` on a proximal inner problem, ...);
+:mod:`bilevel.meta.train` runs the outer loop. Outer optimizers (Adam, SGD) live in
+:mod:`bilevel.optim`, shared with the hyperparameter-optimization layer.
 """
 
 from .models import MLP, Conv4, Model, QuadraticModel

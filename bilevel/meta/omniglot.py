@@ -20,11 +20,14 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..validation import integer
 
 __all__ = ["OmniglotImages", "load_omniglot", "clear_cache"]
 
@@ -115,21 +118,34 @@ def load_omniglot(path: str | os.PathLike, image_size: int = 28) -> OmniglotImag
     FileNotFoundError
         When ``path`` does not exist or holds no Omniglot images.
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    image_size = integer(1)("image_size", image_size)
     root = Path(path).expanduser().resolve()
     zips, pngs = _sources(root)
-    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in zips)
-    stamp += tuple((str(p), p.stat().st_size) for p in pngs)
-    cache_key = (stamp, image_size)
-    if cache_key in _CACHE:
-        return _CACHE[cache_key]
+    cache_key = (_stamp(zips, pngs), image_size)
+    if cache_key not in _CACHE:
+        with ExitStack() as stack:
+            archives = [stack.enter_context(zipfile.ZipFile(z)) for z in zips]
+            found = _index(archives, pngs)
+            if not found:
+                raise FileNotFoundError(
+                    f"no Omniglot images under {str(root)!r}: expected zip archives or folders "
+                    "laid out as <split>/<alphabet>/<character>/<id>.png"
+                )
+            _CACHE[cache_key] = _decode_all(found, image_size)
+    return _CACHE[cache_key]
 
+
+def _stamp(zips: list[Path], pngs: list[Path]) -> tuple:
+    """What identifies the files' contents: paths, sizes (and archive mtimes)."""
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in zips)
+    return stamp + tuple((str(p), p.stat().st_size) for p in pngs)
+
+
+def _index(archives: list[zipfile.ZipFile],
+           pngs: list[Path]) -> dict[tuple[str, str, str], tuple[Any, str]]:
+    """``(alphabet, character, file) -> (archive or None, name)``, first source wins."""
     found: dict[tuple[str, str, str], tuple[Any, str]] = {}
-    archives = []
-    for z in zips:
-        archive = zipfile.ZipFile(z)
-        archives.append(archive)
+    for archive in archives:
         for name in archive.namelist():
             key = _key(tuple(name.rstrip("/").split("/")))
             if key is not None:
@@ -138,13 +154,12 @@ def load_omniglot(path: str | os.PathLike, image_size: int = 28) -> OmniglotImag
         key = _key(p.parts)
         if key is not None:
             found.setdefault(key, (None, str(p)))
-    if not found:
-        for archive in archives:
-            archive.close()
-        raise FileNotFoundError(
-            f"no Omniglot images under {str(root)!r}: expected zip archives or folders laid out "
-            "as <split>/<alphabet>/<character>/<id>.png"
-        )
+    return found
+
+
+def _decode_all(found: dict[tuple[str, str, str], tuple[Any, str]],
+                image_size: int) -> OmniglotImages:
+    """Decode every indexed image, in (alphabet, character, file) order."""
     keys = sorted(found)
     characters = tuple(sorted({(k[0], k[1]) for k in keys}))
     index = {c: i for i, c in enumerate(characters)}
@@ -153,13 +168,9 @@ def load_omniglot(path: str | os.PathLike, image_size: int = 28) -> OmniglotImag
         archive, name = found[key]
         data = archive.read(name) if archive is not None else Path(name).read_bytes()
         images[i] = _decode(data, image_size)
-    for archive in archives:
-        archive.close()
-    result = OmniglotImages(
+    return OmniglotImages(
         images=images,
         character=np.array([index[(k[0], k[1])] for k in keys], dtype=np.int64),
         characters=characters,
         alphabets=tuple(sorted({c[0] for c in characters})),
     )
-    _CACHE[cache_key] = result
-    return result

@@ -3,7 +3,7 @@
 An :class:`Episode` is a meta-batch of ``T`` tasks, each with a support set (used by the
 inner adaptation, ``L̂_i``) and a query set (used by the outer objective, ``L_i``).
 Every array carries the task axis first, so models and solvers process the whole
-meta-batch in one vectorized call (DESIGN principle 3).
+meta-batch in one vectorized call.
 
 A sampler is any object with ``sample(n_tasks, rng) -> Episode`` and the attributes
 ``loss`` (``"mse"`` or ``"cross_entropy"``), ``n_shot``, ``n_query`` and ``backend``;
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from bilevel import backend as _backend
+from bilevel.validation import integer
 
 __all__ = ["Episode", "TaskSampler", "check_rng", "check_count"]
 
@@ -38,9 +39,14 @@ def check_rng(rng: Any) -> np.random.Generator:
 
 def check_count(name: str, value: Any, minimum: int = 1) -> int:
     """``value`` as an int at least ``minimum``, or a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return integer(minimum)(name, value)
+
+
+def _same_points(part: str, x: tuple[int, ...] | None, y: tuple[int, ...] | None) -> None:
+    if x is not None and x[1] != y[1]:
+        raise ValueError(
+            f"x_{part} {x} and y_{part} {y} must have the same number of points on axis 1"
+        )
 
 
 @dataclass
@@ -54,26 +60,31 @@ class Episode:
     y_support : array, shape ``(T, S)`` or ``(T, S, d)``
         Support targets: integer class labels ``(T, S)`` for classification, float
         targets ``(T, S, d)`` for regression.
-    x_query : array, shape ``(T, Q, ...)``
-        Query inputs.
-    y_query : array, shape ``(T, Q)`` or ``(T, Q, d)``
+    x_query : array, shape ``(T, Q, ...)``, optional
+        Query inputs (``None`` where only the support sets are known, e.g. test-time
+        adaptation).
+    y_query : array, shape ``(T, Q)`` or ``(T, Q, d)``, optional
         Query targets.
     info : dict
         Task parameters (arrays with the task axis first, on the episode's backend) and
         bookkeeping, e.g. ``amplitude``/``phase`` (sinusoids), ``P, a, Q, b`` (quadratic
-        tasks), ``classes`` (few-shot classification), ``split``.
+        tasks), ``classes`` (few-shot classification), ``split``, and per-batch caches of
+        the algorithms (``support_features``).
     """
 
     x_support: Any
     y_support: Any
-    x_query: Any
-    y_query: Any
+    x_query: Any = None
+    y_query: Any = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if (self.x_query is None) != (self.y_query is None):
+            raise ValueError("Episode needs both x_query and y_query, or neither")
         shapes = {
             name: tuple(getattr(self, name).shape)
             for name in ("x_support", "y_support", "x_query", "y_query")
+            if getattr(self, name) is not None
         }
         t = {s[0] if s else None for s in shapes.values()}
         if len(t) != 1 or None in t:
@@ -81,16 +92,8 @@ class Episode:
                 "Episode arrays must share the leading task axis T; got shapes "
                 + ", ".join(f"{k}={v}" for k, v in shapes.items())
             )
-        if shapes["x_support"][1] != shapes["y_support"][1]:
-            raise ValueError(
-                f"x_support {shapes['x_support']} and y_support {shapes['y_support']} must "
-                "have the same number of points on axis 1"
-            )
-        if shapes["x_query"][1] != shapes["y_query"][1]:
-            raise ValueError(
-                f"x_query {shapes['x_query']} and y_query {shapes['y_query']} must have the "
-                "same number of points on axis 1"
-            )
+        for part in ("support", "query"):
+            _same_points(part, shapes.get(f"x_{part}"), shapes.get(f"y_{part}"))
 
     @property
     def n_tasks(self) -> int:
@@ -119,10 +122,8 @@ class Episode:
             return v
 
         return Episode(
-            self.x_support[sl],
-            self.y_support[sl],
-            self.x_query[sl],
-            self.y_query[sl],
+            *(None if a is None else a[sl]
+              for a in (self.x_support, self.y_support, self.x_query, self.y_query)),
             {k: cut(v) for k, v in self.info.items()},
         )
 

@@ -100,7 +100,7 @@ class Sinusoid(TaskSampler):
 
 
 class QuadraticTasks(TaskSampler):
-    """Quadratic tasks with known optima, for closed-form checks (ALGORITHMS §5 V8–V10).
+    """Quadratic tasks with known optima, for the closed-form checks of iMAML, A-MAML, MAML.
 
     Task ``i`` has the support loss ``L̂_i(φ) = ½(φ − a_i)ᵀP_i(φ − a_i)`` and the query
     loss ``L_i(φ) = ½(φ − b_i)ᵀQ_i(φ − b_i)`` on ``φ ∈ R^dim``. Both are least squares

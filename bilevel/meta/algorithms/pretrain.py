@@ -1,0 +1,61 @@
+"""Joint training, the "pretrained" baseline: one network fitted to all tasks at once."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass
+from typing import Any
+
+import numpy as np
+from autograd.core import make_vjp
+
+import bilevel.numpy as bnp
+
+from ...backend import namespace, to_numpy
+from ...registry import register
+from ...validation import Validated, integer, option, positive
+from .base import MetaAlgorithm, meta_model
+from .maml import MAML
+from .specification import check_params
+from .step import MetaStep
+
+__all__ = ["Pretrain"]
+
+
+def joint_loss(model: Any, episode: Any, theta: Any) -> Any:
+    """``(1/T) Σ_i ½(L̂_i(θ) + L_i(θ))``: the mean loss over support and query sets."""
+    T = int(episode.x_support.shape[0])
+    th = bnp.broadcast_to(theta[None, :], (T, theta.shape[0]))
+    ls = model.loss(model.apply(th, episode.x_support), episode.y_support)
+    lq = model.loss(model.apply(th, episode.x_query), episode.y_query)
+    return bnp.mean(0.5 * (ls + lq))
+
+
+@register("algorithm")
+@dataclass(frozen=True)
+class Pretrain(Validated, MetaAlgorithm):
+    """Joint-training baseline: minimize the mean loss over all tasks, without adaptation.
+
+    ``∇_θ (1/T) Σ_i ½(L̂_i(θ) + L_i(θ))`` on support and query sets together (the
+    "pretrained" baseline of MAML's sinusoid experiment). Test-time adaptation runs
+    ``steps`` gradient steps of ``inner_lr`` on the support loss of the full network (or
+    pass any algorithm's :meth:`adapt` to compare under the same procedure).
+    """
+
+    name = "pretrain"
+    model: Any = option(MISSING, check=meta_model, repr=False)
+    inner_lr: float = option(0.01, check=positive)
+    steps: int = option(1, check=integer(1))
+
+    def meta_gradient(self, params: Any, episode: Any,
+                      drop_failed: bool = True) -> tuple[Any, MetaStep]:
+        """Gradient of the joint loss over the meta-batch and its step (no per-task flags)."""
+        check_params(params, self.n_params)
+        vjp, value = make_vjp(lambda theta: joint_loss(self.model, episode, theta), params)
+        grad = vjp(namespace(params).asarray(1.0, dtype=params.dtype))
+        ok = bool(np.all(np.isfinite(to_numpy(grad))))
+        return grad, MetaStep(grad=grad, loss=float(to_numpy(value)), success=ok,
+                              n_grad=1, method="joint")
+
+    def adapt(self, params: Any, x_support: Any, y_support: Any) -> Any:
+        """``steps`` gradient steps of ``inner_lr`` on the support loss (as MAML)."""
+        return MAML(self.model, self.inner_lr, self.steps).adapt(params, x_support, y_support)
