@@ -60,7 +60,7 @@ def test_ridge_unrolled_large_K_matches_closed_form(method):
 def test_ridge_generated_exact_from_solution(gen):
     """Started at w* (one inner step keeps it there), AID-CG is the IFT answer."""
     w_star = gen.references["w_star"]
-    res = hypergrad(gen.problem, gen.lam, w_star, dynamics=gen.inner, method=Implicit(CG()))
+    res = hypergrad(gen.problem, gen.lam, w_star, dynamics=gen.dynamics, method=Implicit(CG()))
     np.testing.assert_allclose(res.grad, gen.references["exact"], rtol=1e-8, atol=1e-10)
     assert res.success
 
@@ -144,7 +144,7 @@ def test_imaml_quadratic_batched_closed_form():
 
 @given(imaml_tasks(n=(1, 4), steps=(1, 2)))
 def test_imaml_generated(gen):
-    res = hypergrad(gen.problem, gen.lam, gen.references["w_star"], dynamics=gen.inner,
+    res = hypergrad(gen.problem, gen.lam, gen.references["w_star"], dynamics=gen.dynamics,
                     method=Implicit(CG()))
     np.testing.assert_allclose(res.grad, gen.references["exact"], rtol=1e-8, atol=1e-10)
 
