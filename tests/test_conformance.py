@@ -56,7 +56,10 @@ FAMILIES = {
     "quadratic": lambda batch, **kw: quadratic_problems(n=(1, 4), m=(1, 3), batch=batch, **kw),
     "ridge": lambda batch, **kw: ridge_problems(n=(1, 4), batch=batch, **kw),
     "imaml": lambda batch, **kw: imaml_tasks(n=(1, 4), batch=batch, **kw),
-    "gradient-flow": lambda batch, **kw: gradient_flow_problems(n=(1, 3), batch=batch, **kw),
+    "gradient-flow": lambda batch, **kw: st.one_of(*(
+        gradient_flow_problems(n=(1, 3), batch=batch, scheme=scheme, **kw)
+        for scheme in ("euler", "heun", "rk4")
+    )),
     "mlp": lambda batch, **kw: mlp_problems(batch=batch, **kw),
 }
 #: tolerance on the unrolled reference: closed forms to rounding, finite differences ~1e-9

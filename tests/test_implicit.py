@@ -77,7 +77,7 @@ def test_cg_with_n_iterations_equals_direct():
 
 
 def scale(fun, c):
-    return lambda w, lam: c * fun(w, lam)
+    return lambda w, lam, data: c * fun(w, lam, data)
 
 
 def test_scale_invariance_of_the_implicit_system():
@@ -85,7 +85,7 @@ def test_scale_invariance_of_the_implicit_system():
     problem, lam, w_star, exact, A, _ = ridge(seed=1)
     inner = GradientDescent(1e-3, 1)
     for c in (0.1, 1.0, 10.0):
-        scaled = BilevelProblem(scale(problem.inner, c), problem.outer)
+        scaled = BilevelProblem(scale(problem.inner, c), problem.outer, data=problem.data)
         res = hypergrad(scaled, lam, w_star, dynamics=inner, method=Implicit(CG(), inner_tol=None))
         assert relerr(res.grad, exact) < 1e-10
         np.testing.assert_allclose(res.v, np.linalg.solve(c * A, problem.outer_grads(

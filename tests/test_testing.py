@@ -18,7 +18,6 @@ from bilevel import (
     Direct,
     Forward,
     GradientFlow,
-    Historyless,
     Implicit,
     Reverse,
     hypergrad,
@@ -198,43 +197,7 @@ def test_mlp_reference_matches_plain_central_differences():
 
 
 # --------------------------------------------------------------------- methods against references
-@given(quadratic_problems(n=(1, 5), m=(1, 3), steps=(1, 20)))
-def test_unrolled_methods_match_quadratic_closed_form(gen):
-    for method in (Reverse(), Forward(warn_ratio=np.inf), Reverse(checkpoints=2)):
-        check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, method=method,
-                        reference=gen.references["unrolled"], rtol=1e-9)
-
-
-@settings(max_examples=6)
-@given(quadratic_problems(n=(1, 5), m=(1, 3), steps=120, condition_number=4.0))
-def test_implicit_family_matches_exact_quadratic(gen):
-    # q^K = 0.75^120 ≈ 1e-15: the inner solve is exact to rounding
-    for method in (Implicit(CG(tol=1e-12)), Implicit(Direct()), Historyless()):
-        check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, method=method,
-                        reference=gen.references["exact"], rtol=1e-7)
-
-
-@given(ridge_problems(n=(1, 4), steps=(1, 20)))
-def test_reverse_and_forward_match_ridge_closed_form_and_fd(gen):
-    check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, method=Reverse(),
-                    reference=gen.references["unrolled"], rtol=1e-9)
-    check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, method=Forward(),
-                    reference="finite-differences", rtol=1e-7)
-
-
-@settings(max_examples=6)
-@given(ridge_problems(n=(1, 4), steps=150, condition_number=4.0, batch=2))
-def test_implicit_matches_exact_ridge_batched(gen):
-    check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics,
-                    method=Implicit(CG(tol=1e-12)), reference=gen.references["exact"], rtol=1e-7)
-
-
-@settings(max_examples=4)
-@given(gradient_flow_problems(n=(1, 3), steps=(1, 12), scheme="heun"))
-def test_discrete_adjoint_matches_unrolled_flow(gen):
-    for method in (Adjoint(), Reverse()):
-        check_hypergrad(gen.problem, gen.lam, dynamics=gen.dynamics, method=method,
-                        reference=gen.references["unrolled"], rtol=1e-9)
+# Every method against every family's references: tests/test_conformance.py.
 
 
 def test_discrete_flow_converges_to_the_matrix_exponential():
@@ -247,38 +210,6 @@ def test_discrete_flow_converges_to_the_matrix_exponential():
         errors.append(np.linalg.norm(res.grad - gen.references["flow"]))
     assert errors[0] > 0
     assert errors[1] < errors[0] / 10 and errors[2] < errors[1] / 10, errors
-
-
-@settings(max_examples=6)
-@given(imaml_tasks(n=(1, 4), steps=120, condition_number=4.0, batch=2))
-def test_implicit_is_imaml_and_reverse_is_maml_through_g(gen):
-    check_hypergrad(gen.problem, gen.lam, dynamics=gen.dynamics, method=Implicit(CG(tol=1e-12)),
-                    reference=gen.references["exact"], rtol=1e-7)
-    check_hypergrad(gen.problem, gen.lam, dynamics=gen.dynamics, method=Reverse(),
-                    reference=gen.references["unrolled"], rtol=1e-9)
-
-
-@settings(max_examples=6)
-@given(mlp_problems(steps=(1, 6)))
-def test_methods_on_mlp_match_fd_and_each_other(gen):
-    for method in (Reverse(), Forward(warn_ratio=np.inf)):
-        check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, method=method,
-                        reference=gen.references["unrolled"], rtol=1e-6)
-    # V3: the discrete adjoint of explicit Euler is reverse mode through gradient descent
-    lr, K = gen.info["lr"], gen.info["steps"]
-    flow = GradientFlow(lr * K, K, scheme="euler")
-    a = hypergrad(gen.problem, gen.lam, gen.w0, dynamics=flow, method=Adjoint()).grad
-    _close(a, gen.references["unrolled"], 1e-6)
-
-
-@settings(max_examples=4)
-@given(quadratic_problems(n=(2, 4), m=(1, 2), steps=(5, 15), batch=3),
-       mlp_problems(steps=(1, 4), batch=2))
-def test_batched_problems_match_references(quad, mlp):
-    for gen, rtol in ((quad, 1e-9), (mlp, 1e-6)):
-        assert gen.lam.shape[0] == gen.w0.shape[0] == gen.info["batch"]
-        check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, method=Reverse(),
-                        reference=gen.references["unrolled"], rtol=rtol)
 
 
 @settings(max_examples=4)
@@ -385,7 +316,7 @@ def test_check_hypergrad_argument_errors():
 def test_old_inner_keyword_and_attribute_warn_and_still_work():
     gen = _fixed_quadratic(K=5)
     with pytest.warns(DeprecationWarning, match="dynamics"):
-        dyn = gen.dynamics
+        dyn = gen.inner
     assert dyn is gen.dynamics
     with pytest.warns(DeprecationWarning, match="dynamics="):
         old = check_hypergrad(gen.problem, gen.lam, gen.w0, inner=dyn)
