@@ -17,6 +17,7 @@ from bilevel import (
     BilevelProblem,
     Direct,
     Forward,
+    GradientDescent,
     GradientFlow,
     Implicit,
     Reverse,
@@ -34,6 +35,8 @@ from bilevel.testing import (
     mlp_problems,
     quadratic_problems,
     register_profiles,
+    ridge_hypergrads,
+    ridge_problem,
     ridge_problems,
 )
 from bilevel.testing.closed_forms import STABILITY_POLYNOMIALS, divided_power_differences
@@ -109,6 +112,40 @@ def test_ridge_references_match_dense_recursion_and_fd(gen):
 
     _close(gen.references["exact"], _fd(F, lam), 1e-6)
     assert np.linalg.cond(A) <= 20.0 * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("mean", [False, True])
+@pytest.mark.parametrize("log_penalty", [True, False])
+@pytest.mark.parametrize("m", [1, 3])
+def test_ridge_closed_form_options_match_reverse_mode(mean, log_penalty, m):
+    """Means, ρ = λ and one shared penalty: the closed forms against Reverse on the builder."""
+    rng = np.random.default_rng(m)
+    X, y = rng.standard_normal((9, 3)), rng.standard_normal(9)
+    Xv, yv = rng.standard_normal((5, 3)), rng.standard_normal(5)
+    lam, w0 = rng.uniform(0.2, 1.0, m), rng.standard_normal(3)
+    problem = ridge_problem(X, y, Xv, yv, mean=mean, log_penalty=log_penalty)
+    closed = ridge_hypergrads(X, y, Xv, yv, lam, w0, 0.05, 30, mean=mean,
+                              log_penalty=log_penalty)
+    res = hypergrad(problem, lam, w0, dynamics=GradientDescent(0.05, 30), method=Reverse())
+    _close(res.grad, closed["unrolled"], 1e-10)
+    _close(res.w, closed["w_unrolled"], 1e-10)
+    at_solution = hypergrad(problem, lam, closed["w_star"], dynamics=GradientDescent(0.05, 2),
+                            method=Implicit(Direct()))
+    _close(at_solution.grad, closed["exact"], 1e-9)
+
+
+def test_ridge_problem_takes_any_penalty_map():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((8, 4)), rng.standard_normal(8)
+    Xv, yv = rng.standard_normal((5, 4)), rng.standard_normal(5)
+    groups = np.eye(2)[np.arange(4) % 2]  # one penalty per group of features
+    grouped = ridge_problem(X, y, Xv, yv, penalty=lambda lam: np.exp(lam) @ groups.T)
+    per_feature = ridge_problem(X, y, Xv, yv)
+    lam, w0 = np.array([0.3, -0.2]), rng.standard_normal(4)
+    inner = GradientDescent(0.05, 20)
+    a = hypergrad(grouped, lam, w0, dynamics=inner).grad
+    b = hypergrad(per_feature, groups @ lam, w0, dynamics=inner).grad
+    _close(a, groups.T @ b, 1e-12)
 
 
 def _rk_dense(S, c, r, theta, h, K, scheme):

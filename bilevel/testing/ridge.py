@@ -77,6 +77,7 @@ def ridge_problem(
     *,
     mean: bool = False,
     log_penalty: bool = True,
+    penalty: Callable[[Any], Any] | None = None,
     name: str = "ridge",
     **problem_options: Any,
 ) -> BilevelProblem:
@@ -90,6 +91,9 @@ def ridge_problem(
         Mean squared errors (``1/N``, ``1/N_v``) instead of sums.
     log_penalty : bool
         ``ρ = exp(λ)`` (default) or ``ρ = λ``.
+    penalty : callable, optional
+        ``λ ↦ ρ`` of shape ``(d,)``, overriding ``log_penalty`` (e.g. one penalty per group
+        of features: ``exp(λ) @ Gᵀ``).
     name : str
         The problem's name.
     **problem_options
@@ -101,6 +105,8 @@ def ridge_problem(
         ``w`` of shape ``(d,)`` or ``(B, d)``, ``λ`` of shape ``(d,)`` (or ``(1,)``: one
         shared penalty) or ``(B, ·)``.
     """
-    g, f = ridge_objectives(mean=mean, penalty=None if log_penalty else _identity)
+    if penalty is None and not log_penalty:
+        penalty = _identity
+    g, f = ridge_objectives(mean=mean, penalty=penalty)
     data = {"X": X, "y": y, "X_val": X_val, "y_val": y_val}
     return BilevelProblem(g, f, data=data, name=name, **problem_options)
