@@ -21,6 +21,9 @@ factory                        w                       λ                       
 (:class:`TunedGradientDescent`, :class:`TunedMomentum`), not in ``g``: they are
 differentiated by :class:`~bilevel.Forward` or :class:`~bilevel.Reverse`; the implicit
 methods see no dependence on them (the inner solution does not depend on the step size).
+Those dynamics live in :mod:`bilevel.hpo.tuned_dynamics`, the argument checks in
+:mod:`bilevel.hpo.inputs`; :func:`ridge` is :func:`bilevel.testing.ridge_problem` with mean
+squared errors.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 from ..problem import BilevelProblem
 from ._ops import ops
 
-__all__ = ["ridge_objectives", "ridge_problem"]
+__all__ = ["linear", "ridge_objectives", "ridge_problem"]
 
 Objectives = tuple[Callable[..., Any], Callable[..., Any]]
 
