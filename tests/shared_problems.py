@@ -1,10 +1,13 @@
-"""Small test problems shared by several test modules (ridge V7 and a tanh MLP)."""
+"""Small test problems shared by several test modules (ridge V7 and a tanh MLP).
+
+The ridge problem and its closed form are those of :mod:`bilevel.testing`."""
 
 import autograd.numpy as anp
 import numpy as np
 
-from bilevel import BilevelProblem, GradientDescent, GradientFlow, Momentum
+from bilevel import GradientDescent, GradientFlow, Momentum
 from bilevel.dynamics import minibatch_indices
+from bilevel.testing import ridge_hypergrads, ridge_problem
 
 SIZES = [(3, 4), (4, 1)]
 N_MLP = sum(a * b + b for a, b in SIZES)
@@ -38,25 +41,16 @@ def ridge_data(seed=0, n=4, rows=12):
 def ridge_exact(seed, lam, n=4, rows=12):
     """V7 closed form ∇F(λ) = −e^λ ⊙ w* ⊙ A⁻¹X_vᵀr_v on ``ridge_data(seed)``."""
     X, y, Xv, yv, _ = ridge_data(seed, n, rows)
-    A = X.T @ X + np.diag(np.exp(lam))
-    w_star = np.linalg.solve(A, X.T @ y)
-    return -np.exp(lam) * w_star * np.linalg.solve(A, Xv.T @ (Xv @ w_star - yv))
+    return ridge_hypergrads(X, y, Xv, yv, lam)["exact"]
 
 
 def ridge(seed=0, n=4, rows=12):
     """(problem, λ, w*, exact ∇F, A, 1/λ_max(A)) for per-feature ridge (V7)."""
     X, y, Xv, yv, lam = ridge_data(seed, n, rows)
-
-    def g(w, lam):
-        return 0.5 * anp.sum((X @ w - y) ** 2) + 0.5 * anp.sum(anp.exp(lam) * w**2)
-
-    def f(w, lam):
-        return 0.5 * anp.sum((Xv @ w - yv) ** 2)
-
-    A = X.T @ X + np.diag(np.exp(lam))
-    w_star = np.linalg.solve(A, X.T @ y)
-    exact = ridge_exact(seed, lam, n, rows)
-    return BilevelProblem(g, f), lam, w_star, exact, A, 1.0 / np.linalg.eigvalsh(A)[-1]
+    closed = ridge_hypergrads(X, y, Xv, yv, lam)
+    A = closed["hessian"]
+    problem = ridge_problem(X, y, Xv, yv)
+    return problem, lam, closed["w_star"], closed["exact"], A, 1.0 / np.linalg.eigvalsh(A)[-1]
 
 
 def relerr(a, b):

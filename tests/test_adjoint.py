@@ -84,7 +84,7 @@ def smooth_problem(seed=0, n=3, init=False):
 @given(data=gradient_flow_problems(n=(1, 4), steps=(1, 12)))
 def test_discrete_adjoint_is_exact_gradient_of_the_scheme(scheme, trajectory, data):
     gen = data
-    inner = GradientFlow(gen.inner.horizon, gen.inner.steps, scheme)
+    inner = GradientFlow(gen.dynamics.horizon, gen.dynamics.steps, scheme)
     res = hypergrad(gen.problem, gen.lam, dynamics=inner, method=Adjoint(trajectory))
     ref = hypergrad(gen.problem, gen.lam, dynamics=inner, method=Reverse())
     np.testing.assert_allclose(res.grad, ref.grad, rtol=1e-11, atol=1e-13)
@@ -94,7 +94,7 @@ def test_discrete_adjoint_is_exact_gradient_of_the_scheme(scheme, trajectory, da
 
 @given(gradient_flow_problems(n=(1, 4), steps=(1, 12), batch=2))
 def test_batched_rk4_matches_unrolled_reference(gen):
-    res = hypergrad(gen.problem, gen.lam, dynamics=gen.inner, method=Adjoint("checkpoint"))
+    res = hypergrad(gen.problem, gen.lam, dynamics=gen.dynamics, method=Adjoint("checkpoint"))
     assert res.grad.shape == gen.lam.shape
     np.testing.assert_allclose(res.grad, gen.references["unrolled"], rtol=1e-9, atol=1e-12)
 

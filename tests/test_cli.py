@@ -34,6 +34,7 @@ def test_cupy_without_gpu_is_a_clean_error(capsys, tmp_path):
     assert "Traceback" not in err and 'pip install "bilevel[gpu]"' in err
 
 
+@pytest.mark.slow  # integration run (seconds)
 def test_demo_quick_writes_report_and_resumes(tmp_path, capsys):
     out = os.fspath(tmp_path / "demo")
     assert main(["demo", "--quick", "--no-progress", "--out", out]) == 0
@@ -85,6 +86,7 @@ def test_bench_speed_quick_with_docs_page(tmp_path):
     assert os.path.exists(tmp_path / "docs" / "_static" / "bench" / "speed.png")
 
 
+@pytest.mark.slow  # integration run (seconds)
 def test_bench_memory_quick_per_method_rows(tmp_path, capsys):
     out = os.fspath(tmp_path)
     args = ["bench", "memory", "--quick", "--no-progress", "--out", out,

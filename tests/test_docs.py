@@ -9,6 +9,7 @@ import pytest
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
+@pytest.mark.slow  # integration run (seconds)
 def test_docs_build_without_warnings(tmp_path):
     pytest.importorskip("sphinx")
     pytest.importorskip("numpydoc")

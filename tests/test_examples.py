@@ -28,6 +28,7 @@ def _command(path: str) -> list[str]:
     return [sys.executable, path, "--quick"]
 
 
+@pytest.mark.slow  # integration run (seconds)
 @pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.basename(p) for p in EXAMPLES])
 def test_example_runs_quick(path, tmp_path):
     env = dict(os.environ, MPLBACKEND="Agg")

@@ -24,6 +24,7 @@ from bilevel.hpo import (
 from bilevel.linalg import CG, Direct
 from bilevel.methods.historyless import Historyless
 from bilevel.methods.implicit import Implicit
+from bilevel.testing import ridge_hypergrads
 
 
 def _regression(seed=0, n=40, d=4, noise=0.5):
@@ -64,14 +65,10 @@ def test_ridge_hypergrad_fd_and_closed_form():
     lam = np.array([-1.0, 0.5, -0.3, 0.1])
     _check_fd(prob, lam, np.zeros(4), GradientDescent(0.3, 25))
     # closed form at the exact inner solution: ∇F = −ρ ⊙ w* ⊙ (A + diag ρ)⁻¹ ∇_w f
-    rho = np.exp(lam)
-    A = X.T @ X / len(y)
-    w_star = np.linalg.solve(A + np.diag(rho), X.T @ y / len(y))
-    gw = Xv.T @ (Xv @ w_star - yv) / len(yv)
-    want = -rho * w_star * np.linalg.solve(A + np.diag(rho), gw)
-    res = hypergrad(prob, lam, w_star.copy(), dynamics=GradientDescent(0.3, 5),
+    closed = ridge_hypergrads(X, y, Xv, yv, lam, mean=True)
+    res = hypergrad(prob, lam, closed["w_star"].copy(), dynamics=GradientDescent(0.3, 5),
                     method=Implicit(Direct()))
-    np.testing.assert_allclose(res.grad, want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(res.grad, closed["exact"], rtol=1e-9, atol=1e-12)
 
 
 def test_ridge_shared_penalty_equals_sum_of_per_feature():

@@ -60,7 +60,7 @@ def test_ridge_unrolled_large_K_matches_closed_form(method):
 def test_ridge_generated_exact_from_solution(gen):
     """Started at w* (one inner step keeps it there), AID-CG is the IFT answer."""
     w_star = gen.references["w_star"]
-    res = hypergrad(gen.problem, gen.lam, w_star, dynamics=gen.inner, method=Implicit(CG()))
+    res = hypergrad(gen.problem, gen.lam, w_star, dynamics=gen.dynamics, method=Implicit(CG()))
     np.testing.assert_allclose(res.grad, gen.references["exact"], rtol=1e-8, atol=1e-10)
     assert res.success
 
@@ -77,7 +77,7 @@ def test_cg_with_n_iterations_equals_direct():
 
 
 def scale(fun, c):
-    return lambda w, lam: c * fun(w, lam)
+    return lambda w, lam, data: c * fun(w, lam, data)
 
 
 def test_scale_invariance_of_the_implicit_system():
@@ -85,7 +85,7 @@ def test_scale_invariance_of_the_implicit_system():
     problem, lam, w_star, exact, A, _ = ridge(seed=1)
     inner = GradientDescent(1e-3, 1)
     for c in (0.1, 1.0, 10.0):
-        scaled = BilevelProblem(scale(problem.inner, c), problem.outer)
+        scaled = BilevelProblem(scale(problem.inner, c), problem.outer, data=problem.data)
         res = hypergrad(scaled, lam, w_star, dynamics=inner, method=Implicit(CG(), inner_tol=None))
         assert relerr(res.grad, exact) < 1e-10
         np.testing.assert_allclose(res.v, np.linalg.solve(c * A, problem.outer_grads(
@@ -144,7 +144,7 @@ def test_imaml_quadratic_batched_closed_form():
 
 @given(imaml_tasks(n=(1, 4), steps=(1, 2)))
 def test_imaml_generated(gen):
-    res = hypergrad(gen.problem, gen.lam, gen.references["w_star"], dynamics=gen.inner,
+    res = hypergrad(gen.problem, gen.lam, gen.references["w_star"], dynamics=gen.dynamics,
                     method=Implicit(CG()))
     np.testing.assert_allclose(res.grad, gen.references["exact"], rtol=1e-8, atol=1e-10)
 

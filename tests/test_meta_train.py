@@ -194,6 +194,7 @@ def make(name, model):
     }[name]()
 
 
+@pytest.mark.slow  # integration run (seconds)
 @pytest.mark.parametrize(
     "name", ["maml", "fomaml", "anil", "reptile", "imaml", "amaml", "memory_reduced", "cml"]
 )

@@ -23,6 +23,7 @@ from bilevel import (
 )
 from bilevel.dynamics import run
 from bilevel.linalg import neumann
+from bilevel.testing import ridge_hypergrads, ridge_problem
 
 # --------------------------------------------------------------------------- problems
 
@@ -56,26 +57,16 @@ def lq_closed_form(mats, lam, w0, alpha, K):
 
 
 def ridge(n_feat, seed):
-    """V7: per-feature log-penalties, g = ½‖Xw−y‖² + ½Σe^{λ_j}w_j², f = ½‖X_v w − y_v‖²."""
+    """V7 (bilevel.testing's ridge problem and closed form) on random data."""
     rng = np.random.default_rng(seed)
     X, y = rng.standard_normal((3 * n_feat, n_feat)), rng.standard_normal(3 * n_feat)
     Xv, yv = rng.standard_normal((2 * n_feat, n_feat)), rng.standard_normal(2 * n_feat)
 
-    def g(w, lam):
-        return 0.5 * anp.sum((w @ X.T - y) ** 2, axis=-1) + 0.5 * anp.sum(
-            anp.exp(lam) * w**2, axis=-1
-        )
-
-    def f(w, lam):
-        return 0.5 * anp.sum((w @ Xv.T - yv) ** 2, axis=-1)
-
     def closed_form(lam):
-        A = X.T @ X + np.diag(np.exp(lam))
-        w_star = np.linalg.solve(A, X.T @ y)
-        r_v = Xv @ w_star - yv
-        return w_star, -np.exp(lam) * w_star * np.linalg.solve(A, Xv.T @ r_v), A
+        closed = ridge_hypergrads(X, y, Xv, yv, lam)
+        return closed["w_star"], closed["exact"], closed["hessian"]
 
-    return BilevelProblem(g, f), closed_form
+    return ridge_problem(X, y, Xv, yv), closed_form
 
 
 def mlp_problem(seed, n_data=10):

@@ -17,8 +17,8 @@ from bilevel import (
     BilevelProblem,
     Direct,
     Forward,
+    GradientDescent,
     GradientFlow,
-    Historyless,
     Implicit,
     Reverse,
     hypergrad,
@@ -35,6 +35,8 @@ from bilevel.testing import (
     mlp_problems,
     quadratic_problems,
     register_profiles,
+    ridge_hypergrads,
+    ridge_problem,
     ridge_problems,
 )
 from bilevel.testing.closed_forms import STABILITY_POLYNOMIALS, divided_power_differences
@@ -95,7 +97,7 @@ def test_quadratic_references_match_dense_recursion_and_fd(gen):
 @given(ridge_problems(n=(1, 4), steps=(1, 25)))
 def test_ridge_references_match_dense_recursion_and_fd(gen):
     d = _np(gen)
-    X, y, Xv, yv = d["X"], d["y"], d["Xv"], d["yv"]
+    X, y, Xv, yv = d["X"], d["y"], d["X_val"], d["y_val"]
     lam, w = gen.lam.copy(), gen.w0.copy()
     lr, K = gen.info["lr"], gen.info["steps"]
     A = X.T @ X + np.diag(np.exp(lam))
@@ -110,6 +112,40 @@ def test_ridge_references_match_dense_recursion_and_fd(gen):
 
     _close(gen.references["exact"], _fd(F, lam), 1e-6)
     assert np.linalg.cond(A) <= 20.0 * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("mean", [False, True])
+@pytest.mark.parametrize("log_penalty", [True, False])
+@pytest.mark.parametrize("m", [1, 3])
+def test_ridge_closed_form_options_match_reverse_mode(mean, log_penalty, m):
+    """Means, ρ = λ and one shared penalty: the closed forms against Reverse on the builder."""
+    rng = np.random.default_rng(m)
+    X, y = rng.standard_normal((9, 3)), rng.standard_normal(9)
+    Xv, yv = rng.standard_normal((5, 3)), rng.standard_normal(5)
+    lam, w0 = rng.uniform(0.2, 1.0, m), rng.standard_normal(3)
+    problem = ridge_problem(X, y, Xv, yv, mean=mean, log_penalty=log_penalty)
+    closed = ridge_hypergrads(X, y, Xv, yv, lam, w0, 0.05, 30, mean=mean,
+                              log_penalty=log_penalty)
+    res = hypergrad(problem, lam, w0, dynamics=GradientDescent(0.05, 30), method=Reverse())
+    _close(res.grad, closed["unrolled"], 1e-10)
+    _close(res.w, closed["w_unrolled"], 1e-10)
+    at_solution = hypergrad(problem, lam, closed["w_star"], dynamics=GradientDescent(0.05, 2),
+                            method=Implicit(Direct()))
+    _close(at_solution.grad, closed["exact"], 1e-9)
+
+
+def test_ridge_problem_takes_any_penalty_map():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((8, 4)), rng.standard_normal(8)
+    Xv, yv = rng.standard_normal((5, 4)), rng.standard_normal(5)
+    groups = np.eye(2)[np.arange(4) % 2]  # one penalty per group of features
+    grouped = ridge_problem(X, y, Xv, yv, penalty=lambda lam: np.exp(lam) @ groups.T)
+    per_feature = ridge_problem(X, y, Xv, yv)
+    lam, w0 = np.array([0.3, -0.2]), rng.standard_normal(4)
+    inner = GradientDescent(0.05, 20)
+    a = hypergrad(grouped, lam, w0, dynamics=inner).grad
+    b = hypergrad(per_feature, groups @ lam, w0, dynamics=inner).grad
+    _close(a, groups.T @ b, 1e-12)
 
 
 def _rk_dense(S, c, r, theta, h, K, scheme):
@@ -191,49 +227,14 @@ def test_divided_power_differences_is_the_derivative_of_the_matrix_power(n, K, s
 
 def test_mlp_reference_matches_plain_central_differences():
     gen = _one(mlp_problems(steps=5))
-    coarse = finite_difference_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, eps=1e-5)
+    coarse = finite_difference_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics,
+                                         eps=1e-5)
     _close(gen.references["unrolled"], coarse, 1e-6)
     assert gen.references["unrolled"].shape == gen.lam.shape
 
 
 # --------------------------------------------------------------------- methods against references
-@given(quadratic_problems(n=(1, 5), m=(1, 3), steps=(1, 20)))
-def test_unrolled_methods_match_quadratic_closed_form(gen):
-    for method in (Reverse(), Forward(warn_ratio=np.inf), Reverse(checkpoints=2)):
-        check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, method=method,
-                        reference=gen.references["unrolled"], rtol=1e-9)
-
-
-@settings(max_examples=6)
-@given(quadratic_problems(n=(1, 5), m=(1, 3), steps=120, condition_number=4.0))
-def test_implicit_family_matches_exact_quadratic(gen):
-    # q^K = 0.75^120 ≈ 1e-15: the inner solve is exact to rounding
-    for method in (Implicit(CG(tol=1e-12)), Implicit(Direct()), Historyless()):
-        check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, method=method,
-                        reference=gen.references["exact"], rtol=1e-7)
-
-
-@given(ridge_problems(n=(1, 4), steps=(1, 20)))
-def test_reverse_and_forward_match_ridge_closed_form_and_fd(gen):
-    check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, method=Reverse(),
-                    reference=gen.references["unrolled"], rtol=1e-9)
-    check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, method=Forward(),
-                    reference="finite-differences", rtol=1e-7)
-
-
-@settings(max_examples=6)
-@given(ridge_problems(n=(1, 4), steps=150, condition_number=4.0, batch=2))
-def test_implicit_matches_exact_ridge_batched(gen):
-    check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner,
-                    method=Implicit(CG(tol=1e-12)), reference=gen.references["exact"], rtol=1e-7)
-
-
-@settings(max_examples=4)
-@given(gradient_flow_problems(n=(1, 3), steps=(1, 12), scheme="heun"))
-def test_discrete_adjoint_matches_unrolled_flow(gen):
-    for method in (Adjoint(), Reverse()):
-        check_hypergrad(gen.problem, gen.lam, inner=gen.inner, method=method,
-                        reference=gen.references["unrolled"], rtol=1e-9)
+# Every method against every family's references: tests/test_conformance.py.
 
 
 def test_discrete_flow_converges_to_the_matrix_exponential():
@@ -248,43 +249,11 @@ def test_discrete_flow_converges_to_the_matrix_exponential():
     assert errors[1] < errors[0] / 10 and errors[2] < errors[1] / 10, errors
 
 
-@settings(max_examples=6)
-@given(imaml_tasks(n=(1, 4), steps=120, condition_number=4.0, batch=2))
-def test_implicit_is_imaml_and_reverse_is_maml_through_g(gen):
-    check_hypergrad(gen.problem, gen.lam, inner=gen.inner, method=Implicit(CG(tol=1e-12)),
-                    reference=gen.references["exact"], rtol=1e-7)
-    check_hypergrad(gen.problem, gen.lam, inner=gen.inner, method=Reverse(),
-                    reference=gen.references["unrolled"], rtol=1e-9)
-
-
-@settings(max_examples=6)
-@given(mlp_problems(steps=(1, 6)))
-def test_methods_on_mlp_match_fd_and_each_other(gen):
-    for method in (Reverse(), Forward(warn_ratio=np.inf)):
-        check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, method=method,
-                        reference=gen.references["unrolled"], rtol=1e-6)
-    # V3: the discrete adjoint of explicit Euler is reverse mode through gradient descent
-    lr, K = gen.info["lr"], gen.info["steps"]
-    flow = GradientFlow(lr * K, K, scheme="euler")
-    a = hypergrad(gen.problem, gen.lam, gen.w0, dynamics=flow, method=Adjoint()).grad
-    _close(a, gen.references["unrolled"], 1e-6)
-
-
-@settings(max_examples=4)
-@given(quadratic_problems(n=(2, 4), m=(1, 2), steps=(5, 15), batch=3),
-       mlp_problems(steps=(1, 4), batch=2))
-def test_batched_problems_match_references(quad, mlp):
-    for gen, rtol in ((quad, 1e-9), (mlp, 1e-6)):
-        assert gen.lam.shape[0] == gen.w0.shape[0] == gen.info["batch"]
-        check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, method=Reverse(),
-                        reference=gen.references["unrolled"], rtol=rtol)
-
-
 @settings(max_examples=4)
 @given(quadratic_problems(n=(1, 4), steps=(1, 10), dtype="float32"))
 def test_float32_problems(gen):
     assert gen.lam.dtype == gen.w0.dtype == gen.references["exact"].dtype == np.float32
-    res = check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, method=Reverse(),
+    res = check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, method=Reverse(),
                           reference=gen.references["unrolled"])
     assert res.grad.dtype == np.float32
 
@@ -295,10 +264,10 @@ def test_cupy_problems_match_numpy_references():
 
     gen = _one(quadratic_problems(backend="cupy", steps=(1, 10)))
     assert isinstance(gen.lam, cupy.ndarray)
-    check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, method=Reverse(),
+    check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, method=Reverse(),
                     reference=gen.references["unrolled"], rtol=1e-9)
     gen = _one(mlp_problems(backend="cupy", steps=3, batch=2))
-    check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, method=Reverse(),
+    check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, method=Reverse(),
                     reference=gen.references["unrolled"], rtol=1e-6)
 
 
@@ -309,18 +278,19 @@ def _fixed_quadratic(K=40):
 
 def test_check_hypergrad_passes_and_reports_errors():
     gen = _fixed_quadratic()
-    out = check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner)  # Reverse vs FD
+    out = check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics)  # Reverse vs FD
     assert isinstance(out, HypergradCheck)
     assert out.rel_error < 1e-8 and out.result.success
     assert "finite differences" in out.reference_name
-    out = check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, method=Reverse(),
+    out = check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, method=Reverse(),
                           reference=Forward())
     assert out.rel_error < 1e-12
 
     def closed_form(lam):
         return gen.references["unrolled"]
 
-    out = check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, reference=closed_form)
+    out = check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics,
+                          reference=closed_form)
     assert out.reference_name == "closed_form(lam)"
 
 
@@ -334,7 +304,7 @@ def test_check_hypergrad_fails_readably_on_a_wrong_user_oracle():
     problem = BilevelProblem(gen.problem.inner, gen.problem.outer, data=gen.problem.data,
                              oracles={"inner_hvp": wrong_hvp})
     with pytest.raises(AssertionError) as info:
-        check_hypergrad(problem, gen.lam, gen.w0, inner=gen.inner, method=Reverse())
+        check_hypergrad(problem, gen.lam, gen.w0, dynamics=gen.dynamics, method=Reverse())
     msg = str(info.value)
     for text in ("values disagree", "method grad:", "reference:", "difference:",
                  "relative error", "n_hvp", "inner_hvp", "FAIL"):
@@ -346,20 +316,20 @@ def test_check_hypergrad_fails_readably_on_a_wrong_user_oracle():
 def test_check_hypergrad_fails_with_too_few_inner_steps():
     gen = _fixed_quadratic(K=3)
     with pytest.raises(AssertionError) as info:
-        check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner,
+        check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics,
                         method=Implicit(CG(), inner_tol=None), reference=gen.references["exact"])
     msg = str(info.value)
     assert "values disagree" in msg and "inner_residual" in msg and "linear_solve" in msg
     # with the inner stationarity test on, the method's own diagnostics flag the failure
     with pytest.warns(UserWarning), pytest.raises(AssertionError, match="inner"):
-        check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner,
+        check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics,
                         method=Implicit(CG()), reference=gen.references["exact"], rtol=1e3)
 
 
 def test_check_hypergrad_batched_message_names_the_worst_problem():
     gen = _one(quadratic_problems(n=3, m=2, steps=2, batch=3))
     with pytest.raises(AssertionError, match="worst of 3 problems"):
-        check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner,
+        check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics,
                         method=Implicit(Direct(), inner_tol=None),
                         reference=gen.references["exact"], rtol=1e-8)
 
@@ -367,17 +337,34 @@ def test_check_hypergrad_batched_message_names_the_worst_problem():
 def test_check_hypergrad_argument_errors():
     gen = _fixed_quadratic(K=5)
     with pytest.raises(ValueError, match="reference must be"):
-        check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, reference="nonsense")
+        check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, reference="nonsense")
     with pytest.raises(TypeError, match="reference must be"):
-        check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, reference=3)
+        check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, reference=3)
     with pytest.raises(ValueError, match="shape"):
-        check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, reference=np.zeros(7))
+        check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, reference=np.zeros(7))
     with pytest.raises(TypeError, match="method must be"):
-        check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, method="reverse")
-    with pytest.raises(TypeError, match="inner must be"):
-        check_hypergrad(gen.problem, gen.lam, gen.w0, inner=None)
+        check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, method="reverse")
+    with pytest.raises(TypeError, match="dynamics must be"):
+        check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=None)
     with pytest.raises(ValueError, match="starting point"):
-        finite_difference_hypergrad(gen.problem, gen.lam, inner=gen.inner)
+        finite_difference_hypergrad(gen.problem, gen.lam, dynamics=gen.dynamics)
+
+
+def test_old_inner_keyword_and_attribute_warn_and_still_work():
+    gen = _fixed_quadratic(K=5)
+    with pytest.warns(DeprecationWarning, match="dynamics"):
+        dyn = gen.inner
+    assert dyn is gen.dynamics
+    with pytest.warns(DeprecationWarning, match="dynamics="):
+        old = check_hypergrad(gen.problem, gen.lam, gen.w0, inner=dyn)
+    new = check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=dyn)
+    np.testing.assert_array_equal(old.grad, new.grad)
+    with pytest.warns(DeprecationWarning, match="dynamics="):
+        fd = finite_difference_hypergrad(gen.problem, gen.lam, gen.w0, inner=dyn)
+    np.testing.assert_array_equal(fd, finite_difference_hypergrad(gen.problem, gen.lam,
+                                                                  gen.w0, dynamics=dyn))
+    with pytest.raises(TypeError, match="both"):
+        check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=dyn, inner=dyn)
 
 
 def test_check_oracles_passes_on_generated_problems():

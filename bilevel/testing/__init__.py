@@ -5,7 +5,7 @@ strategies generating bilevel problems whose hypergradients are known.
 
     from bilevel.testing import check_hypergrad, check_oracles
     check_oracles(problem, w, lam)                       # derivative oracles
-    check_hypergrad(problem, lam, w0, inner=GradientDescent(0.1, 50),
+    check_hypergrad(problem, lam, w0, dynamics=GradientDescent(0.1, 50),
                     method=Implicit(CG()), reference=Reverse())
 
     from bilevel.testing import quadratic_problems      # needs hypothesis
@@ -14,16 +14,27 @@ strategies generating bilevel problems whose hypergradients are known.
 
 The strategies (``quadratic_problems``, ``ridge_problems``, ``gradient_flow_problems``,
 ``imaml_tasks``, ``mlp_problems``) and ``register_profiles`` import hypothesis when first
-used; ``check_hypergrad``, ``check_oracles`` and ``finite_difference_hypergrad`` do not
-need it.
+used; ``check_hypergrad``, ``check_oracles``, ``finite_difference_hypergrad``, the ridge
+problem (``ridge_problem``) and its closed form (``ridge_hypergrads``) do not need it.
+
+Modules: :mod:`~bilevel.testing.check` (``check_hypergrad``, ``check_oracles``),
+:mod:`~bilevel.testing.finite_differences`, :mod:`~bilevel.testing.closed_forms`,
+:mod:`~bilevel.testing.ridge`, :mod:`~bilevel.testing.objectives`,
+:mod:`~bilevel.testing.generated` (``GeneratedProblem``), the strategies
+(:mod:`~bilevel.testing.strategies`: :mod:`~bilevel.testing.linear_problems`,
+:mod:`~bilevel.testing.proximal_problems`, :mod:`~bilevel.testing.network_problems`, drawing
+helpers in :mod:`~bilevel.testing.draws`) and :mod:`~bilevel.testing.profiles`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .check import HypergradCheck, check_hypergrad, check_oracles, finite_difference_hypergrad
+from .check import HypergradCheck, check_hypergrad, check_oracles
+from .closed_forms import ridge_hypergrads
+from .finite_differences import finite_difference_hypergrad
 from .generated import GeneratedProblem
+from .ridge import ridge_objectives, ridge_problem
 
 __all__ = [
     "GeneratedProblem",
@@ -36,6 +47,9 @@ __all__ = [
     "mlp_problems",
     "quadratic_problems",
     "register_profiles",
+    "ridge_hypergrads",
+    "ridge_objectives",
+    "ridge_problem",
     "ridge_problems",
 ]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-_NAMES = ("einsum", "exp", "reshape", "sum", "tanh")
+_NAMES = ("einsum", "exp", "matmul", "reshape", "sum", "tanh", "transpose")
 
 
 def _load() -> Any:

@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from ..api import HypergradResult, Method, hypergrad
-from ..backend import is_array, namespace, to_numpy
-from ..dynamics import Dynamics, run
+from ..api import HypergradResult, Method, hypergrad, resolve_dynamics
+from ..backend import is_array, to_numpy
+from ..dynamics import Dynamics
+from ..methods import Reverse
 from ..problem import BilevelProblem, OracleReport
+from .finite_differences import finite_difference_hypergrad
 
 __all__ = [
     "HypergradCheck",
@@ -26,68 +28,6 @@ __all__ = [
 ]
 
 _FD_NAMES = ("finite-differences", "fd")
-
-
-def _as_float64(x: Any) -> Any:
-    xp = namespace(x)
-    return xp.astype(x, xp.float64)
-
-
-def finite_difference_hypergrad(
-    problem: BilevelProblem,
-    lam: Any,
-    w0: Any = None,
-    *,
-    inner: Dynamics,
-    eps: float = 1e-3,
-) -> Any:
-    """∇F_K(λ) of the unrolled map ``λ ↦ f(w_K(λ), λ)`` by extrapolated central differences.
-
-    For each coordinate j, with ``D(h) = (F_K(λ + h e_j) − F_K(λ − h e_j)) / 2h`` and
-    ``h = eps·(1 + |λ_j|)``, returns the Richardson extrapolation ``(4D(h/2) − D(h)) / 3``,
-    whose truncation error is O(h⁴). ``w_K(λ)`` runs ``inner`` from ``w0`` (held fixed) or
-    from ``problem.init(λ ± h e_j)``. The computation is done in float64 whatever the
-    dtype of ``lam``. With a batch axis (``lam`` of shape ``(B, m)``) coordinate j of every
-    problem is perturbed at once (the problems are independent).
-
-    Cost: 4m runs of the inner dynamics (m = number of hyperparameters per problem), no
-    derivatives beyond the inner gradients; memory O(n).
-    """
-    lam64 = _as_float64(lam)
-    xp = namespace(lam64)
-    fixed_w0 = None if w0 is None else _as_float64(w0)
-    if fixed_w0 is None and problem.init is None:
-        raise ValueError(
-            "finite differences need a starting point: pass w0=... or give the problem an "
-            "init map"
-        )
-    start_shape = (problem.initial_point(lam64) if fixed_w0 is None else fixed_w0).shape
-    batched = len(start_shape) == 2
-    shape = tuple(lam64.shape)
-    per = shape[1:] if batched else shape
-    m = int(np.prod(per)) if per else 1
-
-    def F(lam_: Any) -> Any:
-        start = problem.initial_point(lam_) if fixed_w0 is None else fixed_w0
-        w = inner.weights(run(problem, inner, start, lam_))
-        return problem.outer_value(w, lam_)
-
-    grad = xp.zeros(shape, dtype=xp.float64)
-    flat_lam = xp.reshape(lam64, (shape[0], m) if batched else (m,))
-    for j in range(m):
-        onehot = xp.asarray(np.arange(m) == j, dtype=xp.float64)
-        step = eps * (1.0 + xp.abs(flat_lam[..., j]))
-        step = xp.reshape(step, (-1, 1)) if batched else step
-        direction = xp.reshape(onehot * step, shape)
-
-        def central(scale: float, direction: Any = direction) -> Any:
-            return (F(lam64 + scale * direction) - F(lam64 - scale * direction)) / (2 * scale)
-
-        d = (4 * central(0.5) - central(1.0)) / 3
-        h = step[..., 0] if batched else step
-        col = xp.reshape(d / h, (-1, 1)) if batched else d / h
-        grad = grad + xp.reshape(onehot * col, shape)
-    return grad
 
 
 @dataclass
@@ -121,20 +61,21 @@ def _reference(
     problem: BilevelProblem,
     lam: Any,
     w0: Any,
-    inner: Dynamics,
+    dynamics: Dynamics,
     eps: float,
 ) -> tuple[Any, str, HypergradResult | None]:
+    """The reference hypergradient, a description of it and its result (for a Method)."""
     if isinstance(reference, str):
         if reference.lower() not in _FD_NAMES:
             raise ValueError(
                 f"reference must be 'finite-differences', a Method (e.g. Reverse()), a "
                 f"callable lam -> array or an array; got the string {reference!r}"
             )
-        ref = finite_difference_hypergrad(problem, lam, w0, inner=inner, eps=eps)
-        return ref, f"central finite differences of the {inner.steps}-step unrolled map", None
+        ref = finite_difference_hypergrad(problem, lam, w0, dynamics=dynamics, eps=eps)
+        return ref, f"central finite differences of the {dynamics.steps}-step unrolled map", None
     if isinstance(reference, Method):
-        res = hypergrad(problem, lam, w0, dynamics=inner, method=reference)
-        return res.grad, f"{reference!r} with {inner!r}", res
+        res = hypergrad(problem, lam, w0, dynamics=dynamics, method=reference)
+        return res.grad, f"{reference!r} with {dynamics!r}", res
     if is_array(reference):
         return reference, "the given array", None
     if callable(reference):
@@ -175,18 +116,105 @@ def _fmt(x: np.ndarray) -> str:
     )
 
 
+def _check_arguments(problem: Any, dynamics: Any, method: Any) -> Method:
+    """Type checks of :func:`check_hypergrad`; returns the method (default ``Reverse()``)."""
+    if not isinstance(problem, BilevelProblem):
+        raise TypeError(f"problem must be a BilevelProblem, got {type(problem).__name__}")
+    if not isinstance(dynamics, Dynamics):
+        raise TypeError(
+            "dynamics must be a Dynamics object such as GradientDescent(lr=0.1, steps=100), "
+            f"got {type(dynamics).__name__}"
+        )
+    method = Reverse() if method is None else method
+    if not isinstance(method, Method):
+        raise TypeError(
+            f"method must be a Method such as Reverse() or Implicit(CG()), got "
+            f"{type(method).__name__}"
+        )
+    return method
+
+
+@dataclass
+class _Comparison:
+    """The method's and the reference's vectors (NumPy) and their per-problem errors."""
+
+    grad: np.ndarray
+    reference: np.ndarray
+    abs_err: np.ndarray
+    rel_err: np.ndarray
+    ref_norm: np.ndarray
+    batched: bool
+
+    def agree(self, rtol: float, atol: float) -> bool:
+        """``‖grad_b − ref_b‖ ≤ atol + rtol·‖ref_b‖`` for every problem b."""
+        return bool(np.all(self.abs_err <= atol + rtol * self.ref_norm))
+
+    def row(self, x: np.ndarray, b: int) -> np.ndarray:
+        return x[b] if self.batched else x
+
+
+def _compare(grad: Any, ref: Any, batched: bool) -> _Comparison:
+    g = np.asarray(to_numpy(grad), dtype=float)
+    r = np.asarray(to_numpy(ref), dtype=float)
+    if r.shape != g.shape:
+        raise ValueError(
+            f"the reference has shape {r.shape} but the hypergradient has shape "
+            f"{g.shape} (the shape of lam)"
+        )
+    abs_err, rel_err = _errors(g, r, batched)
+    ref_norm = abs_err / np.maximum(rel_err, np.finfo(float).tiny)
+    return _Comparison(g, r, abs_err, rel_err, ref_norm, batched)
+
+
+def _failure_message(
+    why: str,
+    cmp: _Comparison,
+    rtol: float,
+    atol: float,
+    describe: tuple[str, str],
+    results: tuple[HypergradResult, HypergradResult | None],
+    oracle_report: Any,
+) -> str:
+    """The text of a failed check: vectors, errors, diagnostics and the oracle report."""
+    worst = int(np.argmax(cmp.rel_err))
+    where = f" (worst of {len(cmp.rel_err)} problems: index {worst})" if cmp.batched else ""
+    res, ref_res = results
+    lines = [
+        f"hypergradient check failed: {why}.",
+        f"  method:    {describe[0]}",
+        f"  reference: {describe[1]}",
+        f"  relative error {cmp.rel_err[worst]:.3e}, absolute error "
+        f"{cmp.abs_err[worst]:.3e}{where}; allowed: atol + rtol·‖ref‖ = {atol:g} + "
+        f"{rtol:g}·{cmp.ref_norm[worst]:.3e}",
+        f"  method grad: {_fmt(cmp.row(cmp.grad, worst))}",
+        f"  reference:   {_fmt(cmp.row(cmp.reference, worst))}",
+        f"  difference:  {_fmt(cmp.row(cmp.grad - cmp.reference, worst))}",
+        "  method diagnostics:",
+        _diagnostics(res),
+    ]
+    if ref_res is not None:
+        lines += ["  reference method diagnostics:", _diagnostics(ref_res)]
+    if oracle_report is not None:
+        lines += [
+            "  the problem's oracles at the starting point:",
+            "    " + str(oracle_report).replace("\n", "\n    "),
+        ]
+    return "\n".join(lines)
+
+
 def check_hypergrad(
     problem: BilevelProblem,
     lam: Any,
     w0: Any = None,
     *,
-    inner: Dynamics,
+    dynamics: Dynamics | None = None,
     method: Method | None = None,
     reference: Any = "finite-differences",
     rtol: float | None = None,
     atol: float = 0.0,
     eps: float = 1e-3,
     require_success: bool = True,
+    inner: Dynamics | None = None,
 ) -> HypergradCheck:
     """Assert that ``method`` computes the same hypergradient as ``reference``.
 
@@ -196,15 +224,16 @@ def check_hypergrad(
 
     Parameters
     ----------
-    problem, lam, w0, inner
-        As for :func:`bilevel.hypergrad`.
+    problem, lam, w0, dynamics
+        As for :func:`bilevel.hypergrad` (``inner=`` is the deprecated name of
+        ``dynamics=`` and warns).
     method : Method
         The method under test (default ``Reverse()``).
     reference : str, Method, callable or array
         ``"finite-differences"`` (default): :func:`finite_difference_hypergrad` of the
         unrolled K-step map (the quantity ``Reverse`` and ``Forward`` compute exactly, and
         that ``Implicit`` approaches when the inner solver has converged); a
-        :class:`~bilevel.api.Method` run with the same ``inner``; a callable
+        :class:`~bilevel.api.Method` run with the same ``dynamics``; a callable
         ``lam -> array`` (a closed form); or an array.
     rtol : float, optional
         Relative tolerance; default ``1e-6`` in float64 and ``1e-3`` in float32.
@@ -227,80 +256,35 @@ def check_hypergrad(
         method's diagnostics and — when the problem has user-supplied oracles — the
         :meth:`~bilevel.problem.BilevelProblem.check_oracles` report at the starting point.
     """
-    from ..methods import Reverse
-
-    if not isinstance(problem, BilevelProblem):
-        raise TypeError(f"problem must be a BilevelProblem, got {type(problem).__name__}")
-    if not isinstance(inner, Dynamics):
-        raise TypeError(
-            "inner must be a Dynamics object such as GradientDescent(lr=0.1, steps=100), "
-            f"got {type(inner).__name__}"
-        )
-    method = Reverse() if method is None else method
-    if not isinstance(method, Method):
-        raise TypeError(
-            f"method must be a Method such as Reverse() or Implicit(CG()), got "
-            f"{type(method).__name__}"
-        )
+    dynamics = resolve_dynamics(dynamics, inner, "check_hypergrad")
+    method = _check_arguments(problem, dynamics, method)
     if rtol is None:
         rtol = 1e-3 if str(lam.dtype) == "float32" else 1e-6
     if rtol < 0 or atol < 0:
         raise ValueError(f"rtol and atol must be non-negative, got rtol={rtol}, atol={atol}")
-    res = hypergrad(problem, lam, w0, dynamics=inner, method=method)
-    ref, ref_name, ref_res = _reference(reference, problem, lam, w0, inner, eps)
-    grad = np.asarray(to_numpy(res.grad), dtype=float)
-    ref_np = np.asarray(to_numpy(ref), dtype=float)
-    if ref_np.shape != grad.shape:
-        raise ValueError(
-            f"the reference has shape {ref_np.shape} but the hypergradient has shape "
-            f"{grad.shape} (the shape of lam)"
-        )
-    w_shape = tuple((problem.initial_point(lam) if w0 is None else w0).shape)
-    batched = len(w_shape) == 2
-    abs_err, rel_err = _errors(grad, ref_np, batched)
-    ref_norm = abs_err / np.maximum(rel_err, np.finfo(float).tiny)
-    agree = bool(np.all(abs_err <= atol + rtol * ref_norm))
-    ok = agree and (res.success or not require_success) and bool(np.all(np.isfinite(grad)))
-    if ok:
+    res = hypergrad(problem, lam, w0, dynamics=dynamics, method=method)
+    ref, ref_name, ref_res = _reference(reference, problem, lam, w0, dynamics, eps)
+    start = problem.initial_point(lam) if w0 is None else w0
+    cmp = _compare(res.grad, ref, batched=len(tuple(start.shape)) == 2)
+    agree = cmp.agree(rtol, atol)
+    if agree and (res.success or not require_success) and np.all(np.isfinite(cmp.grad)):
         return HypergradCheck(
             grad=res.grad,
             reference=ref,
-            rel_error=float(rel_err.max()),
-            abs_error=float(abs_err.max()),
+            rel_error=float(cmp.rel_err.max()),
+            abs_error=float(cmp.abs_err.max()),
             result=res,
             reference_name=ref_name,
         )
-    worst = int(np.argmax(rel_err))
-    where = f" (worst of {len(rel_err)} problems: index {worst})" if batched else ""
-    why = (
-        "the values disagree"
-        if not agree
-        else "the method reported a failure (require_success=True)"
+    why = "the values disagree" if not agree else (
+        "the method reported a failure (require_success=True)"
     )
-    lines = [
-        f"hypergradient check failed: {why}.",
-        f"  method:    {method!r} with {inner!r}",
-        f"  reference: {ref_name}",
-        f"  relative error {rel_err[worst]:.3e}, absolute error {abs_err[worst]:.3e}{where}; "
-        f"allowed: atol + rtol·‖ref‖ = {atol:g} + {rtol:g}·{ref_norm[worst]:.3e}",
-        f"  method grad: {_fmt(grad[worst] if batched else grad)}",
-        f"  reference:   {_fmt(ref_np[worst] if batched else ref_np)}",
-        f"  difference:  {_fmt((grad - ref_np)[worst] if batched else grad - ref_np)}",
-        "  method diagnostics:",
-        _diagnostics(res),
-    ]
-    if ref_res is not None:
-        lines += ["  reference method diagnostics:", _diagnostics(ref_res)]
-    if problem.oracles:
-        # at the starting point: near a stationary w_K the directional derivative of g is
-        # tiny and its finite-difference check meaningless
-        start = problem.initial_point(lam) if w0 is None else w0
-        report = problem.check_oracles(start, lam)
-        lines += [
-            "  the problem's oracles at the starting point:",
-            "    " + str(report).replace("\n", "\n    "),
-        ]
-    raise AssertionError("\n".join(lines))
+    # at the starting point: near a stationary w_K the directional derivative of g is tiny
+    # and its finite-difference check meaningless
+    report = problem.check_oracles(start, lam) if problem.oracles else None
+    raise AssertionError(_failure_message(
+        why, cmp, rtol, atol, (f"{method!r} with {dynamics!r}", ref_name), (res, ref_res), report
+    ))
 
 
 def check_oracles(

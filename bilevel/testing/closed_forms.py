@@ -1,8 +1,9 @@
 """Closed-form hypergradients of the generated problems (NumPy, float64, one problem).
 
 These are the reference answers carried by the strategies of
-:mod:`bilevel.testing.strategies` (ALGORITHMS.md §5, V2, V4, V7–V9). Every function takes
-dense matrices of one problem; a batch is handled by calling it once per problem. All
+:mod:`bilevel.testing.strategies`, and the ridge closed form used across the tests and
+benchmarks. Every function takes dense matrices of one problem; a batch is handled by
+calling it once per problem. All
 matrices are small (n ≤ a few tens), so eigendecompositions are used freely: cost
 O(n³ + K n²) time and O(n²) memory per call.
 """
@@ -83,52 +84,92 @@ def divided_power_differences(r: np.ndarray, steps: int) -> np.ndarray:
     return gamma
 
 
+def _ridge_scaled(X: np.ndarray, y: np.ndarray, mean: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, y)/√N`` when the loss is a mean: ``(1/2N)‖Xw − y‖² = ½‖Xw/√N − y/√N‖²``."""
+    c = 1.0 / np.sqrt(len(y)) if mean else 1.0
+    return c * np.asarray(X, dtype=float), c * np.asarray(y, dtype=float)
+
+
 def ridge_hypergrads(
     X: np.ndarray,
     y: np.ndarray,
     Xv: np.ndarray,
     yv: np.ndarray,
     lam: np.ndarray,
-    w0: np.ndarray,
-    lr: float,
-    steps: int,
+    w0: np.ndarray | None = None,
+    lr: float | None = None,
+    steps: int | None = None,
+    *,
+    mean: bool = False,
+    log_penalty: bool = True,
 ) -> dict[str, np.ndarray]:
     """Exact and K-step unrolled hypergradients of ridge with per-feature penalties (V7).
 
-    ``g(w, λ) = ½‖Xw − y‖² + ½Σ_j e^{λ_j} w_j²``, ``f(w) = ½‖X_v w − y_v‖²``. With
-    ``A = XᵀX + diag(e^λ)``, ``w* = A⁻¹Xᵀy``, ``r_v = X_v w* − y_v``::
+    ``g(w, λ) = ½‖Xw − y‖² + ½Σ_j ρ_j w_j²``, ``f(w) = ½‖X_v w − y_v‖²`` with ``ρ = e^λ``
+    (``log_penalty``) or ``ρ = λ``; with ``mean`` the two squared norms are divided by the
+    numbers of rows (the problem of :func:`bilevel.hpo.problems.ridge`). A ``λ`` of one
+    entry is one penalty shared by every feature. With ``A = XᵀX + diag ρ``,
+    ``w* = A⁻¹Xᵀy``, ``r_v = X_v w* − y_v``::
 
-        ∇F = −e^λ ⊙ w* ⊙ (A⁻¹X_vᵀ r_v)
+        ∇F = −ρ' ⊙ w* ⊙ (A⁻¹X_vᵀ r_v)                       (ρ' = dρ/dλ)
 
     Gradient descent with step α from ``w0`` gives ``w_K = w* + R^K(w0 − w*)``, ``R = I − αA``,
-    and ``dw_K/dλ_j = (I − R^K) dw*/dλ_j − α e^{λ_j} D(R^K)[e_j e_jᵀ](w0 − w*)`` with
-    ``dw*/dλ_j = −e^{λ_j} w*_j A⁻¹e_j`` and D(R^K) from :func:`divided_power_differences`;
-    ``∇F_K = (dw_K/dλ)ᵀ X_vᵀ(X_v w_K − y_v)``.
+    and ``dw_K/dρ_j = (I − R^K) dw*/dρ_j − α D(R^K)[e_j e_jᵀ](w0 − w*)`` with
+    ``dw*/dρ_j = −w*_j A⁻¹e_j`` and D(R^K) from :func:`divided_power_differences`;
+    ``∇F_K = (dw_K/dλ)ᵀ X_vᵀ(X_v w_K − y_v)``. Cost O(n³ + K n²).
 
     Returns
     -------
     dict
-        ``exact``, ``unrolled``, ``w_star``, ``w_unrolled``.
+        ``exact``, ``w_star``, ``hessian`` (A) and, when ``steps`` is given (with ``w0`` and
+        ``lr``), ``unrolled`` and ``w_unrolled``.
     """
+    X, y = _ridge_scaled(X, y, mean)
+    Xv, yv = _ridge_scaled(Xv, yv, mean)
     n = X.shape[1]
-    el = np.exp(lam)
-    A = X.T @ X + np.diag(el)
+    lam = np.asarray(lam, dtype=float)
+    lam_n = np.broadcast_to(lam, (n,))
+    rho = np.exp(lam_n) if log_penalty else lam_n
+    drho = rho if log_penalty else np.ones(n)
+    A = X.T @ X + np.diag(rho)
     Ainv = np.linalg.inv(A)
     w_star = Ainv @ (X.T @ y)
-    exact = -el * w_star * (Ainv @ (Xv.T @ (Xv @ w_star - yv)))
+    out = {"w_star": w_star, "hessian": A}
+    out["exact"] = -drho * w_star * (Ainv @ (Xv.T @ (Xv @ w_star - yv)))
+    if steps is not None:
+        out.update(_ridge_unrolled(A, Ainv, w_star, drho, Xv, yv, np.asarray(w0), lr, steps))
+    if lam.size == 1 and n > 1:  # one shared penalty: the sum over features
+        out["exact"] = out["exact"].sum(keepdims=True).reshape(lam.shape)
+        if "unrolled" in out:
+            out["unrolled"] = out["unrolled"].sum(keepdims=True).reshape(lam.shape)
+    return out
+
+
+def _ridge_unrolled(
+    A: np.ndarray,
+    Ainv: np.ndarray,
+    w_star: np.ndarray,
+    drho: np.ndarray,
+    Xv: np.ndarray,
+    yv: np.ndarray,
+    w0: np.ndarray,
+    lr: float,
+    steps: int,
+) -> dict[str, np.ndarray]:
+    """``unrolled`` and ``w_unrolled`` of :func:`ridge_hypergrads`."""
+    n = len(A)
     r, U = np.linalg.eigh(np.eye(n) - lr * A)
     RK = (U * r**steps) @ U.T
     w_K = w_star + RK @ (w0 - w_star)
     gamma = divided_power_differences(r, steps)
-    dw_star = -Ainv * (el * w_star)  # column j: −e^{λ_j} w*_j A⁻¹ e_j
+    dw_star = -Ainv * w_star  # column j: dw*/dρ_j = −w*_j A⁻¹ e_j
     delta = U.T @ (w0 - w_star)
     Z = np.empty((n, n))
     for j in range(n):
         uj = U[j]  # Uᵀ e_j
         dRK = U @ ((gamma * np.outer(uj, uj)) @ delta)
-        Z[:, j] = (np.eye(n) - RK) @ dw_star[:, j] - lr * el[j] * dRK
-    unrolled = Z.T @ (Xv.T @ (Xv @ w_K - yv))
-    return {"exact": exact, "unrolled": unrolled, "w_star": w_star, "w_unrolled": w_K}
+        Z[:, j] = drho[j] * ((np.eye(n) - RK) @ dw_star[:, j] - lr * dRK)
+    return {"unrolled": Z.T @ (Xv.T @ (Xv @ w_K - yv)), "w_unrolled": w_K}
 
 
 def proximal_quadratic_hypergrads(

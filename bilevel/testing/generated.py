@@ -1,16 +1,17 @@
 """The :class:`GeneratedProblem` record and the random matrices the strategies draw.
 
 A generated problem is a :class:`~bilevel.problem.BilevelProblem` together with a point λ,
-a starting point, a suggested inner solver and the reference hypergradients that the
-theory gives for it, so a test reads::
+a starting point, a suggested inner solver (``dynamics``) and the reference hypergradients
+that the theory gives for it, so a test reads::
 
     gen = data.draw(quadratic_problems())
-    res = hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner, method=Reverse())
+    res = hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics, method=Reverse())
     np.testing.assert_allclose(res.grad, gen.references["unrolled"], rtol=1e-8)
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,12 +38,13 @@ class GeneratedProblem:
     w0 : array or None
         Starting point ``(n,)`` or ``(B, n)``; ``None`` when the problem has an ``init``
         map (``w0 = init(λ)``).
-    inner : Dynamics
+    dynamics : Dynamics
         The inner solver the ``"unrolled"`` (and ``"flow"``) references are computed for.
+        (Formerly ``inner``; that attribute still reads it, with a ``DeprecationWarning``.)
     references : dict[str, array]
         Reference answers, shape of ``lam``: ``"exact"`` (∇F(λ) at the exact inner
         solution, implicit function theorem), ``"unrolled"`` (∇F_K(λ), the exact derivative
-        of the K-step inner solver ``inner``), ``"flow"`` (gradient flow in continuous
+        of the K-step inner solver ``dynamics``), ``"flow"`` (gradient flow in continuous
         time), and the matching inner points ``"w_star"``, ``"w_unrolled"``, ``"w_flow"``
         (shape of ``w``). Each strategy documents which keys it provides.
     info : dict
@@ -55,9 +57,19 @@ class GeneratedProblem:
     problem: BilevelProblem
     lam: Any
     w0: Any
-    inner: Dynamics
+    dynamics: Dynamics
     references: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inner(self) -> Dynamics:
+        """Deprecated name of :attr:`dynamics` (``inner`` names the inner objective)."""
+        warnings.warn(
+            "GeneratedProblem.inner is deprecated: the inner solver is GeneratedProblem.dynamics",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.dynamics
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={self.info[k]}" for k in ("n", "m", "batch") if k in self.info)
@@ -65,7 +77,7 @@ class GeneratedProblem:
         extra = f", condition_number={kappa:.3g}" if kappa is not None else ""
         return (
             f"GeneratedProblem({self.info.get('kind', 'problem')}: {sizes}{extra}, "
-            f"inner={self.inner!r}, references={sorted(self.references)})"
+            f"dynamics={self.dynamics!r}, references={sorted(self.references)})"
         )
 
 

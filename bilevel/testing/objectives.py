@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._ops import ops
+from .ridge import ridge_objectives
 
 __all__ = ["mlp", "proximal_quadratic", "quadratic", "ridge"]
 
@@ -38,18 +39,12 @@ def quadratic(batched: bool) -> Objectives:
 
 
 def ridge(batched: bool) -> Objectives:
-    """``g = ½‖Xw − y‖² + ½Σ_j e^{λ_j} w_j²``, ``f = ½‖X_v w − y_v‖²`` (keys X, y, Xv, yv)."""
-    mv = _mv(batched)
+    """``g = ½‖Xw − y‖² + ½Σ_j e^{λ_j} w_j²``, ``f = ½‖X_v w − y_v‖²`` (keys X, y, X_val, y_val).
 
-    def g(w: Any, lam: Any, data: dict) -> Any:
-        r = ops.einsum(mv, data["X"], w) - data["y"]
-        return 0.5 * ops.sum(r * r, axis=-1) + 0.5 * ops.sum(ops.exp(lam) * w * w, axis=-1)
-
-    def f(w: Any, lam: Any, data: dict) -> Any:
-        r = ops.einsum(mv, data["Xv"], w) - data["yv"]
-        return 0.5 * ops.sum(r * r, axis=-1)
-
-    return g, f
+    The objectives of :func:`bilevel.testing.ridge.ridge_objectives` (they handle batched
+    data themselves; ``batched`` is kept for the uniform signature of this module).
+    """
+    return ridge_objectives()
 
 
 def proximal_quadratic(batched: bool) -> Objectives:

@@ -1,0 +1,112 @@
+"""Per-feature ridge regression (V7): the one builder of the ridge bilevel problem.
+
+::
+
+    g(w, λ) = (c/2)‖Xw − y‖² + ½ Σ_j ρ_j w_j²        ρ = exp(λ) (or λ, or a constant)
+    f(w)    = (c_v/2)‖X_v w − y_v‖²
+
+with ``c = c_v = 1`` (sums of squares) or ``c = 1/N``, ``c_v = 1/N_v`` (means). The data
+dict has keys ``X, y, X_val, y_val``; ``X`` is ``(N, d)`` (shared by a batch of ``w`` of
+shape ``(B, d)``) or ``(B, N, d)`` (one data set per problem). Its closed-form
+hypergradients are :func:`bilevel.testing.closed_forms.ridge_hypergrads`. Used by the
+generated problems (:func:`~bilevel.testing.ridge_problems`), by
+:func:`bilevel.hpo.problems.ridge` and by the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..problem import BilevelProblem
+from ._ops import ops
+
+__all__ = ["linear", "ridge_objectives", "ridge_problem"]
+
+Objectives = tuple[Callable[..., Any], Callable[..., Any]]
+
+
+def linear(w: Any, X: Any) -> Any:
+    """``X w``: ``(d,)`` or ``(B, d)`` against ``(N, d)``, or ``(B, d)`` against ``(B, N, d)``."""
+    if len(X.shape) == 2:
+        return ops.matmul(w, ops.transpose(X))
+    return ops.einsum("bij,bj->bi", X, w)
+
+
+def _squared_error(w: Any, X: Any, y: Any, mean: bool) -> Any:
+    r = linear(w, X) - y
+    total = 0.5 * ops.sum(r * r, axis=-1)
+    return total / y.shape[-1] if mean else total
+
+
+def ridge_objectives(
+    *, mean: bool = False, penalty: Callable[[Any], Any] | None = None
+) -> Objectives:
+    """``(g, f)`` of ridge regression taking ``(w, λ, data)``.
+
+    Parameters
+    ----------
+    mean : bool
+        Divide each squared norm by its number of rows.
+    penalty : callable, optional
+        ``λ ↦ ρ``, the per-feature penalties (default ``exp``, so λ is unconstrained).
+
+    Cost of ``g``: O(N d) per problem; its Hessian is ``c XᵀX + diag ρ``.
+    """
+    rho = ops.exp if penalty is None else penalty
+
+    def g(w: Any, lam: Any, data: dict) -> Any:
+        fit = _squared_error(w, data["X"], data["y"], mean)
+        return fit + 0.5 * ops.sum(rho(lam) * w * w, axis=-1)
+
+    def f(w: Any, lam: Any, data: dict) -> Any:
+        return _squared_error(w, data["X_val"], data["y_val"], mean)
+
+    return g, f
+
+
+def _identity(lam: Any) -> Any:
+    return lam
+
+
+def ridge_problem(
+    X: Any,
+    y: Any,
+    X_val: Any,
+    y_val: Any,
+    *,
+    mean: bool = False,
+    log_penalty: bool = True,
+    penalty: Callable[[Any], Any] | None = None,
+    name: str = "ridge",
+    **problem_options: Any,
+) -> BilevelProblem:
+    """The ridge bilevel problem on the given arrays (NumPy or CuPy; no copies).
+
+    Parameters
+    ----------
+    X, y, X_val, y_val : arrays
+        Training and validation data, ``(N, d)``/``(N,)`` or batched ``(B, N, d)``/``(B, N)``.
+    mean : bool
+        Mean squared errors (``1/N``, ``1/N_v``) instead of sums.
+    log_penalty : bool
+        ``ρ = exp(λ)`` (default) or ``ρ = λ``.
+    penalty : callable, optional
+        ``λ ↦ ρ`` of shape ``(d,)``, overriding ``log_penalty`` (e.g. one penalty per group
+        of features: ``exp(λ) @ Gᵀ``).
+    name : str
+        The problem's name.
+    **problem_options
+        Passed to :class:`~bilevel.problem.BilevelProblem` (``oracles=``, ``init=`` ...).
+
+    Returns
+    -------
+    BilevelProblem
+        ``w`` of shape ``(d,)`` or ``(B, d)``, ``λ`` of shape ``(d,)`` (or ``(1,)``: one
+        shared penalty) or ``(B, ·)``.
+    """
+    if penalty is None and not log_penalty:
+        penalty = _identity
+    g, f = ridge_objectives(mean=mean, penalty=penalty)
+    data = {"X": X, "y": y, "X_val": X_val, "y_val": y_val}
+    return BilevelProblem(g, f, data=data, name=name, **problem_options)
