@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from bilevel import Forward, GradientDescent, HypergradWarning, Momentum, Reverse, hypergrad
 from bilevel.hpo import (
-    MinimizeOptions,
     SGD,
     Adam,
     Bounded,
+    MinimizeOptions,
     TunedGradientDescent,
     TunedMomentum,
     get_transform,
@@ -302,9 +302,11 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, method, inner):
     kw = dict(dynamics=inner, method=method, optimizer=Adam(lr=0.2), seed=3, monitoring=QUIET)
     straight = minimize(prob, np.zeros(5), np.zeros(5), steps=9, **kw)
     path = tmp_path / "run.npz"
-    first = minimize(prob, np.zeros(5), np.zeros(5), steps=4, checkpointing=Checkpointing(path), **kw)
+    first = minimize(prob, np.zeros(5), np.zeros(5), steps=4,
+                     checkpointing=Checkpointing(path), **kw)
     assert first.steps == 4
-    resumed = minimize(prob, np.zeros(5), np.zeros(5), steps=9, checkpointing=Checkpointing(path), **kw)
+    resumed = minimize(prob, np.zeros(5), np.zeros(5), steps=9,
+                       checkpointing=Checkpointing(path), **kw)
     assert resumed.steps == 9
     np.testing.assert_array_equal(resumed.lam, straight.lam)
     for key in ("value", "grad_norm", "inner_residual", "n_grad", "n_hvp", "step"):
@@ -318,7 +320,8 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, method, inner):
     assert resumed.state.t == straight.state.t
     assert [p.name for p in tmp_path.iterdir()] == ["run.npz"]  # no temporary files left
     # a finished run resumes to itself without more work
-    again = minimize(prob, np.zeros(5), np.zeros(5), steps=9, checkpointing=Checkpointing(path), **kw)
+    again = minimize(prob, np.zeros(5), np.zeros(5), steps=9,
+                     checkpointing=Checkpointing(path), **kw)
     np.testing.assert_array_equal(again.lam, straight.lam)
     with pytest.raises(ValueError, match="shape"):
         minimize(prob, np.zeros(4), np.zeros(4), steps=10, checkpointing=Checkpointing(path), **kw)

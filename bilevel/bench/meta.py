@@ -2,7 +2,7 @@
 
 One meta-iteration is ``algorithm.meta_gradient(θ, episode)`` on a meta-batch of sinusoid
 regression tasks (1-40-40-1 tanh MLP, 10 support and 10 query points per task), for inner
-step counts K in the grid. Expected memory per task (ALGORITHMS §3): O(K·n) for MAML and
+step counts K in the grid. Expected memory per task (see :doc:`/meta`): O(K·n) for MAML and
 A-MAML (stored trajectories), O(n) for first-order MAML, Reptile and iMAML, O(p + q) plus
 one backbone graph for the memory-reduced method; ANIL stores head iterates only; CML adds
 a co-learner. Time is the best of ``repeats`` untraced calls; peak memory comes from one

@@ -1,7 +1,8 @@
 """Hyperparameter optimization on top of :func:`bilevel.hypergrad`.
 
 :func:`minimize` is the outer loop (warm starts, transforms of λ; history, checkpoint/resume
-and progress come from the shared driver :mod:`bilevel.outer`); :mod:`bilevel.hpo.problems` builds the standard problems (per-feature ridge,
+and progress come from the shared driver :mod:`bilevel.outer`); :mod:`bilevel.hpo.problems`
+builds the standard problems (per-feature ridge,
 regularized logistic regression, data hyper-cleaning, step-size and momentum tuning)::
 
     from bilevel import GradientDescent, Implicit, CG

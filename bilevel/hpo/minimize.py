@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from ..api import HypergradResult, HypergradState, Method, hypergrad
+from ..api import ON_FAILURE, HypergradResult, HypergradState, Method, hypergrad
 from ..backend import is_array, name_of, namespace
 from ..dynamics import Dynamics
 from ..optim import SGD, Adam, Optimizer
 from ..outer import Checkpointing, LoopState, Monitoring, Step, drive, legacy_keywords, restore
 from ..outer.options import flag
 from ..problem import BilevelProblem
-from ..validation import Validated, number, option, optional
+from ..validation import Validated, number, one_of, option, optional
 from .transforms import Identity, Transform, get_transform
 
 __all__ = ["SGD", "Adam", "HPOResult", "MinimizeOptions", "minimize"]
@@ -115,13 +115,18 @@ class MinimizeOptions(Validated):
     warm_start : bool
         Carry one HypergradState across outer steps (default).
     strict : bool
-        Passed to :func:`bilevel.hypergrad`: raise on failed diagnostics.
+        Passed to :func:`bilevel.hypergrad`: raise on failed diagnostics (same as
+        ``on_failure="raise"``).
+    on_failure : {"warn", "raise", "ignore"}
+        Passed to :func:`bilevel.hypergrad`: what a failed diagnostic does besides
+        ``success=False`` in the step's result and history.
     """
 
     bounds: tuple[float, float] | None = option(None, check=optional(_pair))
     target: float | None = option(None, check=optional(number()))
     warm_start: bool = option(True, check=flag)
     strict: bool = option(False, check=flag)
+    on_failure: str = option("warn", check=one_of(ON_FAILURE))
 
 
 def _as_lam(lam0: Any) -> Any:
@@ -213,7 +218,8 @@ class _HypergradStep:
         t, u = state.step, state.params
         lam = self.T.forward(u)
         res = hypergrad(self.problem, lam, self.w0, dynamics=self.dynamics_at(t, state.rng),
-                        method=self.method, state=self.hstate, strict=self.options.strict)
+                        method=self.method, state=self.hstate, strict=self.options.strict,
+                        on_failure=self.options.on_failure)
         self.last = res
         xp = namespace(lam)
         grad_ok = bool(xp.all(xp.isfinite(res.grad)))
@@ -321,7 +327,7 @@ def minimize(
     seed : int
         Seed of the generator handed to a callable ``dynamics``.
     options : MinimizeOptions, optional
-        ``bounds``, ``target``, ``warm_start``, ``strict``.
+        ``bounds``, ``target``, ``warm_start``, ``strict``, ``on_failure``.
     checkpointing : Checkpointing, optional
         Checkpoint file (u, optimizer state, HypergradState, step count, history, RNG
         state, best λ), its frequency and resume (:class:`bilevel.outer.Checkpointing`):

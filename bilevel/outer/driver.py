@@ -122,8 +122,9 @@ def restore(state: LoopState, checkpointing: Checkpointing, config: dict,
         return state
     ck = read_run(path, backend)
     if ck["config"] != config:
+        changed = _differences(ck["config"], config)
         raise ResumeError(
-            f"checkpoint {path!r} was written by a different run ({_differences(ck['config'], config)}); "
+            f"checkpoint {path!r} was written by a different run ({changed}); "
             "pass resume=False (Checkpointing(path, resume=False)) or another path to start afresh"
         )
     state.rng.bit_generator.state = ck["rng"]
