@@ -2,15 +2,15 @@
 
 :func:`train` repeats ``episode = sampler.sample(meta_batch, rng)``,
 ``grad = algorithm.meta_gradient(θ, episode)``, ``θ ← θ + optimizer.update(grad)``, records
-a history and writes checkpoints. Randomness comes from one :class:`numpy.random.Generator`
-seeded by ``seed`` whose state is checkpointed with the parameters, the optimizer state,
-the iteration and the history, so a run killed at any point and resumed gives
-bit-identical parameters to an uninterrupted run.
+a history and writes checkpoints, as a front end of the shared outer-loop driver
+(:mod:`bilevel.outer`). Randomness comes from one :class:`numpy.random.Generator` seeded by
+``seed`` whose state is checkpointed with the parameters, the optimizer state, the iteration
+and the history, so a run killed at any point and resumed gives bit-identical parameters to
+an uninterrupted run. Held-out evaluation is :mod:`bilevel.meta.heldout`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Callable
@@ -35,6 +35,7 @@ from ..outer import (
 from ..outer.checkpoint import save_checkpoint as _save_tree
 from ..validation import Validated, integer, number, one_of, option
 from .algorithms import MetaAlgorithm
+from .heldout import evaluate, held_out_episodes
 
 __all__ = [
     "Evaluation",
@@ -100,59 +101,6 @@ class TrainResult:
     history: dict[str, list] = field(default_factory=dict)
     evaluations: dict[str, list] = field(default_factory=dict)
     start_iteration: int = 0
-
-
-def _ci95(x: np.ndarray) -> float:
-    """Half-width of the 95% normal confidence interval of the mean of ``x``."""
-    x = x[np.isfinite(x)]
-    if x.size < 2:
-        return float("nan")
-    return float(1.96 * x.std(ddof=1) / math.sqrt(x.size))
-
-
-def evaluate(
-    algorithm: MetaAlgorithm,
-    params: Any,
-    sampler: Any,
-    n_tasks: int = 100,
-    *,
-    seed: Any = 0,
-    batch: int = 25,
-    episodes: list | None = None,
-) -> dict[str, float]:
-    """Post-adaptation query loss and accuracy on held-out tasks, with 95% intervals.
-
-    Each task is adapted on its support set by ``algorithm.adapt`` and scored on its query
-    set. Returns ``loss``, ``loss_ci``, ``accuracy``, ``accuracy_ci`` (NaN accuracy for
-    models without one) and ``n_tasks``. Tasks come from ``sampler`` with the generator
-    ``default_rng(seed)`` in batches of ``batch`` (memory O(batch)), or from ``episodes``.
-    """
-    if episodes is None:
-        integer(1)("n_tasks", n_tasks)
-        episodes = held_out_episodes(sampler, n_tasks, seed=seed, batch=batch)
-    losses, accs = [], []
-    for ep in episodes:
-        out = algorithm.evaluate(params, ep)
-        losses.append(out["loss"])
-        accs.append(out.get("accuracy", np.full_like(out["loss"], np.nan)))
-    loss, acc = np.concatenate(losses), np.concatenate(accs)
-    return {
-        "loss": float(np.mean(loss)),
-        "loss_ci": _ci95(loss),
-        "accuracy": float(np.mean(acc)) if np.all(np.isfinite(acc)) else float("nan"),
-        "accuracy_ci": _ci95(acc) if np.all(np.isfinite(acc)) else float("nan"),
-        "n_tasks": int(loss.size),
-    }
-
-
-def held_out_episodes(sampler: Any, n_tasks: int, *, seed: Any = 0, batch: int = 25) -> list:
-    """``n_tasks`` tasks from ``sampler`` as a list of episodes of at most ``batch`` tasks."""
-    rng = np.random.default_rng(seed)
-    out, left = [], int(n_tasks)
-    while left > 0:
-        out.append(sampler.sample(min(batch, left), rng))
-        left -= min(batch, left)
-    return out
 
 
 # ------------------------------------------------------------------ options
