@@ -71,6 +71,11 @@ class MetaTrainingError(RuntimeError):
     """Meta-training cannot continue (non-finite meta-gradient, mismatched checkpoint)."""
 
 
+class _ResumeMismatch(MetaTrainingError, ResumeError):
+    """A checkpoint of another run: a :class:`MetaTrainingError` and a
+    :class:`bilevel.outer.ResumeError` (a ``ValueError``) at once."""
+
+
 class MetaTrainingWarning(RuntimeWarning):
     """Many meta-gradients fail their diagnostics (issued once per :func:`train` call)."""
 
@@ -347,7 +352,7 @@ def train(
     try:
         state = restore(state, args["checkpointing"], config, name_of(params))
     except ResumeError as err:
-        raise MetaTrainingError(str(err)) from err
+        raise _ResumeMismatch(str(err)) from err
     start = state.step
     ev = args["evaluation"]
     episodes = held_out_episodes(ev.sampler or sampler, ev.tasks, seed=[int(seed), 2],
