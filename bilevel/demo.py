@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from . import backend as _backend
-from .bench import method_suite
+from .bench import method_suite, quiet_hypergrad
 from .bench.report import (
     RowLog,
     figure,
@@ -97,17 +97,6 @@ def ridge_exact_hypergrad(
     return -np.exp(lam) * w_star * np.linalg.solve(A, grad_f)
 
 
-def _quiet_hypergrad(problem: Any, lam: Any, w0: Any, inner: Any, method: Any) -> Any:
-    """:func:`bilevel.hypergrad` with failure warnings kept in the result, not printed."""
-    from .api import HypergradWarning, hypergrad
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HypergradWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)  # overflow of a diverging method
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return hypergrad(problem, lam, w0, dynamics=inner, method=method)
-
-
 def _sync(backend: str) -> None:
     if backend == "cupy":
         _backend.module("cupy").cuda.Device().synchronize()
@@ -129,7 +118,7 @@ def ridge_rows(
     lam, w0 = on[4], on[5]
     suite = method_suite(cfg["steps"], cfg["lr"], horizon=cfg["horizon"],
                          flow_steps=cfg["flow_steps"], scheme="heun")
-    _quiet_hypergrad(problem, lam, w0, *suite["Reverse"])  # warm-up: first traces, imports
+    quiet_hypergrad(problem, lam, w0, *suite["Reverse"])  # warm-up: first traces, imports
     rows = []
     bar = tqdm(suite.items(), desc="ridge: methods", disable=not progress)
     for label, (inner, method) in bar:
@@ -138,10 +127,10 @@ def ridge_rows(
         def measure(inner: Any = inner, method: Any = method, label: str = label) -> dict:
             _sync(backend)
             t0 = time.perf_counter()
-            res = _quiet_hypergrad(problem, lam, w0, inner, method)
+            res = quiet_hypergrad(problem, lam, w0, inner, method)
             _sync(backend)
             seconds = time.perf_counter() - t0
-            _, peak = peak_memory(lambda: _quiet_hypergrad(problem, lam, w0, inner, method),
+            _, peak = peak_memory(lambda: quiet_hypergrad(problem, lam, w0, inner, method),
                                   backend)
             grad = _backend.to_numpy(res.grad)
             err = float(np.linalg.norm(grad - exact) / np.linalg.norm(exact))
@@ -208,9 +197,11 @@ def meta_curves(
     cfg: dict[str, Any], backend: str, seed: int, out: str, resume: bool, progress: bool = True
 ) -> dict[str, dict]:
     """Meta-train MAML and iMAML on sinusoid tasks; histories and held-out evaluations."""
+    from .api import HypergradWarning
     from .linalg import CG
-    from .meta import IMAML, MAML, MLP, Sinusoid, train
+    from .meta import IMAML, MAML, MLP, Evaluation, Sinusoid, train
     from .optim import Adam
+    from .outer import Checkpointing, Monitoring
 
     model = MLP((1, 40, 40, 1), activation="tanh")
     algorithms = {
@@ -222,15 +213,16 @@ def meta_curves(
     for name, alg in algorithms.items():
         sampler = Sinusoid(backend=backend)
         with warnings.catch_warnings():
-            from .api import HypergradWarning
-
+            # iMAML's rare failing tasks are dropped and counted (success_fraction)
             warnings.simplefilter("ignore", HypergradWarning)
             res = train(alg, sampler, steps=cfg["meta_iterations"], meta_batch=cfg["meta_batch"],
-                        optimizer=Adam(3e-3), seed=seed, eval_every=cfg["eval_every"],
-                        eval_tasks=cfg["eval_tasks"],
-                        checkpoint=os.path.join(out, f"meta-{name}.npz"),
-                        checkpoint_every=max(1, cfg["eval_every"]), resume=resume,
-                        progress=progress)
+                        optimizer=Adam(3e-3), seed=seed,
+                        evaluation=Evaluation(cfg["eval_every"], cfg["eval_tasks"]),
+                        checkpointing=Checkpointing(os.path.join(out, f"meta-{name}.npz"),
+                                                    every=max(1, cfg["eval_every"]),
+                                                    resume=resume),
+                        monitoring=Monitoring(progress=None if progress else False,
+                                              memory=None))
         hist = res.history
         curves[name] = {
             "algorithm": repr(alg),

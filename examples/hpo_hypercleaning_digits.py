@@ -17,17 +17,18 @@ out: it needs one tangent column per example (m = N).
 from __future__ import annotations
 
 import argparse
-import warnings
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from bilevel import CG, GradientDescent, HypergradWarning, Reverse, hypergrad
-from bilevel.hpo import Adam, minimize, problems
+from bilevel import CG, GradientDescent, Reverse, hypergrad
+from bilevel.hpo import Adam, MinimizeOptions, minimize, problems
 from bilevel.hpo.datasets import digits_corrupted, time_to_target
 from bilevel.methods.historyless import Historyless
 from bilevel.methods.implicit import Implicit
+from bilevel.outer import Monitoring
 
+QUIET = Monitoring(progress=False)
 
 def main(quick: bool = False, seed: int = 0) -> dict:
     d = digits_corrupted(seed)
@@ -65,10 +66,9 @@ def main(quick: bool = False, seed: int = 0) -> dict:
     }
     runs = {}
     for name, method in methods.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", HypergradWarning)
-            runs[name] = minimize(prob, lam0, w0, inner=inner, method=method,
-                                  optimizer=Adam(lr=0.3), steps=steps, progress=False)
+        runs[name] = minimize(prob, lam0, w0, dynamics=inner, method=method,
+                              optimizer=Adam(lr=0.3), steps=steps, monitoring=QUIET,
+                              options=MinimizeOptions(on_failure="ignore"))
 
     big = 10.0  # σ(10) ≈ 1: weight one; σ(−10) ≈ 0: example dropped
     table = {

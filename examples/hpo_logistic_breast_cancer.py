@@ -20,12 +20,14 @@ import warnings
 import numpy as np
 from sklearn.linear_model import LogisticRegressionCV
 
-from bilevel import CG, Forward, GradientDescent, HypergradWarning, Reverse, hypergrad
-from bilevel.hpo import Adam, minimize, problems
+from bilevel import CG, Forward, GradientDescent, Reverse, hypergrad
+from bilevel.hpo import Adam, MinimizeOptions, minimize, problems
 from bilevel.hpo.datasets import breast_cancer, time_to_target
 from bilevel.methods.historyless import Historyless
 from bilevel.methods.implicit import Implicit
+from bilevel.outer import Monitoring
 
+QUIET = Monitoring(progress=False)
 
 def metrics(w: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(mean log-loss, accuracy) of the linear model w = (β, b)."""
@@ -57,17 +59,14 @@ def main(quick: bool = False, seed: int = 0) -> dict:
         "forward": Forward(),
     }
     runs = {}
+    options = MinimizeOptions(bounds=bounds, on_failure="ignore")
     for name, method in methods.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", HypergradWarning)
-            runs[name] = minimize(shared, np.array([-3.0]), w0, inner=inner, method=method,
-                                  optimizer=Adam(lr=0.1), steps=steps, bounds=bounds,
-                                  progress=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HypergradWarning)
-        per_run = minimize(per, np.full(n, -3.0), w0, inner=inner,
-                           method=Implicit(CG(tol=1e-8), inner_tol=None),
-                           optimizer=Adam(lr=0.1), steps=steps, bounds=bounds, progress=False)
+        runs[name] = minimize(shared, np.array([-3.0]), w0, dynamics=inner, method=method,
+                              optimizer=Adam(lr=0.1), steps=steps, monitoring=QUIET,
+                              options=options)
+    per_run = minimize(per, np.full(n, -3.0), w0, dynamics=inner,
+                       method=Implicit(CG(tol=1e-8), inner_tol=None),
+                       optimizer=Adam(lr=0.1), steps=steps, monitoring=QUIET, options=options)
 
     t0 = time.perf_counter()
     Xtv, ytv = np.vstack([d["X"], d["Xv"]]), np.concatenate([d["y"], d["yv"]])

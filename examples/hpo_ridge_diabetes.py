@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 
 import numpy as np
 from sklearn.linear_model import RidgeCV
 
-from bilevel import CG, Forward, GradientDescent, HypergradWarning, Reverse, hypergrad
-from bilevel.hpo import Adam, minimize, problems
+from bilevel import CG, Forward, GradientDescent, Reverse, hypergrad
+from bilevel.hpo import Adam, MinimizeOptions, minimize, problems
 from bilevel.hpo.datasets import diabetes, time_to_target
 from bilevel.methods.historyless import Historyless
 from bilevel.methods.implicit import Implicit
+from bilevel.outer import Monitoring
 
+QUIET = Monitoring(progress=False)
 
 def main(quick: bool = False, seed: int = 0) -> dict:
     d = diabetes(seed)
@@ -46,11 +47,9 @@ def main(quick: bool = False, seed: int = 0) -> dict:
     lam0 = np.full(n, -2.0)
     runs = {}
     for name, method in methods.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", HypergradWarning)
-            runs[name] = minimize(prob, lam0, np.zeros(n), inner=inner, method=method,
-                                  optimizer=Adam(lr=0.1), steps=steps, bounds=bounds,
-                                  progress=False)
+        runs[name] = minimize(prob, lam0, np.zeros(n), dynamics=inner, method=method,
+                              optimizer=Adam(lr=0.1), steps=steps, monitoring=QUIET,
+                              options=MinimizeOptions(bounds=bounds, on_failure="ignore"))
 
     def evaluate(lam: np.ndarray) -> tuple[float, float]:
         w = hypergrad(prob, lam, np.zeros(n), dynamics=GradientDescent(inner.lr, eval_steps)).w

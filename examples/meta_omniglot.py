@@ -30,6 +30,7 @@ from bilevel.meta.cli import results_table
 from bilevel.meta.models import Conv4
 from bilevel.meta.train import evaluate, train
 from bilevel.optim import Adam
+from bilevel.outer import Monitoring
 
 MAKERS = {
     "maml": lambda m, k: MAML(m, 0.4, k),
@@ -89,7 +90,8 @@ def main(argv=None) -> int:
         alg = MAKERS[name](model, args.inner_steps)
         t0 = time.perf_counter()
         res = train(alg, train_tasks, steps=args.steps, meta_batch=args.meta_batch,
-                    optimizer=Adam(1e-3), progress=not args.quick)
+                    optimizer=Adam(1e-3),
+                    monitoring=Monitoring(progress=False if args.quick else None))
         secs = time.perf_counter() - t0
         ev = dict(seed=7, batch=args.meta_batch)
         rows.append((f"{name} ({secs:.0f}s)",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import tracemalloc
 import warnings
 
 import numpy as np
@@ -26,6 +25,7 @@ from bilevel.meta.cli import results_table
 from bilevel.meta.models import MLP
 from bilevel.meta.train import evaluate, train
 from bilevel.optim import Adam
+from bilevel.outer import Monitoring, measure
 
 
 def algorithms(model, hidden, steps):
@@ -46,13 +46,7 @@ def algorithms(model, hidden, steps):
 def peak_memory(alg, sampler, theta, meta_batch):
     ep = sampler.sample(meta_batch, np.random.default_rng(0))
     alg.meta_gradient(theta, ep)  # warm caches
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
-    alg.meta_gradient(theta, ep)
-    peak = tracemalloc.get_traced_memory()[1] - base
-    tracemalloc.stop()
-    return peak
+    return measure(lambda: alg.meta_gradient(theta, ep), "tracemalloc")[1]
 
 
 def main(argv=None):
@@ -76,7 +70,7 @@ def main(argv=None):
     for shot in args.shots:
         sampler = Sinusoid(n_shot=shot, n_query=10)
         kw = dict(steps=args.steps, meta_batch=args.meta_batch, optimizer=Adam(args.lr),
-                  progress=False)
+                  monitoring=Monitoring(progress=False))
         pre = train(Pretrain(model), sampler, **kw).theta
         theta0 = model.init(np.random.default_rng(123))
         ev = dict(seed=2024, batch=100)

@@ -13,6 +13,7 @@ from bilevel.hpo import (
     SGD,
     Adam,
     Bounded,
+    MinimizeOptions,
     TunedGradientDescent,
     TunedMomentum,
     get_transform,
@@ -24,7 +25,10 @@ from bilevel.hpo import (
 from bilevel.linalg import CG, Direct
 from bilevel.methods.historyless import Historyless
 from bilevel.methods.implicit import Implicit
+from bilevel.outer import Checkpointing, Monitoring
 from bilevel.testing import ridge_hypergrads
+
+QUIET = Monitoring(progress=False)
 
 
 def _regression(seed=0, n=40, d=4, noise=0.5):
@@ -177,7 +181,7 @@ def test_minimize_lowers_validation_ridge(method):
     X, y, Xv, yv = _regression(7, n=60, d=5, noise=1.5)
     prob = problems.ridge(X, y, Xv, yv)
     inner, w0, lam0 = GradientDescent(0.3, 20), np.zeros(5), np.zeros(5)
-    res = minimize(prob, lam0, w0, inner=inner, method=method, steps=10, progress=False)
+    res = minimize(prob, lam0, w0, dynamics=inner, method=method, steps=10, monitoring=QUIET)
     assert res.steps == 10 and res.n_hypergrad == 10
     assert set(res.history) >= {"value", "grad_norm", "inner_residual", "time", "peak_memory"}
     long = GradientDescent(0.3, 100)
@@ -189,14 +193,14 @@ def test_minimize_lowers_validation_logistic_and_tunes_step_size():
     X, y, Xv, yv = _regression(8, n=80, d=4, noise=2.0)
     prob = problems.logistic(X, (y > 0).astype(int), Xv, (yv > 0).astype(int))
     inner = GradientDescent(1.0, 40)
-    res = minimize(prob, np.array([1.0]), np.zeros(5), inner=inner, steps=10, progress=False)
+    res = minimize(prob, np.array([1.0]), np.zeros(5), dynamics=inner, steps=10, monitoring=QUIET)
     assert _fresh_value(prob, res.lam, np.zeros(5), GradientDescent(1.0, 150)) < _fresh_value(
         prob, np.array([1.0]), np.zeros(5), GradientDescent(1.0, 150)
     )
     prob, inner = problems.optimizer_tuning(X, y, Xv, yv, steps=10)
     lam0 = np.array([np.log(0.02), 0.0])
-    res = minimize(prob, lam0, np.zeros(4), inner=inner, method=Forward(), steps=12,
-                   warm_start=False, progress=False)
+    res = minimize(prob, lam0, np.zeros(4), dynamics=inner, method=Forward(), steps=12,
+                   options=MinimizeOptions(warm_start=False), monitoring=QUIET)
     assert res.history["value"][-1] < 0.8 * res.history["value"][0]
     assert res.lam[0] > lam0[0]  # a short run wants a larger step
 
@@ -204,10 +208,10 @@ def test_minimize_lowers_validation_logistic_and_tunes_step_size():
 def test_transform_exp_equals_log_parameterized_problem():
     X, y, Xv, yv = _regression(9)
     inner, w0 = GradientDescent(0.3, 20), np.zeros(4)
-    a = minimize(problems.ridge(X, y, Xv, yv), np.full(4, -1.0), w0, inner=inner, steps=8,
-                 optimizer=SGD(lr=0.5), progress=False)
+    a = minimize(problems.ridge(X, y, Xv, yv), np.full(4, -1.0), w0, dynamics=inner, steps=8,
+                 optimizer=SGD(lr=0.5), monitoring=QUIET)
     b = minimize(problems.ridge(X, y, Xv, yv, log_penalty=False), np.full(4, np.exp(-1.0)), w0,
-                 inner=inner, steps=8, optimizer=SGD(lr=0.5), transform="exp", progress=False)
+                 dynamics=inner, steps=8, optimizer=SGD(lr=0.5), transform="exp", monitoring=QUIET)
     np.testing.assert_allclose(b.u, a.lam, rtol=1e-10)
     np.testing.assert_allclose(b.lam, np.exp(a.lam), rtol=1e-10)
     np.testing.assert_allclose(b.history["value"], a.history["value"], rtol=1e-10)
@@ -229,16 +233,16 @@ def test_transform_derivative_and_inverse(name):
 def test_bounds_target_and_callback_stop():
     X, y, Xv, yv = _regression(10)
     prob, inner, w0 = problems.ridge(X, y, Xv, yv), GradientDescent(0.3, 20), np.zeros(4)
-    res = minimize(prob, np.zeros(4), w0, inner=inner, steps=10, optimizer=SGD(lr=50.0),
-                   bounds=(-0.5, 0.5), progress=False)
+    res = minimize(prob, np.zeros(4), w0, dynamics=inner, steps=10, optimizer=SGD(lr=50.0),
+                   options=MinimizeOptions(bounds=(-0.5, 0.5)), monitoring=QUIET)
     assert np.all(np.abs(res.lam) <= 0.5) and np.any(np.abs(res.lam) == 0.5)
-    first = minimize(prob, np.zeros(4), w0, inner=inner, steps=1, progress=False)
-    res = minimize(prob, np.zeros(4), w0, inner=inner, steps=10, progress=False,
-                   target=first.value + 1.0)
+    first = minimize(prob, np.zeros(4), w0, dynamics=inner, steps=1, monitoring=QUIET)
+    res = minimize(prob, np.zeros(4), w0, dynamics=inner, steps=10, monitoring=QUIET,
+                   options=MinimizeOptions(target=first.value + 1.0))
     assert res.steps == 1 and "reached target" in res.message
     np.testing.assert_array_equal(res.lam, np.zeros(4))
     seen = []
-    res = minimize(prob, np.zeros(4), w0, inner=inner, steps=10, progress=False,
+    res = minimize(prob, np.zeros(4), w0, dynamics=inner, steps=10, monitoring=QUIET,
                    callback=lambda info: seen.append(info["step"]) or info["step"] == 2)
     assert seen == [0, 1, 2] and res.steps == 3 and "callback" in res.message
 
@@ -249,8 +253,8 @@ def test_nonfinite_hypergradient_stops_without_update():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HypergradWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = minimize(prob, np.zeros(4), np.zeros(4), inner=GradientDescent(1e3, 400),
-                       steps=5, progress=False)
+        res = minimize(prob, np.zeros(4), np.zeros(4), dynamics=GradientDescent(1e3, 400),
+                       steps=5, monitoring=QUIET)
     assert not res.success and res.steps == 1 and "stopped at outer step 0" in res.message
     np.testing.assert_array_equal(res.lam, np.zeros(4))
 
@@ -259,19 +263,20 @@ def test_minimize_argument_errors():
     X, y, Xv, yv = _regression()
     prob, inner = problems.ridge(X, y, Xv, yv), GradientDescent(0.3, 5)
     with pytest.raises(TypeError, match="problem must be a BilevelProblem"):
-        minimize(lambda w: w, np.zeros(4), inner=inner)
+        minimize(lambda w: w, np.zeros(4), dynamics=inner)
     with pytest.raises(ValueError, match="steps must be a positive integer"):
-        minimize(prob, np.zeros(4), np.zeros(4), inner=inner, steps=0)
+        minimize(prob, np.zeros(4), np.zeros(4), dynamics=inner, steps=0)
     with pytest.raises(ValueError, match="transform=Bounded"):
-        minimize(prob, np.ones(4), np.zeros(4), inner=inner, transform="exp", bounds=(0, 1))
+        minimize(prob, np.ones(4), np.zeros(4), dynamics=inner, transform="exp",
+                 options=MinimizeOptions(bounds=(0, 1)))
     with pytest.raises(ValueError, match="lam0 must be positive"):
-        minimize(prob, np.zeros(4), np.zeros(4), inner=inner, transform="exp")
+        minimize(prob, np.zeros(4), np.zeros(4), dynamics=inner, transform="exp")
     with pytest.raises(ValueError, match="transform must be"):
-        minimize(prob, np.zeros(4), np.zeros(4), inner=inner, transform="log")
+        minimize(prob, np.zeros(4), np.zeros(4), dynamics=inner, transform="log")
     with pytest.raises(TypeError, match="optimizer must have"):
-        minimize(prob, np.zeros(4), np.zeros(4), inner=inner, optimizer=object())
-    with pytest.raises(TypeError, match="inner must be a Dynamics"):
-        minimize(prob, np.zeros(4), np.zeros(4), inner=3)
+        minimize(prob, np.zeros(4), np.zeros(4), dynamics=inner, optimizer=object())
+    with pytest.raises(TypeError, match="dynamics must be a Dynamics"):
+        minimize(prob, np.zeros(4), np.zeros(4), dynamics=3)
 
 
 # ------------------------------------------------------------------ checkpoint / resume
@@ -291,12 +296,14 @@ def _stochastic_inner(t, rng):
 def test_checkpoint_resume_is_bit_identical(tmp_path, method, inner):
     X, y, Xv, yv = _regression(12, n=50, d=5)
     prob = problems.ridge(X, y, Xv, yv)
-    kw = dict(inner=inner, method=method, optimizer=Adam(lr=0.2), seed=3, progress=False)
+    kw = dict(dynamics=inner, method=method, optimizer=Adam(lr=0.2), seed=3, monitoring=QUIET)
     straight = minimize(prob, np.zeros(5), np.zeros(5), steps=9, **kw)
     path = tmp_path / "run.npz"
-    first = minimize(prob, np.zeros(5), np.zeros(5), steps=4, checkpoint=path, **kw)
+    first = minimize(prob, np.zeros(5), np.zeros(5), steps=4,
+                     checkpointing=Checkpointing(path), **kw)
     assert first.steps == 4
-    resumed = minimize(prob, np.zeros(5), np.zeros(5), steps=9, checkpoint=path, **kw)
+    resumed = minimize(prob, np.zeros(5), np.zeros(5), steps=9,
+                       checkpointing=Checkpointing(path), **kw)
     assert resumed.steps == 9
     np.testing.assert_array_equal(resumed.lam, straight.lam)
     for key in ("value", "grad_norm", "inner_residual", "n_grad", "n_hvp", "step"):
@@ -310,10 +317,11 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, method, inner):
     assert resumed.state.t == straight.state.t
     assert [p.name for p in tmp_path.iterdir()] == ["run.npz"]  # no temporary files left
     # a finished run resumes to itself without more work
-    again = minimize(prob, np.zeros(5), np.zeros(5), steps=9, checkpoint=path, **kw)
+    again = minimize(prob, np.zeros(5), np.zeros(5), steps=9,
+                     checkpointing=Checkpointing(path), **kw)
     np.testing.assert_array_equal(again.lam, straight.lam)
     with pytest.raises(ValueError, match="shape"):
-        minimize(prob, np.zeros(4), np.zeros(4), steps=10, checkpoint=path, **kw)
+        minimize(prob, np.zeros(4), np.zeros(4), steps=10, checkpointing=Checkpointing(path), **kw)
 
 
 def test_checkpoint_roundtrip_exact(tmp_path):
@@ -357,9 +365,67 @@ def test_hyper_cleaning_downweights_corrupted_examples():
     corrupt = rng.random(n) < 0.5
     noisy = np.where(corrupt, (y + rng.integers(1, C, n)) % C, y)
     prob = problems.hyper_cleaning(X, noisy, Xv, yv, l2=1e-2)
-    res = minimize(prob, np.zeros(n), np.zeros((d + 1) * C), inner=GradientDescent(0.5, 30),
+    res = minimize(prob, np.zeros(n), np.zeros((d + 1) * C), dynamics=GradientDescent(0.5, 30),
                    method=Implicit(CG(), inner_tol=None), optimizer=Adam(lr=0.3), steps=25,
-                   progress=False)
+                   monitoring=QUIET)
     weights = 1 / (1 + np.exp(-res.lam))
     assert weights[corrupt].mean() < weights[~corrupt].mean() - 0.2
     assert res.history["value"][-1] < res.history["value"][0]
+
+
+def test_old_keywords_warn_and_still_work(tmp_path):
+    X, y, Xv, yv = _regression(13)
+    prob, inner, w0 = problems.ridge(X, y, Xv, yv), GradientDescent(0.3, 10), np.zeros(4)
+    path = tmp_path / "old.npz"
+    with pytest.warns(DeprecationWarning) as rec:
+        old = minimize(prob, np.zeros(4), w0, inner=inner, steps=3, progress=False,
+                       checkpoint=path, checkpoint_every=2, bounds=(-1, 1), memory=None)
+    text = " ".join(str(w.message) for w in rec)
+    assert "minimize(inner=...) is deprecated; pass dynamics=..." in text
+    assert "checkpointing=Checkpointing(path=...)" in text
+    assert "monitoring=Monitoring(progress=...)" in text
+    assert "options=MinimizeOptions(bounds=...)" in text
+    new = minimize(prob, np.zeros(4), w0, dynamics=inner, steps=3, monitoring=QUIET,
+                   options=MinimizeOptions(bounds=(-1, 1)))
+    np.testing.assert_array_equal(old.lam, new.lam)
+    assert np.isnan(old.history["peak_memory"]).all()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'innner'"):
+        minimize(prob, np.zeros(4), w0, innner=inner)
+    with pytest.raises(TypeError, match="both dynamics= and its old name inner="):
+        minimize(prob, np.zeros(4), w0, dynamics=inner, inner=inner)
+
+
+def test_resume_refuses_changed_configuration(tmp_path):
+    X, y, Xv, yv = _regression(14)
+    prob, inner, w0 = problems.ridge(X, y, Xv, yv), GradientDescent(0.3, 10), np.zeros(4)
+    ck = Checkpointing(tmp_path / "run.npz")
+    minimize(prob, np.zeros(4), w0, dynamics=inner, steps=2, checkpointing=ck, monitoring=QUIET)
+    with pytest.raises(ValueError, match="different run.*optimizer.*resume=False"):
+        minimize(prob, np.zeros(4), w0, dynamics=inner, steps=4, checkpointing=ck,
+                 optimizer=SGD(0.1), monitoring=QUIET)
+
+
+def test_resume_reads_the_old_hpo_checkpoint_format(tmp_path):
+    """A checkpoint of the earlier ``bilevel.hpo.checkpoint/1`` format resumes exactly."""
+    import json
+
+    X, y, Xv, yv = _regression(15)
+    prob, inner, w0 = problems.ridge(X, y, Xv, yv), GradientDescent(0.3, 10), np.zeros(4)
+    kw = dict(dynamics=inner, method=Implicit(CG(), inner_tol=None), monitoring=QUIET)
+    straight = minimize(prob, np.zeros(4), w0, steps=5, **kw)
+    path = tmp_path / "run.npz"
+    minimize(prob, np.zeros(4), w0, steps=2, checkpointing=Checkpointing(path), **kw)
+    ck = load_checkpoint(path)
+    old = {"t": ck["step"], "u": ck["params"], "optimizer_state": ck["optimizer_state"],
+           "hypergrad_state": ck["extra"]["hypergrad_state"], "history": ck["history"],
+           "rng": ck["rng"], "best": ck["extra"]["best"], "settings": ck["config"]}
+    save_checkpoint(path, old)
+    with np.load(path) as z:
+        files = dict(z.items())
+    meta = json.loads(str(files["__meta__"]))
+    meta["format"] = "bilevel.hpo.checkpoint/1"
+    files["__meta__"] = np.array(json.dumps(meta))
+    np.savez(path, **files)
+    resumed = minimize(prob, np.zeros(4), w0, steps=5, checkpointing=Checkpointing(path), **kw)
+    np.testing.assert_array_equal(resumed.lam, straight.lam)
+    np.testing.assert_array_equal(resumed.history["value"], straight.history["value"])

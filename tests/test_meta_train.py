@@ -26,6 +26,8 @@ from bilevel.meta.algorithms import (
 )
 from bilevel.meta.models import MLP
 from bilevel.meta.train import (
+    Evaluation,
+    FailurePolicy,
     MetaTrainingError,
     MetaTrainingWarning,
     evaluate,
@@ -33,6 +35,9 @@ from bilevel.meta.train import (
     train,
 )
 from bilevel.optim import SGD, Adam, get_optimizer
+from bilevel.outer import Checkpointing, Monitoring
+
+QUIET = Monitoring(progress=False)
 
 pytest.importorskip("bilevel.methods.adjoint")
 
@@ -80,8 +85,8 @@ def small():
 def test_kill_and_resume_is_bit_identical(small, tmp_path):
     sampler, model = small
     alg = MAML(model, 0.02, 2)
-    kw = dict(steps=9, meta_batch=3, optimizer=Adam(1e-2), seed=4, progress=False,
-              eval_every=4, eval_tasks=6)
+    kw = dict(steps=9, meta_batch=3, optimizer=Adam(1e-2), seed=4, monitoring=QUIET,
+              evaluation=Evaluation(every=4, tasks=6))
     full = train(alg, sampler, **kw)
     ck = tmp_path / "run" / "ck.npz"
 
@@ -90,27 +95,27 @@ def test_kill_and_resume_is_bit_identical(small, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(alg, sampler, checkpoint=ck, checkpoint_every=2, callback=kill, **kw)
+        train(alg, sampler, checkpointing=Checkpointing(ck, every=2), callback=kill, **kw)
     assert load_checkpoint(ck)["iteration"] == 6
-    resumed = train(alg, sampler, checkpoint=ck, checkpoint_every=2, **kw)
+    resumed = train(alg, sampler, checkpointing=Checkpointing(ck, every=2), **kw)
     assert resumed.start_iteration == 6
     np.testing.assert_array_equal(resumed.theta, full.theta)
     assert resumed.history["loss"] == full.history["loss"]
     assert resumed.evaluations["loss"] == full.evaluations["loss"]
     assert not [f for f in os.listdir(ck.parent) if f.startswith(".ckpt-")]  # no temp left
     # a finished run resumes to the same parameters without further work
-    again = train(alg, sampler, checkpoint=ck, **kw)
+    again = train(alg, sampler, checkpointing=Checkpointing(ck), **kw)
     np.testing.assert_array_equal(again.theta, full.theta)
     # a different configuration refuses to resume
     with pytest.raises(MetaTrainingError, match="different run"):
-        train(alg, sampler, checkpoint=ck, **{**kw, "seed": 5})
+        train(alg, sampler, checkpointing=Checkpointing(ck), **{**kw, "seed": 5})
 
 
 def test_checkpoint_holds_state(small, tmp_path):
     sampler, model = small
     ck = tmp_path / "ck.npz"
     res = train(Reptile(model, 0.02, 2), sampler, steps=3, meta_batch=2, seed=1,
-                optimizer=Adam(1e-2), progress=False, checkpoint=ck, checkpoint_every=1)
+                optimizer=Adam(1e-2), monitoring=QUIET, checkpointing=Checkpointing(ck, every=1))
     c = load_checkpoint(ck)
     np.testing.assert_array_equal(c["params"], res.theta)
     assert c["iteration"] == 3 and c["opt_state"]["count"] == 3
@@ -123,8 +128,8 @@ def test_checkpoint_holds_state(small, tmp_path):
 
 def test_history_and_memory_measurement(small):
     sampler, model = small
-    res = train(MAML(model, 0.02, 2), sampler, steps=4, meta_batch=2, progress=False,
-                memory_every=2)
+    res = train(MAML(model, 0.02, 2), sampler, steps=4, meta_batch=2,
+                monitoring=Monitoring(progress=False, memory="peak", memory_every=2))
     h = res.history
     assert h["iteration"] == [0, 1, 2, 3]
     assert all(np.isfinite(h["loss"])) and all(t > 0 for t in h["time"])
@@ -140,14 +145,14 @@ def test_failed_diagnostics_skip_or_raise(small):
     theta0 = alg.init(np.random.default_rng(0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HypergradWarning)
-        res = train(alg, sampler, theta0=theta0, steps=2, meta_batch=2, progress=False)
+        res = train(alg, sampler, theta0=theta0, steps=2, meta_batch=2, monitoring=QUIET)
         np.testing.assert_array_equal(res.theta, theta0)
         assert res.history["success"] == [False, False]
         with pytest.raises(MetaTrainingError, match="iteration 0"):
-            train(alg, sampler, theta0=theta0, steps=2, meta_batch=2, progress=False,
-                  on_failure="raise")
+            train(alg, sampler, theta0=theta0, steps=2, meta_batch=2, monitoring=QUIET,
+                  failures=FailurePolicy(on_failure="raise"))
     with pytest.raises(ValueError, match="on_failure"):
-        train(alg, sampler, steps=1, on_failure="ignore")
+        train(alg, sampler, steps=1, failures=FailurePolicy(on_failure="ignore"))
     with pytest.raises(ValueError, match="steps"):
         train(alg, sampler, steps=0)
 
@@ -175,7 +180,7 @@ def sinusoid_setup():
     sampler = Sinusoid(n_shot=10, n_query=10)
     model = MLP((1, 20, 20, 1), activation="tanh")
     pre = train(Pretrain(model), sampler, steps=STEPS, meta_batch=BATCH,
-                optimizer=Adam(1e-2), progress=False).theta
+                optimizer=Adam(1e-2), monitoring=QUIET).theta
     theta0 = model.init(np.random.default_rng(123))
     return sampler, model, pre, theta0
 
@@ -204,7 +209,7 @@ def test_short_sinusoid_run_beats_baselines(name, sinusoid_setup):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HypergradWarning)
         res = train(alg, sampler, steps=STEPS, meta_batch=BATCH, optimizer=Adam(1e-2),
-                    progress=False)
+                    monitoring=QUIET)
     base = alg.base if isinstance(alg, CML) else alg
     kw = dict(seed=99, batch=25)
     meta = evaluate(alg, res.theta, sampler, 50, **kw)["loss"]
@@ -293,7 +298,7 @@ def test_failure_policies_record_success_fraction_and_applied(policy, applied):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetaTrainingWarning)
         res = train(alg, Sinusoid(), theta0, steps=3, meta_batch=4, optimizer=SGD(1.0),
-                    progress=False, on_failure=policy)
+                    monitoring=QUIET, failures=FailurePolicy(on_failure=policy))
     h = res.history
     assert h["success_fraction"] == [1.0, 0.5, 0.0]
     assert h["success"] == [True, False, False]
@@ -307,14 +312,15 @@ def test_raise_policy_and_failure_rate_warning():
     alg = _Scripted([[1, 1], [0, 1]])
     with pytest.raises(MetaTrainingError, match="diagnostics failed at iteration 1"):
         train(alg, Sinusoid(), np.zeros(alg.n_params), steps=3, meta_batch=2,
-              progress=False, on_failure="raise")
+              monitoring=QUIET, failures=FailurePolicy(on_failure="raise"))
     alg = _Scripted([[0, 0, 0, 1]])
     with pytest.warns(MetaTrainingWarning, match="75% of the tasks failed") as rec:
         train(alg, Sinusoid(), np.zeros(alg.n_params), steps=6, meta_batch=4,
-              progress=False, failure_window=3)
+              monitoring=QUIET, failures=FailurePolicy(window=3))
     assert len([w for w in rec if issubclass(w.category, MetaTrainingWarning)]) == 1
     with pytest.raises(ValueError, match="on_failure"):
-        train(alg, Sinusoid(), steps=1, on_failure="ignore", progress=False)
+        train(alg, Sinusoid(), steps=1, failures=FailurePolicy(on_failure="ignore"),
+              monitoring=QUIET)
 
 
 def test_imaml_drops_failing_tasks_exactly():
@@ -343,3 +349,44 @@ def test_imaml_drops_failing_tasks_exactly():
     grad_sub, info_sub = alg.meta_gradient(theta, sub)
     assert info_sub["success"], info_sub["message"]
     np.testing.assert_allclose(grad, grad_sub, rtol=1e-8, atol=1e-12)
+
+
+# ------------------------------------------------------------------ old spellings and files
+def test_old_keywords_warn_and_still_work(small, tmp_path):
+    sampler, model = small
+    alg = MAML(model, 0.02, 1)
+    kw = dict(steps=3, meta_batch=2, optimizer=Adam(1e-2), seed=2)
+    with pytest.warns(DeprecationWarning) as rec:
+        old = train(alg, sampler, progress=False, eval_every=3, eval_tasks=4,
+                    checkpoint=tmp_path / "ck.npz", checkpoint_every=1, memory_every=0,
+                    on_failure="skip", failure_window=5, failure_warn=0.9, **kw)
+    text = " ".join(str(w.message) for w in rec)
+    for new in ("monitoring=Monitoring(progress=...)", "evaluation=Evaluation(every=...)",
+                "checkpointing=Checkpointing(path=...)", "failures=FailurePolicy(window=...)"):
+        assert new in text
+    new = train(alg, sampler, monitoring=QUIET, evaluation=Evaluation(every=3, tasks=4),
+                failures=FailurePolicy(on_failure="skip"), **kw)
+    np.testing.assert_array_equal(old.theta, new.theta)
+    assert old.evaluations["loss"] == new.evaluations["loss"]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'eval_evry'"):
+        train(alg, sampler, eval_evry=3, **kw)
+
+
+def test_resume_reads_the_old_meta_checkpoint_format(small, tmp_path):
+    """A checkpoint of the earlier ``bilevel.meta.checkpoint/1`` format resumes exactly."""
+    sampler, model = small
+    alg = MAML(model, 0.02, 1)
+    kw = dict(meta_batch=2, optimizer=Adam(1e-2), seed=6, monitoring=QUIET)
+    full = train(alg, sampler, steps=5, **kw)
+    ck = tmp_path / "ck.npz"
+    train(alg, sampler, steps=2, checkpointing=Checkpointing(ck), **kw)
+    c = load_checkpoint(ck)
+    meta = {"format": "bilevel.meta.checkpoint/1", "iteration": c["iteration"],
+            "opt_scalars": {"count": c["opt_state"]["count"]}, "rng": c["rng_state"],
+            "history": c["history"], "evaluations": c["evaluations"], "config": c["config"]}
+    np.savez(ck, params=c["params"], meta=np.array(json.dumps(meta)),
+             **{f"opt/{k}": c["opt_state"][k] for k in ("mu", "nu")})
+    resumed = train(alg, sampler, steps=5, checkpointing=Checkpointing(ck), **kw)
+    assert resumed.start_iteration == 2
+    np.testing.assert_array_equal(resumed.theta, full.theta)
+    assert resumed.history["loss"] == full.history["loss"]

@@ -4,15 +4,58 @@ Subcommand modules: :mod:`~bilevel.bench.memory` (peak memory against inner step
 :mod:`~bilevel.bench.accuracy` (error against HVP count), :mod:`~bilevel.bench.speed`
 (hypergradient time over inner-solve time, HVP over gradient time, primitive overhead),
 :mod:`~bilevel.bench.meta` (time and memory per meta-iteration); output writing is in
-:mod:`~bilevel.bench.report`. :func:`method_suite` is the list of method configurations
-that the demo and the speed benchmark compare.
+:mod:`~bilevel.bench.report`, the benchmark problems in :mod:`~bilevel.bench.problems`.
+:func:`method_suite` is the list of method configurations that the demo and the speed
+benchmark compare; :func:`method_class` finds a method by its registered name, and
+:func:`quiet_hypergrad` is the one way the benchmarks call :func:`bilevel.hypergrad`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["method_suite"]
+import numpy as np
+
+from .. import methods as _methods
+from ..api import failure_result, hypergrad
+from ..problem import NonFiniteError
+from ..registry import lookup, names, spelling
+
+__all__ = ["method_class", "method_names", "method_suite", "quiet_hypergrad"]
+
+
+def method_names() -> list[str]:
+    """Names of the hypergradient methods: ``registry.names("method")``.
+
+    Falls back to the ``name`` attributes of the classes in :mod:`bilevel.methods` while
+    no method is registered.
+    """
+    return names("method") or [
+        cls.name for cls in (getattr(_methods, n) for n in _methods.__all__)
+        if isinstance(getattr(cls, "name", None), str)
+    ]
+
+
+def method_class(name: str) -> type:
+    """The hypergradient method class registered as ``name`` (any spelling)."""
+    if names("method"):
+        return lookup("method", name)
+    for cls in (getattr(_methods, n) for n in _methods.__all__):
+        if spelling(getattr(cls, "name", "")) == spelling(name):
+            return cls
+    raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}")
+
+
+def quiet_hypergrad(problem: Any, lam: Any, w0: Any, dynamics: Any, method: Any) -> Any:
+    """:func:`bilevel.hypergrad` with ``on_failure="ignore"``: failures stay in the result
+    (``success``, ``message``), floating-point overflow of a diverging method is silent, and
+    a :class:`~bilevel.NonFiniteError` becomes a NaN failure result."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
+            return hypergrad(problem, lam, w0, dynamics=dynamics, method=method,
+                             on_failure="ignore")
+        except (NonFiniteError, FloatingPointError) as err:
+            return failure_result(lam, f"non-finite: {err}", n_hvp=0, n_grad=0)
 
 
 def method_suite(
@@ -52,7 +95,6 @@ def method_suite(
         ``Implicit(Direct)``, ``Historyless``, ``Adjoint(store)``, ``Adjoint(checkpoint)``,
         ``Adjoint(continuous)``, ``Adjoint(reconstruct)``.
     """
-    from .. import methods as m
     from ..checkpoint import default_checkpoints
     from ..dynamics import GradientDescent, GradientFlow
     from ..linalg import CG, Direct, Neumann
@@ -72,21 +114,23 @@ def method_suite(
     def flow() -> Any:
         return GradientFlow(horizon, flow_steps, scheme=scheme)
 
+    reverse, implicit = method_class("reverse"), method_class("implicit")
+    adjoint = method_class("adjoint")
     suite: dict[str, tuple[Any, Any]] = {
-        "Reverse": (gd(), m.Reverse()),
-        "Reverse(checkpoints)": (gd(), m.Reverse(checkpoints=default_checkpoints(steps))),
-        f"Reverse(truncate={trunc})": (gd(), m.Reverse(truncate=trunc)),
+        "Reverse": (gd(), reverse()),
+        "Reverse(checkpoints)": (gd(), reverse(checkpoints=default_checkpoints(steps))),
+        f"Reverse(truncate={trunc})": (gd(), reverse(truncate=trunc)),
     }
     if forward:
-        suite["Forward"] = (gd(), m.Forward())
-    suite["Implicit(CG)"] = (gd(), m.Implicit(CG(tol=1e-10), inner_tol=None))
-    suite["Implicit(Neumann)"] = (gd(), m.Implicit(Neumann(alpha=lr, maxiter=100),
-                                                   inner_tol=None))
+        suite["Forward"] = (gd(), method_class("forward")())
+    suite["Implicit(CG)"] = (gd(), implicit(CG(tol=1e-10), inner_tol=None))
+    suite["Implicit(Neumann)"] = (gd(), implicit(Neumann(alpha=lr, maxiter=100),
+                                                 inner_tol=None))
     if direct:
-        suite["Implicit(Direct)"] = (gd(), m.Implicit(Direct(), inner_tol=None))
-    suite["Historyless"] = (gd(), m.Historyless())
-    suite["Adjoint(store)"] = (flow(), m.Adjoint("store"))
-    suite["Adjoint(checkpoint)"] = (flow(), m.Adjoint("checkpoint"))
-    suite["Adjoint(continuous)"] = (flow(), m.Adjoint("store", discrete=False))
-    suite["Adjoint(reconstruct)"] = (flow(), m.Adjoint("reconstruct"))
+        suite["Implicit(Direct)"] = (gd(), implicit(Direct(), inner_tol=None))
+    suite["Historyless"] = (gd(), method_class("historyless")())
+    suite["Adjoint(store)"] = (flow(), adjoint("store"))
+    suite["Adjoint(checkpoint)"] = (flow(), adjoint("checkpoint"))
+    suite["Adjoint(continuous)"] = (flow(), adjoint("store", discrete=False))
+    suite["Adjoint(reconstruct)"] = (flow(), adjoint("reconstruct"))
     return suite

@@ -1,30 +1,20 @@
 """Peak memory and time of each hypergradient method against the number of inner steps K.
 
-The claim this benchmark measures (DESIGN principle 7): full reverse mode stores every
-iterate, so its peak memory grows like ``O(K·n)``; checkpointed reverse holds
+The claim this benchmark measures: full reverse mode stores every iterate, so its peak
+memory grows like ``O(K·n)``; checkpointed reverse holds
 ``O(log K)`` states, truncated reverse ``O(T)``, forward mode ``O(n·m)``, and the
 implicit, historyless and reconstructing-adjoint methods ``O(n)`` — independent of K.
 
-Two problems:
-
-``ridge``
-    Ridge regression with ``m = 4`` group log-penalties,
-    ``g(w, λ) = ½‖Xw − y‖² + ½ Σ_j e^{λ_{G(j)}} w_j²`` and ``f = ½‖X_v w − y_v‖²``, with
-    hand-written oracles (no autodiff tape): the stored iterates are the only memory that
-    can grow with K, so the slopes are clean. Forward mode runs here (few hyperparameters).
-``mlp``
-    A tanh MLP regression (8 → 128 → 1, ``n = 1281``) with per-layer log-L2 penalties
-    (``m = 2``), differentiated by autograd through :mod:`bilevel.numpy`; each oracle
-    call holds an autodiff trace while it runs (``Act``), so the constant part is larger.
+Two problems (:mod:`bilevel.bench.problems`): ``ridge`` with hand-written oracles, where
+the stored iterates are the only memory that can grow with K, so the slopes are clean
+(forward mode runs here: few hyperparameters), and ``mlp`` (8 → 128 → 1, ``n = 1281``),
+differentiated by autograd, whose constant part is larger.
 
 Measurement: each (problem, method, K) cell runs twice, first untraced for the wall-clock
 ``seconds``, then under the memory tracer for ``peak_bytes`` (the tracer slows NumPy
-code several-fold, so its run is not timed). On NumPy the tracer is :mod:`tracemalloc`
-(``peak − current`` at the start of the call; NumPy reports its data buffers to it). On
-CuPy it is a :class:`cupy.cuda.MemoryHook` on the default memory pool that adds the bytes of
-each pool ``malloc`` and subtracts each ``free``: the peak of pool memory in use during the
-call above what was in use before (``cupy.get_default_memory_pool().used_bytes()`` moves
-the same way, but exposes no peak); host memory is not counted there.
+code several-fold, so its run is not timed). The tracer is the library's one memory
+meter, :func:`bilevel.outer.memory.peak_memory`: :mod:`tracemalloc` on NumPy, the CuPy
+memory pool's bytes in use on CuPy (host memory is not counted there).
 
 Time budget: the autograd MLP costs milliseconds per inner step, so the full grid up to
 K = 10,000 does not fit every method in a few minutes. The run gives each problem an equal part of
@@ -41,22 +31,19 @@ default leaves the MLP the rest. ``bilevel bench memory`` calls :func:`run` once
 from __future__ import annotations
 
 import functools
-import gc
 import math
 import time
-import tracemalloc
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from .. import methods as _methods
-from ..api import HypergradWarning, hypergrad
-from ..backend import module as backend_module
 from ..checkpoint import default_checkpoints
 from ..dynamics import GradientDescent, GradientFlow
-from ..problem import BilevelProblem, NonFiniteError
+from ..outer.memory import peak_memory
+from . import method_class, method_names, quiet_hypergrad
+from .problems import PROBLEMS, mlp_problem, ridge_problem
+from .report import format_bytes
 
 __all__ = [
     "K_GRID",
@@ -77,118 +64,11 @@ TRUNCATE = 10
 MIN_PAIR_S = 4.0
 BUDGET_S = 240.0
 BUDGET_QUICK_S = 60.0
+HORIZON = 1.0
 
-
-# --------------------------------------------------------------------------- problems
-
-
-def _data(xp: Any, rng: np.random.Generator, shape: tuple[int, ...], scale: float = 1.0) -> Any:
-    return xp.asarray(scale * rng.standard_normal(shape), dtype=xp.float64)
-
-
-def ridge_problem(
-    backend: str = "numpy", n: int = 100, m: int = 4, seed: int = 0
-) -> tuple[BilevelProblem, Any, Any, float]:
-    """Group-penalized ridge regression with closed-form oracles.
-
-    ``g(w, λ) = ½‖Xw − y‖² + ½ Σ_j e^{λ_{G(j)}} w_j²``, ``f(w) = ½‖X_v w − y_v‖²`` with
-    ``X`` of shape ``(2n, n)`` scaled to ``‖X‖₂ ≈ 1`` and ``G`` assigning feature ``j`` to
-    group ``j mod m``. Oracles: ``∇_w g = Xᵀ(Xw − y) + d ⊙ w`` with ``d = e^{λ_G}``,
-    ``H v = Xᵀ X v + d ⊙ v``, ``Mᵀu = Gᵀ(d ⊙ w ⊙ u)``, ``M e = (G (e^λ ⊙ e)) ⊙ w``.
-    Cost per oracle: two matrix–vector products with ``X`` (``O(n²)``).
-
-    Returns
-    -------
-    problem, lam, w0, lr
-        The problem, λ = 0, w₀ = 0 and a stable step ``1 / L`` with ``L`` the largest
-        Hessian eigenvalue bound.
-    """
-    xp = backend_module(backend)
-    rng = np.random.default_rng(seed)
-    N = 2 * n
-    Xn = rng.standard_normal((N, n)) / math.sqrt(N) / 3.0
-    X, Xv = xp.asarray(Xn), _data(xp, rng, (N, n), 1.0 / math.sqrt(N) / 3.0)
-    y, yv = _data(xp, rng, (N,)), _data(xp, rng, (N,))
-    G = xp.asarray(np.eye(m)[np.arange(n) % m])  # (n, m) one-hot group membership
-
-    def penalty(lam: Any) -> Any:
-        return xp.exp(lam) @ G.T
-
-    def g(w, lam):
-        r = X @ w - y
-        return 0.5 * xp.sum(r * r) + 0.5 * xp.sum(penalty(lam) * w * w)
-
-    def f(w, lam):
-        r = Xv @ w - yv
-        return 0.5 * xp.sum(r * r)
-
-    oracles = {
-        "inner_grad": lambda w, lam, data: X.T @ (X @ w - y) + penalty(lam) * w,
-        "inner_hvp": lambda w, lam, v, data: X.T @ (X @ v) + penalty(lam) * v,
-        "inner_mixed_vjp": lambda w, lam, u, data: (penalty(lam) * w * u) @ G,
-        "inner_mixed_jvp": lambda w, lam, e, data: ((xp.exp(lam) * e) @ G.T) * w,
-        "outer_grads": lambda w, lam, data: (Xv.T @ (Xv @ w - yv), xp.zeros_like(lam)),
-    }
-    problem = BilevelProblem(g, f, oracles=oracles, name="ridge")
-    L = float(np.linalg.norm(Xn, 2) ** 2) + 1.0
-    return problem, xp.zeros(m, dtype=xp.float64), xp.zeros(n, dtype=xp.float64), 1.0 / L
-
-
-def mlp_problem(
-    backend: str = "numpy", n_in: int = 8, width: int = 128, n_data: int = 32, seed: int = 0
-) -> tuple[BilevelProblem, Any, Any, float]:
-    """Tanh MLP regression with per-layer log-L2 penalties λ ∈ R², autograd oracles.
-
-    ``g(w, λ) = mean((net(w; X) − y)²) + ½ (e^{λ₀}‖(W₁, b₁)‖² + e^{λ₁}‖(W₂, b₂)‖²)``,
-    ``f(w) = mean((net(w; X_v) − y_v)²)``, ``net(w; x) = W₂ tanh(W₁x + b₁) + b₂``.
-    ``n = n_in·width + 2·width + 1`` (1281 with the defaults). Built on
-    :mod:`bilevel.numpy`, so it runs on NumPy and CuPy.
-
-    Returns
-    -------
-    problem, lam, w0, lr
-        The problem, λ = (0, 0), a seeded w₀ and the step 0.05.
-    """
-    import bilevel.numpy as bnp
-
-    xp = backend_module(backend)
-    rng = np.random.default_rng(seed)
-    X, Xv = _data(xp, rng, (n_data, n_in)), _data(xp, rng, (n_data, n_in))
-    y, yv = _data(xp, rng, (n_data,)), _data(xp, rng, (n_data,))
-    s1, s2 = n_in * width, n_in * width + width
-
-    def net(w, x):
-        W1 = bnp.reshape(w[:s1], (n_in, width))
-        hidden = bnp.tanh(bnp.matmul(x, W1) + w[s1:s2])
-        return bnp.matmul(hidden, w[s2 : s2 + width]) + w[s2 + width]
-
-    def g(w, lam):
-        r = net(w, X) - y
-        reg = bnp.exp(lam[0]) * bnp.sum(w[:s2] ** 2) + bnp.exp(lam[1]) * bnp.sum(w[s2:] ** 2)
-        return bnp.mean(r * r) + 0.5 * reg
-
-    def f(w, lam):
-        r = net(w, Xv) - yv
-        return bnp.mean(r * r)
-
-    n = s2 + width + 1
-    w0 = _data(xp, rng, (n,), 1.0 / math.sqrt(n_in))
-    lam = xp.asarray([0.0, 0.0], dtype=xp.float64)
-    return BilevelProblem(g, f, name="mlp"), lam, w0, 0.05
-
-
-PROBLEMS: dict[str, Callable[..., tuple[BilevelProblem, Any, Any, float]]] = {
-    "ridge": ridge_problem,
-    "mlp": mlp_problem,
-}
-
-# --------------------------------------------------------------------------- methods
 
 def _gd(method: Any, K: int, lr: float) -> tuple[Any, Any]:
     return method, GradientDescent(lr, K)
-
-
-HORIZON = 1.0
 
 
 def _flow(method: Any, K: int, lr: float) -> tuple[Any, Any]:
@@ -196,32 +76,32 @@ def _flow(method: Any, K: int, lr: float) -> tuple[Any, Any]:
 
 
 METHODS: dict[str, tuple[str, Callable[[Any, int, float], tuple[Any, Any]], bool]] = {
-    "Reverse": ("Reverse", lambda cls, K, lr: _gd(cls(), K, lr), False),
+    "Reverse": ("reverse", lambda cls, K, lr: _gd(cls(), K, lr), False),
     "Reverse(checkpoints)": (
-        "Reverse",
+        "reverse",
         lambda cls, K, lr: _gd(cls(checkpoints=default_checkpoints(K)), K, lr),
         False,
     ),
     f"Reverse(truncate={TRUNCATE})": (
-        "Reverse",
+        "reverse",
         lambda cls, K, lr: _gd(cls(truncate=TRUNCATE), K, lr),
         False,
     ),
-    "Forward": ("Forward", lambda cls, K, lr: _gd(cls(), K, lr), True),
-    "Implicit": ("Implicit", lambda cls, K, lr: _gd(cls(inner_tol=None), K, lr), False),
-    "Historyless": ("Historyless", lambda cls, K, lr: _gd(cls(), K, lr), False),
+    "Forward": ("forward", lambda cls, K, lr: _gd(cls(), K, lr), True),
+    "Implicit": ("implicit", lambda cls, K, lr: _gd(cls(inner_tol=None), K, lr), False),
+    "Historyless": ("historyless", lambda cls, K, lr: _gd(cls(), K, lr), False),
     "Adjoint(checkpoint)": (
-        "Adjoint",
+        "adjoint",
         lambda cls, K, lr: _flow(cls(trajectory="checkpoint"), K, lr),
         False,
     ),
     "Adjoint(reconstruct)": (
-        "Adjoint",
+        "adjoint",
         lambda cls, K, lr: _flow(cls(trajectory="reconstruct"), K, lr),
         False,
     ),
 }
-"""Benchmarked methods: label → (class in :mod:`bilevel.methods`, factory, forward-mode?).
+"""Benchmarked methods: label → (registered method name, factory, forward-mode?).
 
 Checkpointed reverse uses ``c = ⌈log₂K⌉ + 1`` snapshots. The adjoint rows integrate the
 gradient flow with RK4 over a fixed horizon ``T = HORIZON`` (``h = T/K``): the
@@ -231,74 +111,12 @@ only on problems with few hyperparameters (the ridge problem)."""
 
 
 def default_methods() -> list[str]:
-    """Labels of :data:`METHODS` whose class :mod:`bilevel.methods` provides."""
-    return [label for label, (cls, _, _) in METHODS.items() if hasattr(_methods, cls)]
+    """Labels of :data:`METHODS` whose method is available (:func:`bilevel.bench.method_names`)."""
+    available = set(method_names())
+    return [label for label, (name, _, _) in METHODS.items() if name in available]
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-class _CupyPeakHook:
-    """Track the peak of CuPy memory-pool bytes in use (pool malloc minus pool free)."""
-
-    def __init__(self) -> None:
-        import cupy
-
-        class Hook(cupy.cuda.MemoryHook):
-            name = "bilevel_peak"
-
-            def __init__(hook) -> None:
-                hook.current = 0
-                hook.peak = 0
-
-            def malloc_postprocess(hook, device_id, size, mem_size, mem_ptr, pmem_id):
-                hook.current += mem_size
-                hook.peak = max(hook.peak, hook.current)
-
-            def free_postprocess(hook, device_id, mem_size, mem_ptr, pmem_id):
-                hook.current -= mem_size
-
-        self.hook = Hook()
-
-
-def peak_memory(fn: Callable[[], Any], backend: str = "numpy") -> tuple[Any, int]:
-    """Call ``fn()`` and return ``(its result, peak bytes allocated above the start)``.
-
-    NumPy: :mod:`tracemalloc` (host allocations, NumPy buffers included). CuPy: the peak of
-    the default memory pool's bytes in use, through a :class:`cupy.cuda.MemoryHook`.
-    """
-    gc.collect()
-    if backend == "cupy":
-        import cupy
-
-        tracker = _CupyPeakHook().hook
-        cupy.cuda.Device().synchronize()
-        with tracker:
-            out = fn()
-            cupy.cuda.Device().synchronize()
-        return out, int(tracker.peak)
-    was_tracing = tracemalloc.is_tracing()
-    if not was_tracing:
-        tracemalloc.start()
-    tracemalloc.reset_peak()
-    start = tracemalloc.get_traced_memory()[0]
-    try:
-        out = fn()
-        peak = tracemalloc.get_traced_memory()[1] - start
-    finally:
-        if not was_tracing:
-            tracemalloc.stop()
-    return out, int(peak)
-
-
-def _call(problem: BilevelProblem, lam: Any, w0: Any, inner: Any, method: Any) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HypergradWarning)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            try:
-                return hypergrad(problem, lam, w0, dynamics=inner, method=method)
-            except (NonFiniteError, FloatingPointError) as err:
-                return {"success": False, "message": f"non-finite: {err}", "n_hvp": 0}
 
 
 def _timed(fn: Callable[[], Any], backend: str) -> tuple[Any, float]:
@@ -326,6 +144,84 @@ def _slope(rows: list[dict]) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
+def _checked(quick: bool, backend: str, methods: Sequence[str] | None,
+             problems: Sequence[str], K_grid: Sequence[int] | None,
+             budget_s: float | None) -> tuple[list[str], tuple[int, ...], float]:
+    """Validated ``(labels, grid, budget)`` of :func:`run`."""
+    if backend not in ("numpy", "cupy"):
+        raise ValueError(f"backend must be 'numpy' or 'cupy', got {backend!r}")
+    labels = default_methods() if methods is None else list(methods)
+    unknown = [lb for lb in labels if lb not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method label(s) {unknown}; choose from {list(METHODS)}")
+    missing = [lb for lb in labels if METHODS[lb][0] not in method_names()]
+    if missing:
+        raise ValueError(f"method(s) {missing} are not available in bilevel.methods")
+    bad = [p for p in problems if p not in PROBLEMS]
+    if bad:
+        raise ValueError(f"unknown problem(s) {bad}; choose from {list(PROBLEMS)}")
+    grid = tuple(K_grid) if K_grid is not None else (K_GRID_QUICK if quick else K_GRID)
+    if not grid or any(int(K) != K or K < 1 for K in grid):
+        raise ValueError(f"K_grid must hold positive integers, got {grid!r}")
+    default = BUDGET_QUICK_S if quick else BUDGET_S
+    return labels, grid, float(budget_s) if budget_s is not None else default
+
+
+def _pair_budget(total_left: float, spent_here: float, problems_left: int, left: int) -> float:
+    """Seconds for the next (problem, method) pair.
+
+    Each problem gets an equal part of what is left (``total_left``, counting what this
+    problem has spent); within it, a pair gets between one and 2.5 fair shares, keeping
+    :data:`MIN_PAIR_S` for each later pair when it can (cheap pairs finish early and leave
+    their share to the rest).
+    """
+    remaining = max(total_left / problems_left - spent_here, 0.0)
+    fair = remaining / left
+    return min(2.5 * fair, max(remaining - MIN_PAIR_S * (left - 1), fair))
+
+
+def _cell(built: tuple, pname: str, label: str, K: int, backend: str) -> tuple[dict, float]:
+    """One measured cell (timed run, then traced run) and its wall-clock seconds."""
+    problem, lam, w0, lr = built
+    name, factory, _ = METHODS[label]
+    method, dynamics = factory(method_class(name), K, lr)
+    cell = functools.partial(quiet_hypergrad, problem, lam, w0, dynamics, method)
+    t0 = time.perf_counter()
+    res, seconds = _timed(cell, backend)
+    _, peak = peak_memory(cell, backend)
+    row = dict(problem=pname, method=label, K=int(K), peak_bytes=peak, seconds=float(seconds),
+               n_hvp=int(res.get("n_hvp", 0)), n_grad=int(res.get("n_grad", 0)),
+               success=bool(res.get("success", False)), message=str(res.get("message", "")))
+    return row, time.perf_counter() - t0
+
+
+def _measure_pair(built: tuple, pname: str, label: str, grid: Sequence[int], budget: float,
+                  backend: str, progress: Callable[[str], None] | None) -> tuple[list, list]:
+    """Rows of one (problem, method) pair over the K grid within ``budget`` seconds, and
+    the cells skipped because their predicted time (from the previous cell's cost per step,
+    extrapolating its growth with K) would not fit."""
+    problem, lam, w0, lr = built
+    name, factory, _ = METHODS[label]
+    t_pair, per_step, growth = time.perf_counter(), None, 1.2
+    method, dynamics = factory(method_class(name), 2, lr)
+    quiet_hypergrad(problem, lam, w0, dynamics, method)  # warm-up: imports, first traces
+    rows, skipped = [], []
+    for K in sorted(grid):
+        predicted = None if per_step is None else per_step * K * growth
+        if predicted is not None and time.perf_counter() - t_pair + predicted > budget:
+            skipped.append(dict(problem=pname, method=label, K=K, predicted_seconds=predicted))
+            continue
+        row, spent = _cell(built, pname, label, K, backend)
+        now = spent / K
+        growth = 1.2 if per_step is None else min(max(now / per_step, 1.0), 2.0)
+        per_step = now
+        rows.append(row)
+        if progress is not None:
+            progress(f"{pname:6s} {label:22s} K={K:6d} peak={row['peak_bytes'] / 1e6:9.3f} MB "
+                     f"time={row['seconds']:8.3f} s")
+    return rows, skipped
+
+
 def run(
     quick: bool = False,
     backend: str = "numpy",
@@ -345,7 +241,7 @@ def run(
     backend : {"numpy", "cupy"}
         Array backend of the problems (memory via tracemalloc or the CuPy pool).
     methods : sequence of str, optional
-        Labels of :data:`METHODS`; default: every one whose class exists
+        Labels of :data:`METHODS`; default: every one whose method exists
         (:func:`default_methods`).
     problems : sequence of str
         Among ``"ridge"`` and ``"mlp"``.
@@ -368,104 +264,34 @@ def run(
         ``{name: {"n": ..., "m": ...}}``; ``K_grid``, ``backend``, ``memory_measure``,
         ``total_seconds``.
     """
-    if backend not in ("numpy", "cupy"):
-        raise ValueError(f"backend must be 'numpy' or 'cupy', got {backend!r}")
-    labels = default_methods() if methods is None else list(methods)
-    unknown = [lb for lb in labels if lb not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method label(s) {unknown}; choose from {list(METHODS)}")
-    missing = [lb for lb in labels if not hasattr(_methods, METHODS[lb][0])]
-    if missing:
-        raise ValueError(f"method(s) {missing} are not available in bilevel.methods")
-    bad = [p for p in problems if p not in PROBLEMS]
-    if bad:
-        raise ValueError(f"unknown problem(s) {bad}; choose from {list(PROBLEMS)}")
-    grid = tuple(K_grid) if K_grid is not None else (K_GRID_QUICK if quick else K_GRID)
-    if not grid or any(int(K) != K or K < 1 for K in grid):
-        raise ValueError(f"K_grid must hold positive integers, got {grid!r}")
-    budget = float(budget_s) if budget_s is not None else (
-        BUDGET_QUICK_S if quick else BUDGET_S
-    )
-
+    labels, grid, budget = _checked(quick, backend, methods, problems, K_grid, budget_s)
     built = {name: PROBLEMS[name](backend) for name in problems}
-    pairs = [
-        (pname, label)
-        for pname in problems
-        for label in labels
-        if not METHODS[label][2] or pname == "ridge"
-    ]
+    pairs = [(p, lb) for p in problems for lb in labels if not METHODS[lb][2] or p == "ridge"]
     t_start = time.perf_counter()
     rows: list[dict] = []
     skipped: list[dict] = []
     problem_start: dict[str, float] = {}
     for i, (pname, label) in enumerate(pairs):
-        problem, lam, w0, lr = built[pname]
-        cls_name, factory, _ = METHODS[label]
-        cls = getattr(_methods, cls_name)
-        # each problem gets an equal part of what is left; within it, pairs share adaptively
-        problems_left = len(dict.fromkeys(p for p, _ in pairs[i:]))
         spent_here = time.perf_counter() - problem_start.setdefault(pname, time.perf_counter())
         total_left = max(budget - (time.perf_counter() - t_start) + spent_here, 0.0)
-        remaining = max(total_left / problems_left - spent_here, 0.0)
-        left = sum(1 for p, _ in pairs[i:] if p == pname)
-        # between one and 2.5 fair shares, keeping MIN_PAIR_S for each later pair when it
-        # can (cheap pairs finish early and leave their share to the rest)
-        fair = remaining / left
-        pair_budget = min(2.5 * fair, max(remaining - MIN_PAIR_S * (left - 1), fair))
-        t_pair = time.perf_counter()
-        method, inner = factory(cls, 2, lr)
-        _call(problem, lam, w0, inner, method)  # warm-up: imports, first traces
-        per_step, growth = None, 1.2
-        for K in sorted(grid):
-            method, inner = factory(cls, K, lr)
-            used = time.perf_counter() - t_pair
-            if per_step is not None:
-                predicted = per_step * K * growth
-                if used + predicted > pair_budget:
-                    skipped.append(
-                        dict(problem=pname, method=label, K=K, predicted_seconds=predicted)
-                    )
-                    continue
-            cell = functools.partial(_call, problem, lam, w0, inner, method)
-            res, seconds = _timed(cell, backend)
-            t_mem = time.perf_counter()
-            _, peak = peak_memory(cell, backend)
-            traced = time.perf_counter() - t_mem
-            now = (seconds + traced) / K
-            # per-step cost may rise with K (checkpoint recomputation): extrapolate its trend
-            growth = 1.2 if per_step is None else min(max(now / per_step, 1.0), 2.0)
-            per_step = now
-            row = dict(
-                problem=pname,
-                method=label,
-                K=int(K),
-                peak_bytes=peak,
-                seconds=float(seconds),
-                n_hvp=int(res.get("n_hvp", 0)),
-                n_grad=int(res.get("n_grad", 0)),
-                success=bool(res.get("success", False)),
-                message=str(res.get("message", "")),
-            )
-            rows.append(row)
-            if progress is not None:
-                progress(
-                    f"{pname:6s} {label:22s} K={K:6d} peak={peak / 1e6:9.3f} MB "
-                    f"time={seconds:8.3f} s"
-                )
+        share = _pair_budget(total_left, spent_here,
+                             problems_left=len(dict.fromkeys(p for p, _ in pairs[i:])),
+                             left=sum(1 for p, _ in pairs[i:] if p == pname))
+        got, left_out = _measure_pair(built[pname], pname, label, grid, share, backend,
+                                      progress)
+        rows += got
+        skipped += left_out
     slopes: dict[str, dict[str, float]] = {}
-    for pname in problems:
-        for label in labels:
-            sel = [r for r in rows if r["problem"] == pname and r["method"] == label]
-            if sel:
-                slopes.setdefault(pname, {})[label] = _slope(sel)
+    for pname, label in pairs:
+        sel = [r for r in rows if r["problem"] == pname and r["method"] == label]
+        if sel:
+            slopes.setdefault(pname, {})[label] = _slope(sel)
     return dict(
         rows=rows,
         slopes=slopes,
         skipped=skipped,
-        problems={
-            name: {"n": int(b[2].shape[-1]), "m": int(math.prod(b[1].shape))}
-            for name, b in built.items()
-        },
+        problems={name: {"n": int(b[2].shape[-1]), "m": int(math.prod(b[1].shape))}
+                  for name, b in built.items()},
         K_grid=list(grid),
         backend=backend,
         memory_measure=(
@@ -478,13 +304,6 @@ def run(
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-def _fmt_bytes(b: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if b >= scale:
-            return f"{b / scale:.2f} {unit}"
-    return f"{int(b)} B"
 
 
 def to_markdown(result: dict) -> str:
@@ -509,7 +328,7 @@ def to_markdown(result: dict) -> str:
                 if hit:
                     r = hit[0]
                     flag = "" if r["success"] else " (failed)"
-                    cells.append(f"{_fmt_bytes(r['peak_bytes'])} / {r['seconds']:.2f} s{flag}")
+                    cells.append(f"{format_bytes(r['peak_bytes'])} / {r['seconds']:.2f} s{flag}")
                 else:
                     cells.append("skipped")
             slope = result["slopes"].get(pname, {}).get(label, float("nan"))

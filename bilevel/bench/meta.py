@@ -2,7 +2,7 @@
 
 One meta-iteration is ``algorithm.meta_gradient(θ, episode)`` on a meta-batch of sinusoid
 regression tasks (1-40-40-1 tanh MLP, 10 support and 10 query points per task), for inner
-step counts K in the grid. Expected memory per task (ALGORITHMS §3): O(K·n) for MAML and
+step counts K in the grid. Expected memory per task (see :doc:`/meta`): O(K·n) for MAML and
 A-MAML (stored trajectories), O(n) for first-order MAML, Reptile and iMAML, O(p + q) plus
 one backbone graph for the memory-reduced method; ANIL stores head iterates only; CML adds
 a co-learner. Time is the best of ``repeats`` untraced calls; peak memory comes from one
@@ -18,11 +18,22 @@ from typing import Any
 
 import numpy as np
 
+from ..registry import spelling
 from .report import RowLog, figure, format_bytes, markdown_table, peak_memory, save_figure
 
 __all__ = ["ALGORITHMS", "algorithm", "plot", "run", "to_markdown"]
 
 ALGORITHMS = ("MAML", "FOMAML", "ANIL", "Reptile", "iMAML", "A-MAML", "MemoryReduced", "CML")
+"""Row labels, one per algorithm registered under ``"algorithm"`` by :mod:`bilevel.meta`;
+``--methods`` accepts any spelling of them (``amaml``, ``memory-reduced``)."""
+
+
+def _label(name: str) -> str:
+    """The label of :data:`ALGORITHMS` that ``name`` spells (:func:`bilevel.registry.spelling`)."""
+    for label in ALGORITHMS:
+        if spelling(label) == spelling(name):
+            return label
+    raise ValueError(f"unknown meta-learning algorithm {name!r}; choose from {ALGORITHMS}")
 _SIZES = {"quick": dict(K=(2, 8), meta_batch=4, repeats=1),
           "full": dict(K=(5, 20, 80), meta_batch=25, repeats=3)}
 
@@ -43,9 +54,7 @@ def algorithm(name: str, K: int) -> Any:
         "CML": lambda: CML(MAML(model, inner_lr=0.01, steps=K),
                            MLP((40, 40, 1), activation="tanh"), weight=1.0),
     }
-    if name not in makers:
-        raise ValueError(f"unknown meta-learning algorithm {name!r}; choose from {ALGORITHMS}")
-    return makers[name]()
+    return makers[_label(name)]()
 
 
 def run(
@@ -89,10 +98,7 @@ def run(
     xp = _backend.module(backend)
     sync = (lambda: xp.cuda.Device().synchronize()) if backend == "cupy" else (lambda: None)
     size = _SIZES["quick" if quick else "full"]
-    names = list(ALGORITHMS) if methods is None else list(methods)
-    bad = [n for n in names if n not in ALGORITHMS]
-    if bad:
-        raise ValueError(f"unknown meta-learning algorithm(s) {bad}; choose from {ALGORITHMS}")
+    names = list(ALGORITHMS) if methods is None else [_label(n) for n in methods]
     log = RowLog(None, "meta", {}) if log is None else log
     episode = Sinusoid(backend=backend).sample(size["meta_batch"],
                                                np.random.default_rng([seed, 0]))

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from .memory import peak_memory
+from ..outer.atomic import atomic_write
+from ..outer.memory import peak_memory
 
 __all__ = [
     "RowLog",
@@ -69,20 +69,11 @@ def jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> str:
-    """Write ``jsonable(obj)`` to ``path`` atomically (temporary file + rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(jsonable(obj), fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``jsonable(obj)`` to ``path`` atomically
+    (:func:`bilevel.outer.atomic.atomic_write`)."""
+    with atomic_write(path, "w", suffix=".json") as fh:
+        json.dump(jsonable(obj), fh, indent=1)
+    return os.fspath(path)
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -5,7 +5,7 @@ Three measurements:
 ``methods``
     For each problem and method, ``ratio = t(hypergrad) / t(inner solve alone)``: the
     hypergradient includes its own inner solve, so 1 is free differentiation and reverse
-    mode is expected near 2–4 (one HVP ≈ 2–3 gradients per step; ALGORITHMS §1.3).
+    mode is expected near 2–4 (one HVP ≈ 2–3 gradients per step).
 ``oracles``
     Per problem, the time of one Hessian-vector product over one inner gradient, for a fresh
     ``inner_hvp`` and for a product on a traced ``linearize`` (the trace paid once).
@@ -13,21 +13,24 @@ Three measurements:
     Per-primitive overhead of :mod:`bilevel.numpy` against autograd.numpy and MLP
     gradient/loss and HVP/gradient ratios, from :func:`bilevel.bench.primitives.run`.
 
-Problems are those of :mod:`bilevel.bench.memory` (ridge with group penalties, n = 100,
+Problems are those of :mod:`bilevel.bench.problems` (ridge with group penalties, n = 100,
 m = 4; a tanh MLP, n = 321, m = 2). Times are the best of ``repeats`` runs (synchronized
 on CuPy). Each finished row goes to the :class:`~bilevel.bench.report.RowLog` at once.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import method_suite
+from ..backend import namespace
+from ..dynamics import run as run_dynamics
+from . import method_suite, quiet_hypergrad
+from .problems import PROBLEMS
 from .report import RowLog, figure, format_number, markdown_table, save_figure
 
 __all__ = ["plot", "run", "to_markdown"]
@@ -48,13 +51,78 @@ def _best(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> floa
     return best
 
 
-def _hypergrad(problem: Any, lam: Any, w0: Any, inner: Any, method: Any) -> Any:
-    from ..api import HypergradWarning, hypergrad
+def _sync(backend: str) -> Callable[[], None]:
+    if backend == "cupy":
+        import cupy
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HypergradWarning)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return hypergrad(problem, lam, w0, dynamics=inner, method=method)
+        return cupy.cuda.Device().synchronize
+    return lambda: None
+
+
+def _labels(suite: dict, methods: Sequence[str] | None) -> list[str]:
+    """Labels of ``suite`` to run; labels that no problem of this run offers are an error
+    (``Forward`` and ``Implicit(Direct)`` exist for some problems only)."""
+    if methods is None:
+        return list(suite)
+    optional = ("Forward", "Implicit(Direct)")
+    unknown = [lb for lb in methods if lb not in suite and lb not in optional
+               and not lb.startswith("Reverse(truncate")]
+    if unknown:
+        raise ValueError(f"unknown method label(s) {unknown}; choose from {list(suite)}")
+    return [lb for lb in methods if lb in suite]
+
+
+def _method_row(built: tuple, pname: str, label: str, dynamics: Any, method: Any, K: int,
+                repeats: int, sync: Callable[[], None]) -> dict:
+    """Time of the hypergradient over the time of its inner solve alone."""
+    problem, lam, w0, _ = built
+    t_inner = _best(lambda: run_dynamics(problem, dynamics, w0, lam), repeats, sync)
+    res = quiet_hypergrad(problem, lam, w0, dynamics, method)
+    t_hg = _best(lambda: quiet_hypergrad(problem, lam, w0, dynamics, method), repeats, sync)
+    return dict(problem=pname, method=label, K=K, seconds=t_hg, inner_seconds=t_inner,
+                ratio=t_hg / t_inner, n_hvp=int(res.n_hvp), n_grad=int(res.n_grad),
+                success=bool(res.success), message=str(res.message))
+
+
+def _oracle_row(built: tuple, pname: str, repeats: int, sync: Callable[[], None]) -> dict:
+    """Time of one HVP over one inner gradient, fresh and on a traced ``linearize``."""
+    problem, lam, w0, _ = built
+    xp = namespace(w0)
+    rng = np.random.default_rng(0)
+    w = w0 + xp.asarray(0.1 * rng.standard_normal(tuple(w0.shape)))
+    v = xp.asarray(rng.standard_normal(tuple(w0.shape)))
+    reps = 5 * repeats
+    t_g = _best(lambda: problem.inner_grad(w, lam), reps, sync)
+    t_h = _best(lambda: problem.inner_hvp(w, lam, v), reps, sync)
+    lin = problem.linearize(w, lam)
+    t_l = _best(lambda: lin.hvp(v), reps, sync)
+    return dict(problem=pname, grad_s=t_g, hvp_s=t_h, hvp_over_grad=t_h / t_g,
+                linearized_hvp_s=t_l, linearized_hvp_over_grad=t_l / t_g)
+
+
+def _jobs(problems: Sequence[str], methods: Sequence[str] | None, backend: str, quick: bool,
+          primitives: bool) -> list[tuple[tuple, Callable[[], dict]]]:
+    """``(row key, row function)`` of every row of the run, in order."""
+    bad = [p for p in problems if p not in PROBLEMS]
+    if bad:
+        raise ValueError(f"problems must be among {list(PROBLEMS)}, got {bad}")
+    sync = _sync(backend)
+    K, repeats = _SIZES["quick" if quick else "full"].values()
+    jobs: list[tuple[tuple, Callable[[], dict]]] = []
+    for pname in problems:
+        built = PROBLEMS[pname](backend)
+        n = int(built[2].shape[-1])
+        suite = method_suite(K, built[3], direct=n <= 400, forward=pname == "ridge")
+        for label in _labels(suite, methods):
+            jobs.append((("methods", pname, label), functools.partial(
+                _method_row, built, pname, label, *suite[label], K, repeats, sync)))
+        jobs.append((("oracles", pname), functools.partial(_oracle_row, built, pname,
+                                                              repeats, sync)))
+    if primitives:
+        from . import primitives as prim
+
+        jobs.append((("primitives",), lambda: {"result": prim.run(quick, backend)}))
+    return jobs
 
 
 def run(
@@ -97,66 +165,9 @@ def run(
     """
     from tqdm.auto import tqdm
 
-    from .. import backend as _backend
-    from ..dynamics import run as run_dynamics
-    from .memory import PROBLEMS
-
-    xp = _backend.module(backend)
-    sync = (lambda: xp.cuda.Device().synchronize()) if backend == "cupy" else (lambda: None)
-    size = _SIZES["quick" if quick else "full"]
-    K, repeats = size["steps"], size["repeats"]
-    bad = [p for p in problems if p not in PROBLEMS]
-    if bad:
-        raise ValueError(f"problems must be among {list(PROBLEMS)}, got {bad}")
+    K = _SIZES["quick" if quick else "full"]["steps"]
+    jobs = _jobs(problems, methods, backend, quick, primitives)
     log = RowLog(None, "speed", {}) if log is None else log
-
-    built = {name: PROBLEMS[name](backend) for name in problems}
-    jobs: list[tuple[tuple, Callable[[], dict]]] = []
-    for pname, (problem, lam, w0, lr) in built.items():
-        n = int(w0.shape[-1])
-        suite = method_suite(K, lr, direct=n <= 400, forward=pname == "ridge")
-        labels = list(suite) if methods is None else [lb for lb in methods if lb in suite]
-        unknown = [] if methods is None else [
-            lb for lb in methods
-            if lb not in suite and lb not in ("Forward", "Implicit(Direct)")
-            and not lb.startswith("Reverse(truncate")
-        ]
-        if unknown:
-            raise ValueError(f"unknown method label(s) {unknown}; choose from {list(suite)}")
-        for label in labels:
-            inner, method = suite[label]
-
-            def measure(p=problem, lam=lam, w0=w0, inner=inner, method=method, pname=pname,
-                        label=label) -> dict:
-                t_inner = _best(lambda: run_dynamics(p, inner, w0, lam), repeats, sync)
-                res = _hypergrad(p, lam, w0, inner, method)
-                t_hg = _best(lambda: _hypergrad(p, lam, w0, inner, method), repeats, sync)
-                return dict(problem=pname, method=label, K=K, seconds=t_hg,
-                            inner_seconds=t_inner, ratio=t_hg / t_inner,
-                            n_hvp=int(res.n_hvp), n_grad=int(res.n_grad),
-                            success=bool(res.success), message=str(res.message))
-
-            jobs.append((("methods", pname, label), measure))
-
-        def oracles(p=problem, lam=lam, w0=w0, pname=pname) -> dict:
-            rng = np.random.default_rng(0)
-            w = w0 + xp.asarray(0.1 * rng.standard_normal(tuple(w0.shape)))
-            v = xp.asarray(rng.standard_normal(tuple(w0.shape)))
-            reps = 5 * repeats
-            t_g = _best(lambda: p.inner_grad(w, lam), reps, sync)
-            t_h = _best(lambda: p.inner_hvp(w, lam, v), reps, sync)
-            lin = p.linearize(w, lam)
-            t_l = _best(lambda: lin.hvp(v), reps, sync)
-            return dict(problem=pname, grad_s=t_g, hvp_s=t_h, hvp_over_grad=t_h / t_g,
-                        linearized_hvp_s=t_l, linearized_hvp_over_grad=t_l / t_g)
-
-        jobs.append((("oracles", pname), oracles))
-
-    if primitives:
-        from . import primitives as prim
-
-        jobs.append((("primitives",), lambda: {"result": prim.run(quick, backend)}))
-
     out: dict[str, Any] = {"backend": backend, "quick": quick, "K": K, "methods": [],
                            "oracles": [], "primitives": None}
     bar = tqdm(jobs, desc="bench speed", disable=not progress)

@@ -1,20 +1,21 @@
 """Hyperparameter optimization on top of :func:`bilevel.hypergrad`.
 
-:func:`minimize` is the outer loop (warm starts, history, checkpoint/resume, transforms of
-λ); :mod:`bilevel.hpo.problems` builds the standard problems (per-feature ridge,
+:func:`minimize` is the outer loop (warm starts, transforms of λ; history, checkpoint/resume
+and progress come from the shared driver :mod:`bilevel.outer`); :mod:`bilevel.hpo.problems`
+builds the standard problems (per-feature ridge,
 regularized logistic regression, data hyper-cleaning, step-size and momentum tuning)::
 
     from bilevel import GradientDescent, Implicit, CG
     from bilevel.hpo import minimize, problems
     prob = problems.ridge(X_train, y_train, X_val, y_val)
-    res = minimize(prob, lam0, w0, inner=GradientDescent(0.1, 100),
+    res = minimize(prob, lam0, w0, dynamics=GradientDescent(0.1, 100),
                    method=Implicit(CG()), steps=200)
     res.lam, res.history["value"]
 """
 
 from . import problems
 from .checkpoint import load_checkpoint, save_checkpoint
-from .minimize import SGD, Adam, HPOResult, minimize
+from .minimize import SGD, Adam, HPOResult, MinimizeOptions, minimize
 from .problems import (
     TunedGradientDescent,
     TunedMomentum,
@@ -32,6 +33,7 @@ __all__ = [
     "Exp",
     "HPOResult",
     "Identity",
+    "MinimizeOptions",
     "Sigmoid",
     "Transform",
     "TunedGradientDescent",

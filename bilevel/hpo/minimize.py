@@ -3,32 +3,31 @@
 Each outer step computes a hypergradient with :func:`bilevel.hypergrad`, warm-started
 through one :class:`bilevel.HypergradState` (the inner iterate ``w`` when the problem has no
 ``init`` map, and the auxiliary vector ``v`` of the implicit and historyless methods), and
-applies one step of an outer optimizer (``(init, update)`` pair, e.g. Adam) to the
-unconstrained variable ``u`` with ``λ = T(u)``.
+the shared outer-loop driver (:func:`bilevel.outer.drive`) applies one step of an outer
+optimizer (``(init, update)`` pair, e.g. Adam) to the unconstrained variable ``u`` with
+``λ = T(u)``, records the history, and writes the checkpoint.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import sys
-import time
-import tracemalloc
-import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..api import HypergradResult, HypergradState, Method, hypergrad
+from ..api import ON_FAILURE, HypergradResult, HypergradState, Method, hypergrad
 from ..backend import is_array, name_of, namespace
 from ..dynamics import Dynamics
 from ..optim import SGD, Adam, Optimizer
+from ..outer import Checkpointing, LoopState, Monitoring, Step, drive, legacy_keywords, restore
+from ..outer.options import flag
 from ..problem import BilevelProblem
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..validation import Validated, number, one_of, option, optional
 from .transforms import Identity, Transform, get_transform
 
-__all__ = ["SGD", "Adam", "HPOResult", "minimize"]
+__all__ = ["SGD", "Adam", "HPOResult", "MinimizeOptions", "minimize"]
 
 HISTORY_KEYS = (
     "step",
@@ -42,6 +41,19 @@ HISTORY_KEYS = (
     "n_jvp",
     "success",
 )
+
+_LEGACY = {
+    "inner": ("dynamics", ""),
+    "bounds": ("options", "bounds"),
+    "target": ("options", "target"),
+    "warm_start": ("options", "warm_start"),
+    "strict": ("options", "strict"),
+    "checkpoint": ("checkpointing", "path"),
+    "checkpoint_every": ("checkpointing", "every"),
+    "resume": ("checkpointing", "resume"),
+    "progress": ("monitoring", "progress"),
+    "memory": ("monitoring", "memory"),
+}
 
 
 class HPOResult(HypergradResult):
@@ -60,7 +72,7 @@ class HPOResult(HypergradResult):
     history : dict of numpy arrays
         Per outer step: ``step``, ``value`` (F(λ_t) at the last inner iterate),
         ``grad_norm`` (‖∇_λ F‖), ``inner_residual`` (‖∇_w g‖), ``time`` (seconds),
-        ``peak_memory`` (bytes; see ``memory`` of :func:`minimize`; NaN when not
+        ``peak_memory`` (bytes; see :class:`bilevel.outer.Monitoring`; NaN when not
         measured), ``n_grad``, ``n_hvp``, ``n_jvp``, ``success``.
     steps : int
         Outer steps done (including those before a resume).
@@ -80,6 +92,43 @@ class HPOResult(HypergradResult):
     """
 
 
+def _pair(name: str, value: Any) -> tuple[float, float]:
+    try:
+        low, high = (float(b) for b in value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a pair (low, high) of floats, got {value!r}") from err
+    if not low < high:
+        raise ValueError(f"{name} must satisfy low < high, got {value!r}")
+    return low, high
+
+
+@dataclass(frozen=True)
+class MinimizeOptions(Validated):
+    """Options of :func:`minimize` beyond the problem, the solvers and the step count.
+
+    Parameters
+    ----------
+    bounds : (low, high), optional
+        Project λ onto ``[low, high]`` after each step (only with ``transform=None``).
+    target : float, optional
+        Stop as soon as F(λ_t) ≤ target (λ_t is then the answer).
+    warm_start : bool
+        Carry one HypergradState across outer steps (default).
+    strict : bool
+        Passed to :func:`bilevel.hypergrad`: raise on failed diagnostics (same as
+        ``on_failure="raise"``).
+    on_failure : {"warn", "raise", "ignore"}
+        Passed to :func:`bilevel.hypergrad`: what a failed diagnostic does besides
+        ``success=False`` in the step's result and history.
+    """
+
+    bounds: tuple[float, float] | None = option(None, check=optional(_pair))
+    target: float | None = option(None, check=optional(number()))
+    warm_start: bool = option(True, check=flag)
+    strict: bool = option(False, check=flag)
+    on_failure: str = option("warn", check=one_of(ON_FAILURE))
+
+
 def _as_lam(lam0: Any) -> Any:
     if not is_array(lam0):
         try:
@@ -89,29 +138,6 @@ def _as_lam(lam0: Any) -> Any:
     if getattr(lam0.dtype, "kind", "f") != "f":
         raise TypeError(f"lam0 must have a floating dtype, got {lam0.dtype}")
     return lam0
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_bounds(bounds: Any, transform: Transform) -> tuple[float, float] | None:
-    if bounds is None:
-        return None
-    if not isinstance(transform, Identity):
-        raise ValueError(
-            "bounds projects λ onto [low, high] and needs transform=None; with a transform use "
-            "transform=Bounded(low, high) instead"
-        )
-    try:
-        low, high = (float(b) for b in bounds)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"bounds must be a pair (low, high) of floats, got {bounds!r}") from err
-    if not low < high:
-        raise ValueError(f"bounds must satisfy low < high, got {bounds!r}")
-    return low, high
 
 
 def _scalar(x: Any) -> float:
@@ -129,58 +155,123 @@ def _norm(x: Any) -> float:
     return float(xp.sqrt(xp.sum(x * x)))
 
 
-class _Memory:
-    """Peak memory of one outer step: tracemalloc, process peak RSS, or the CuPy pool size."""
-
-    def __init__(self, mode: str | None, backend: str):
-        if mode not in (None, "auto", "tracemalloc", "rss", "pool"):
-            raise ValueError(
-                f"memory must be None, 'auto', 'tracemalloc', 'rss' or 'pool', got {mode!r}"
-            )
-        if mode == "auto":
-            mode = "pool" if backend == "cupy" else "rss"
-        self.mode = mode
-        self._started = False
-        self._base = 0
-
-    def __enter__(self) -> _Memory:
-        if self.mode == "tracemalloc" and not tracemalloc.is_tracing():
-            tracemalloc.start()
-            self._started = True
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._started:
-            tracemalloc.stop()
-
-    def begin(self) -> None:
-        if self.mode == "tracemalloc":
-            tracemalloc.reset_peak()
-            self._base = tracemalloc.get_traced_memory()[0]
-
-    def peak(self) -> float:
-        if self.mode == "tracemalloc":
-            return float(tracemalloc.get_traced_memory()[1] - self._base)
-        if self.mode == "rss":
-            import resource
-
-            kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            return float(kib * (1 if sys.platform == "darwin" else 1024))
-        if self.mode == "pool":
-            import cupy
-
-            return float(cupy.get_default_memory_pool().total_bytes())
-        return float("nan")
+def _check(problem: Any, dynamics: Any, optimizer: Any, callback: Any) -> None:
+    if not isinstance(problem, BilevelProblem):
+        raise TypeError(
+            f"problem must be a BilevelProblem, got {type(problem).__name__} (see "
+            "bilevel.hpo.problems for factories)"
+        )
+    if not (isinstance(dynamics, Dynamics) or callable(dynamics)):
+        raise TypeError(
+            "dynamics must be a Dynamics object such as GradientDescent(lr, steps), or a "
+            f"callable (t, rng) -> Dynamics; got {type(dynamics).__name__}"
+        )
+    if not all(callable(getattr(optimizer, m, None)) for m in ("init", "update")):
+        raise TypeError(
+            f"optimizer must have init(params) and update(grads, state, params), got "
+            f"{type(optimizer).__name__}"
+        )
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
 
 
-def _progress_bar(progress: bool | None, total: int, initial: int) -> Any:
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
+def _box(options: MinimizeOptions, transform: Transform) -> Callable[[Any], Any] | None:
+    if options.bounds is None:
         return None
-    from tqdm.auto import tqdm
+    if not isinstance(transform, Identity):
+        raise ValueError(
+            "bounds projects λ onto [low, high] and needs transform=None; with a transform use "
+            "transform=Bounded(low, high) instead"
+        )
+    low, high = options.bounds
+    return lambda u: namespace(u).clip(u, low, high)
 
-    return tqdm(total=total, initial=initial, desc="hpo", unit="step", leave=False)
+
+class _HypergradStep:
+    """One outer step of :func:`minimize`: λ_t = T(u_t), ∇_u F = T'(u_t) ⊙ ∇_λ F(λ_t)."""
+
+    def __init__(self, problem: BilevelProblem, w0: Any, dynamics: Any, method: Any,
+                 transform: Transform, options: MinimizeOptions):
+        self.problem, self.w0, self.dynamics, self.method = problem, w0, dynamics, method
+        self.T, self.options = transform, options
+        self.hstate: HypergradState | None = None
+        self.last: HypergradResult | None = None
+        self.failed = False
+
+    def resume(self, state: LoopState) -> None:
+        """Rebuild the warm-start state from the loop's (possibly restored) extra state."""
+        hs = state.extra.get("hypergrad_state")
+        if self.options.warm_start:
+            self.hstate = HypergradState(**hs) if hs else HypergradState()
+
+    def dynamics_at(self, t: int, rng: np.random.Generator) -> Dynamics:
+        if isinstance(self.dynamics, Dynamics):
+            return self.dynamics
+        dyn = self.dynamics(t, rng)
+        if not isinstance(dyn, Dynamics):
+            raise TypeError(
+                f"dynamics(t, rng) must return a Dynamics object, got {type(dyn).__name__}"
+            )
+        return dyn
+
+    def __call__(self, state: LoopState) -> Step:
+        t, u = state.step, state.params
+        lam = self.T.forward(u)
+        res = hypergrad(self.problem, lam, self.w0, dynamics=self.dynamics_at(t, state.rng),
+                        method=self.method, state=self.hstate, strict=self.options.strict,
+                        on_failure=self.options.on_failure)
+        self.last = res
+        xp = namespace(lam)
+        grad_ok = bool(xp.all(xp.isfinite(res.grad)))
+        value = _scalar(res.value)
+        hs = self.hstate
+        state.extra["hypergrad_state"] = None if hs is None else {
+            "w": hs.w, "v": hs.v, "t": hs.t, "extra": hs.extra}
+        if value < state.extra["best"]["value"]:
+            state.extra["best"] = {"value": value, "lam": lam}
+        row = {"value": value, "grad_norm": _norm(res.grad) if grad_ok else float("nan"),
+               "inner_residual": _scalar(res.get("inner_residual")), "n_grad": int(res.n_grad),
+               "n_hvp": int(res.n_hvp), "n_jvp": int(res.n_jvp), "success": bool(res.success)}
+        postfix = {"F": f"{value:.4g}", "grad": f"{row['grad_norm']:.2e}"}
+        info = {"step": t, "lam": lam, "value": value, "grad": res.grad, "result": res}
+        if not grad_ok:
+            self.failed = True
+            return Step(None, row, stop=f"stopped at outer step {t}: {res.message}",
+                        failed=True, postfix=postfix)
+        target = self.options.target
+        if target is not None and value <= target:
+            return Step(None, row, info=info, postfix=postfix,
+                        stop=f"reached target {target:g} at outer step {t} (F = {value:.6g})")
+        return Step(self.T.vjp(u, res.grad), row, info=info, postfix=postfix)
+
+
+def _history_arrays(history: dict[str, list]) -> dict[str, np.ndarray]:
+    def dtype(key: str) -> type:
+        if key == "success":
+            return bool
+        return int if key.startswith("n_") or key == "step" else float
+
+    return {k: np.asarray(v, dtype=dtype(k)) for k, v in history.items()}
+
+
+def _result(state: LoopState, step: _HypergradStep, stop: str | None, steps: int) -> HPOResult:
+    message = f"done {steps} outer steps" if stop is None else stop
+    success = not step.failed
+    if step.last is not None and not step.last.success and success:
+        success = False
+        message = f"{message}; the last hypergradient failed its diagnostics: {step.last.message}"
+    hist = _history_arrays(state.history)
+    best = state.extra["best"]
+    return HPOResult(
+        lam=step.T.forward(state.params), u=state.params,
+        value=hist["value"][-1] if len(hist["value"]) else float("nan"),
+        best_lam=best["lam"], best_value=best["value"], history=hist,
+        steps=len(hist["step"]), n_hypergrad=len(hist["step"]),
+        n_grad=int(hist["n_grad"].sum()), n_hvp=int(hist["n_hvp"].sum()),
+        n_jvp=int(hist["n_jvp"].sum()), time=float(hist["time"].sum()),
+        success=success, message=message, state=step.hstate,
+        optimizer_state=state.optimizer_state,
+    )
 
 
 def minimize(
@@ -188,29 +279,24 @@ def minimize(
     lam0: Any,
     w0: Any = None,
     *,
-    inner: Dynamics | Callable[[int, np.random.Generator], Dynamics],
+    dynamics: Dynamics | Callable[[int, np.random.Generator], Dynamics] | None = None,
     method: Method | None = None,
     optimizer: Optimizer | None = None,
     steps: int = 100,
     transform: str | Transform | None = None,
-    bounds: tuple[float, float] | None = None,
     callback: Callable[[dict], bool | None] | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 1,
-    resume: bool = True,
-    target: float | None = None,
-    warm_start: bool = True,
-    strict: bool = False,
     seed: int = 0,
-    memory: str | None = "auto",
-    progress: bool | None = None,
+    options: MinimizeOptions | None = None,
+    checkpointing: Checkpointing | None = None,
+    monitoring: Monitoring | None = None,
+    **legacy: Any,
 ) -> HPOResult:
     """Minimize the outer objective ``F(λ) = f(w_K(λ), λ)`` by hypergradient steps.
 
     For ``t = 0 .. steps−1``::
 
         λ_t = T(u_t)
-        F_t, ∇_λF_t = hypergrad(problem, λ_t, w_0 or w_K of step t−1, inner, method)
+        F_t, ∇_λF_t = hypergrad(problem, λ_t, w_0 or w_K of step t−1, dynamics, method)
         Δu, s = optimizer.update(T'(u_t) ⊙ ∇_λF_t, s, u_t);   u_{t+1} = u_t + Δu
 
     Parameters
@@ -221,10 +307,11 @@ def minimize(
         Starting hyperparameters λ_0 (in the range of the transform).
     w0 : array, optional
         Inner starting point of the first outer step (later steps start from the previous
-        final iterate when ``warm_start`` and the problem has no ``init`` map).
-    inner : Dynamics or callable
-        Inner dynamics, or ``(t, rng) -> Dynamics`` to draw new ones per outer step (e.g.
-        fresh minibatch seeds from ``rng``, whose state is checkpointed).
+        final iterate when ``options.warm_start`` and the problem has no ``init`` map).
+    dynamics : Dynamics or callable
+        Inner solver, or ``(t, rng) -> Dynamics`` to draw new ones per outer step (e.g.
+        fresh minibatch seeds from ``rng``, whose state is checkpointed). (Its old keyword
+        ``inner=`` still works with a ``DeprecationWarning``.)
     method : Method, optional
         Hypergradient method (default :class:`bilevel.Reverse`).
     optimizer : Optimizer, optional
@@ -233,37 +320,27 @@ def minimize(
         Total outer steps (a resumed run continues up to this count).
     transform : {None, "exp", "sigmoid"} or Transform
         Reparameterization λ = T(u) (see :mod:`bilevel.hpo.transforms`).
-    bounds : (low, high), optional
-        Project λ onto ``[low, high]`` after each step (only with ``transform=None``).
     callback : callable, optional
         ``callback(info) -> bool``, called after each step with a dict holding ``step``,
         ``lam`` (evaluated λ_t), ``value``, ``grad``, ``result`` (the HypergradResult),
         ``history``; returning True stops the loop.
-    checkpoint : path, optional
-        ``.npz`` file written atomically every ``checkpoint_every`` steps and at the end:
-        u, optimizer state, HypergradState (w, v, t), step count, history, RNG state and
-        the best λ. With ``resume=True`` an existing file is loaded first and the run
-        continues from it, reproducing an uninterrupted run exactly.
-    checkpoint_every : int
-        Steps between checkpoint writes.
-    resume : bool
-        Continue from ``checkpoint`` when it exists (default).
-    target : float, optional
-        Stop as soon as F(λ_t) ≤ target (λ_t is then the answer).
-    warm_start : bool
-        Carry one HypergradState across outer steps (default).
-    strict : bool
-        Passed to :func:`bilevel.hypergrad`: raise on failed diagnostics.
     seed : int
-        Seed of the generator handed to a callable ``inner``.
-    memory : {"auto", "rss", "tracemalloc", "pool", None}
-        Peak memory recorded per step: ``"tracemalloc"``, the step's peak of traced
-        allocations above its start (exact, but slows small-array NumPy code about 3×);
-        ``"rss"``, the process's peak resident set so far (free); ``"pool"``, the bytes
-        held by CuPy's memory pool; ``None``, not measured. ``"auto"``: ``"pool"`` on
-        CuPy, ``"rss"`` otherwise.
-    progress : bool, optional
-        tqdm progress bar; default: only when stderr is a terminal.
+        Seed of the generator handed to a callable ``dynamics``.
+    options : MinimizeOptions, optional
+        ``bounds``, ``target``, ``warm_start``, ``strict``, ``on_failure``.
+    checkpointing : Checkpointing, optional
+        Checkpoint file (u, optimizer state, HypergradState, step count, history, RNG
+        state, best λ), its frequency and resume (:class:`bilevel.outer.Checkpointing`):
+        a resumed run reproduces an uninterrupted run exactly; a checkpoint from another
+        configuration (λ shape, problem, method, optimizer, transform) is refused.
+    monitoring : Monitoring, optional
+        Progress bar (default: only when stderr is a terminal) and the ``peak_memory``
+        meter (default ``"auto"``: process peak RSS on NumPy, the memory pool on CuPy).
+    **legacy
+        The keywords of earlier versions (``inner``, ``bounds``, ``target``,
+        ``warm_start``, ``strict``, ``checkpoint``, ``checkpoint_every``, ``resume``,
+        ``progress``, ``memory``) still work, with a ``DeprecationWarning`` showing the
+        new spelling.
 
     Returns
     -------
@@ -282,189 +359,42 @@ def minimize(
     >>> import numpy as np
     >>> from bilevel import GradientDescent
     >>> from bilevel.hpo import minimize, problems
+    >>> from bilevel.outer import Monitoring
     >>> rng = np.random.default_rng(0)
     >>> X, y = rng.standard_normal((40, 3)), rng.standard_normal(40)
     >>> prob = problems.ridge(X[:20], y[:20], X[20:], y[20:])
-    >>> res = minimize(prob, np.zeros(3), np.zeros(3), inner=GradientDescent(0.5, 20),
-    ...                steps=5, progress=False)
+    >>> res = minimize(prob, np.zeros(3), np.zeros(3), dynamics=GradientDescent(0.5, 20),
+    ...                steps=5, monitoring=Monitoring(progress=False))
     >>> bool(res.history["value"][-1] < res.history["value"][0])
     True
     """
-    if not isinstance(problem, BilevelProblem):
-        raise TypeError(
-            f"problem must be a BilevelProblem, got {type(problem).__name__} (see "
-            "bilevel.hpo.problems for factories)"
-        )
-    if not (isinstance(inner, Dynamics) or callable(inner)):
-        raise TypeError(
-            "inner must be a Dynamics object such as GradientDescent(lr, steps), or a "
-            f"callable (t, rng) -> Dynamics; got {type(inner).__name__}"
-        )
+    args = legacy_keywords("minimize", legacy, _LEGACY, {
+        "dynamics": dynamics, "options": options or MinimizeOptions(),
+        "checkpointing": checkpointing or Checkpointing(),
+        "monitoring": monitoring or Monitoring()})
     optimizer = Adam(lr=0.1) if optimizer is None else optimizer
-    if not all(callable(getattr(optimizer, m, None)) for m in ("init", "update")):
-        raise TypeError(
-            f"optimizer must have init(params) and update(grads, state, params), got "
-            f"{type(optimizer).__name__}"
-        )
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-    steps = _positive_int("steps", steps)
-    checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
+    _check(problem, args["dynamics"], optimizer, callback)
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
     lam0 = _as_lam(lam0)
     T = get_transform(transform)
-    box = _check_bounds(bounds, T)
-    backend = name_of(lam0)
-    xp = namespace(lam0)
-
+    project = _box(args["options"], T)
+    step = _HypergradStep(problem, w0, args["dynamics"], method, T, args["options"])
     u = T.inverse(lam0)
-    opt_state = optimizer.init(u)
-    hstate = HypergradState() if warm_start else None
-    history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
-    rng = np.random.default_rng(seed)
-    best: dict[str, Any] = {"value": math.inf, "lam": lam0}
-    start = 0
-    settings = {
-        "lam_shape": list(lam0.shape),
-        "problem": problem.name,
-        "method": repr(method),
-        "optimizer": repr(optimizer),
-        "transform": repr(T),
-    }
-    if checkpoint is not None and resume and os.path.exists(checkpoint):
-        ck = load_checkpoint(checkpoint, backend=backend)
-        if ck["settings"]["lam_shape"] != settings["lam_shape"]:
-            raise ValueError(
-                f"checkpoint {os.fspath(checkpoint)!r} holds λ of shape "
-                f"{tuple(ck['settings']['lam_shape'])} but lam0 has shape {tuple(lam0.shape)}; "
-                "pass resume=False or another checkpoint path"
-            )
-        changed = [k for k in settings if k != "lam_shape" and ck["settings"][k] != settings[k]]
-        if changed:
-            warnings.warn(
-                f"resuming from {os.fspath(checkpoint)!r} with different "
-                + ", ".join(f"{k} ({ck['settings'][k]} -> {settings[k]})" for k in changed)
-                + "; the run will not match an uninterrupted one",
-                UserWarning,
-                stacklevel=2,
-            )
-        u, opt_state, history, start = ck["u"], ck["optimizer_state"], ck["history"], ck["t"]
-        best = ck["best"]
-        rng.bit_generator.state = ck["rng"]
-        if warm_start:
-            hs = ck["hypergrad_state"]
-            hstate = HypergradState(w=hs["w"], v=hs["v"], t=hs["t"], extra=hs["extra"])
+    config = {"lam_shape": list(lam0.shape), "problem": problem.name, "method": repr(method),
+              "optimizer": repr(optimizer), "transform": repr(T)}
+    state = LoopState(params=u, optimizer_state=optimizer.init(u),
+                      rng=np.random.default_rng(seed),
+                      history={k: [] for k in HISTORY_KEYS},
+                      extra={"hypergrad_state": None, "best": {"value": math.inf, "lam": lam0}})
+    state = restore(state, args["checkpointing"], config, name_of(lam0))
+    step.resume(state)
 
-    def save(t_next: int) -> None:
-        hs = None
-        if hstate is not None:
-            hs = {"w": hstate.w, "v": hstate.v, "t": hstate.t, "extra": hstate.extra}
-        save_checkpoint(
-            checkpoint,
-            {
-                "t": t_next,
-                "u": u,
-                "optimizer_state": opt_state,
-                "hypergrad_state": hs,
-                "history": history,
-                "rng": rng.bit_generator.state,
-                "best": best,
-                "settings": settings,
-            },
-        )
+    def user_callback(st: LoopState, out: Step) -> bool:
+        return bool(callback({**out.info, "history": st.history}))
 
-    message = f"done {steps} outer steps"
-    success = True
-    last = None
-    bar = _progress_bar(progress, steps, start)
-    try:
-        with _Memory(memory, backend) as mem:
-            for t in range(start, steps):
-                lam = T.forward(u)
-                dyn = inner if isinstance(inner, Dynamics) else inner(t, rng)
-                if not isinstance(dyn, Dynamics):
-                    raise TypeError(
-                        f"inner(t, rng) must return a Dynamics object, got {type(dyn).__name__}"
-                    )
-                mem.begin()
-                t0 = time.perf_counter()
-                res = hypergrad(problem, lam, w0, dynamics=dyn, method=method, state=hstate,
-                                strict=strict)
-                grad_ok = bool(xp.all(xp.isfinite(res.grad)))
-                value = _scalar(res.value)
-                if grad_ok:
-                    updates, opt_state = optimizer.update(T.vjp(u, res.grad), opt_state, u)
-                    u_next = u + updates
-                    if box is not None:
-                        u_next = xp.clip(u_next, box[0], box[1])
-                elapsed = time.perf_counter() - t0
-                last = res
-                row = {
-                    "step": t,
-                    "value": value,
-                    "grad_norm": _norm(res.grad) if grad_ok else float("nan"),
-                    "inner_residual": _scalar(res.get("inner_residual")),
-                    "time": elapsed,
-                    "peak_memory": mem.peak(),
-                    "n_grad": int(res.n_grad),
-                    "n_hvp": int(res.n_hvp),
-                    "n_jvp": int(res.n_jvp),
-                    "success": bool(res.success),
-                }
-                for k in HISTORY_KEYS:
-                    history[k].append(row[k])
-                if value < best["value"]:
-                    best = {"value": value, "lam": lam}
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(F=f"{value:.4g}", grad=f"{row['grad_norm']:.2e}")
-                if not grad_ok:
-                    success = False
-                    message = f"stopped at outer step {t}: {res.message}"
-                    break
-                stop_target = target is not None and value <= target
-                if not stop_target:
-                    u = u_next
-                stop_cb = False
-                if callback is not None:
-                    info = {"step": t, "lam": lam, "value": value, "grad": res.grad,
-                            "result": res, "history": history}
-                    stop_cb = bool(callback(info))
-                done = t + 1
-                if checkpoint is not None and (done % checkpoint_every == 0 or done == steps
-                                               or stop_target or stop_cb):
-                    save(done)
-                if stop_target:
-                    message = f"reached target {target:g} at outer step {t} (F = {value:.6g})"
-                    break
-                if stop_cb:
-                    message = f"stopped by the callback after outer step {t}"
-                    break
-    finally:
-        if bar is not None:
-            bar.close()
-    if last is not None and not last.success and success:
-        success = False
-        message = f"{message}; the last hypergradient failed its diagnostics: {last.message}"
-    hist = {
-        k: np.asarray(v, dtype=bool if k == "success" else (int if k.startswith("n_") or
-                      k == "step" else float))
-        for k, v in history.items()
-    }
-    return HPOResult(
-        lam=T.forward(u),
-        u=u,
-        value=hist["value"][-1] if len(hist["value"]) else float("nan"),
-        best_lam=best["lam"],
-        best_value=best["value"],
-        history=hist,
-        steps=len(hist["step"]),
-        n_hypergrad=len(hist["step"]),
-        n_grad=int(hist["n_grad"].sum()),
-        n_hvp=int(hist["n_hvp"].sum()),
-        n_jvp=int(hist["n_jvp"].sum()),
-        time=float(hist["time"].sum()),
-        success=success,
-        message=message,
-        state=hstate,
-        optimizer_state=opt_state,
-    )
+    stop = drive(step, state, optimizer, steps=steps, config=config,
+                 checkpointing=args["checkpointing"], monitoring=args["monitoring"],
+                 backend=name_of(lam0), project=project,
+                 callback=None if callback is None else user_callback, desc="hpo")
+    return _result(state, step, stop, steps)

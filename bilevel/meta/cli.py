@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..optim import get_optimizer
+from ..outer import Checkpointing, Monitoring
+from ..registry import spelling
 from .algorithms import (
     AMAML,
     ANIL,
@@ -29,11 +31,30 @@ from .algorithms import (
     Pretrain,
     Reptile,
 )
-from .train import evaluate, load_checkpoint, train
+from .train import Evaluation, evaluate, load_checkpoint, train
 
 __all__ = ["build", "meta_eval_main", "meta_train_main", "plot_curve", "results_table"]
 
 ALGORITHMS = ("maml", "fomaml", "anil", "reptile", "imaml", "amaml", "memory_reduced", "cml")
+"""Choices of ``--algorithm`` (any spelling that :func:`bilevel.registry.spelling` maps to one
+of them is accepted: ``A-MAML``, ``memory-reduced``). Once :mod:`bilevel.meta` registers its
+algorithms under the kind ``"algorithm"``, this list is ``registry.names("algorithm")``
+(:func:`_algorithm_names`); :func:`build` holds the command line's hyperparameters of each."""
+
+
+def _algorithm_names() -> tuple[str, ...]:
+    """The ``--algorithm`` choices (see :data:`ALGORITHMS`)."""
+    return ALGORITHMS
+
+
+def _algorithm(text: str) -> str:
+    """argparse type of ``--algorithm``: the choice ``text`` names, in any spelling."""
+    for name in _algorithm_names():
+        if spelling(name) == spelling(text):
+            return name
+    raise argparse.ArgumentTypeError(
+        f"unknown algorithm {text!r}; choose one of: {', '.join(_algorithm_names())}"
+    )
 
 
 def _sampler(spec: str, args: argparse.Namespace, split: str) -> Any:
@@ -60,7 +81,7 @@ def build(args: argparse.Namespace) -> tuple[MetaAlgorithm, Any]:
     """The algorithm and the model described by parsed ``meta-train`` arguments."""
     model = _model(args.tasks, args)
     lr, k = args.inner_lr, args.inner_steps
-    makers = {
+    makers = {  # keyed by registry.spelling(name)
         "maml": lambda: MAML(model, lr, k),
         "fomaml": lambda: MAML(model, lr, k, first_order=True),
         "anil": lambda: ANIL(model, lr, k),
@@ -69,10 +90,12 @@ def build(args: argparse.Namespace) -> tuple[MetaAlgorithm, Any]:
                                steps=k, damping=args.damping),
         "amaml": lambda: AMAML(model, horizon=lr * k, steps=k, scheme=args.scheme,
                                reg=0.0 if args.reg is None else args.reg),
-        "memory_reduced": lambda: MemoryReduced(model, lr, k, damping=args.damping or 0.0,
+        "memoryreduced": lambda: MemoryReduced(model, lr, k, damping=args.damping or 0.0,
                                                 head_reg=args.head_reg),
     }
-    if args.algorithm == "cml":
+    if spelling(args.algorithm) == "cml":
+        if spelling(args.cml_base) not in makers:
+            raise ValueError(f"--cml-base must name another algorithm, got {args.cml_base!r}")
         from .models import MLP
 
         n_feat = args.hidden if args.tasks == "sinusoid" else model.n_features
@@ -80,13 +103,16 @@ def build(args: argparse.Namespace) -> tuple[MetaAlgorithm, Any]:
         loss = "mse" if args.tasks == "sinusoid" else "cross_entropy"
         colearner = MLP((n_feat, args.hidden, out), activation="relu", loss=loss,
                         dtype=model.dtype)
-        return CML(makers[args.cml_base](), colearner, weight=args.cml_weight), model
-    return makers[args.algorithm](), model
+        return CML(makers[spelling(args.cml_base)](), colearner, weight=args.cml_weight), model
+    return makers[spelling(args.algorithm)](), model
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    p.add_argument("--algorithm", choices=ALGORITHMS, default="maml")
+    choices = _algorithm_names()
+    p.add_argument("--algorithm", type=_algorithm, default="maml",
+                   metavar="{" + ",".join(choices) + "}",
+                   help="meta-learning algorithm (any spelling: A-MAML, memory-reduced)")
     p.add_argument("--tasks", default="sinusoid", help="'sinusoid' or 'omniglot:PATH'")
     p.add_argument("--ways", type=int, default=5, help="classes per task (Omniglot)")
     p.add_argument("--n-shot", type=int, default=10, help="support examples per class/task")
@@ -106,7 +132,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--damping", type=float, default=None,
                    help="CG damping δ (iMAML: default reg + 20; MemoryReduced: default 0)")
     p.add_argument("--head-reg", type=float, default=0.0, help="MemoryReduced head ridge")
-    p.add_argument("--cml-base", choices=ALGORITHMS[:-1], default="maml")
+    p.add_argument("--cml-base", type=_algorithm, default="maml",
+                   help="algorithm whose meta-objective CML augments (not cml)")
     p.add_argument("--cml-weight", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=1000, help="meta-iterations")
     p.add_argument("--meta-batch", type=int, default=25)
@@ -121,6 +148,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _monitoring(args: argparse.Namespace, memory_every: int = 0) -> Monitoring:
+    """Progress bar unless ``--no-progress`` (and only on a terminal); the exact memory
+    meter every ``memory_every`` iterations."""
+    return Monitoring(progress=False if args.no_progress else None, memory="peak",
+                      memory_every=memory_every)
 
 
 def results_table(rows: list[tuple[str, dict[str, float]]]) -> str:
@@ -173,10 +207,10 @@ def meta_train_main(argv: Sequence[str] | None = None) -> int:
     result = train(
         algorithm, sampler, steps=args.steps, meta_batch=args.meta_batch,
         optimizer=get_optimizer(args.optimizer, args.lr), seed=args.seed,
-        eval_every=args.eval_every, eval_tasks=args.eval_tasks, eval_sampler=eval_sampler,
-        checkpoint=os.path.join(args.out, "checkpoint.npz"),
-        checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
-        progress=not args.no_progress, memory_every=args.memory_every,
+        evaluation=Evaluation(args.eval_every, args.eval_tasks, eval_sampler),
+        checkpointing=Checkpointing(os.path.join(args.out, "checkpoint.npz"),
+                                    every=args.checkpoint_every, resume=not args.no_resume),
+        monitoring=_monitoring(args, memory_every=args.memory_every),
     )
     with open(os.path.join(args.out, "history.json"), "w") as fh:
         json.dump({"history": result.history, "evaluations": result.evaluations}, fh)
@@ -221,7 +255,7 @@ def meta_eval_main(argv: Sequence[str] | None = None) -> int:
         pre = train(Pretrain(model), _sampler(args.tasks, args, "train"),
                     steps=ev_args.pretrain_steps, meta_batch=args.meta_batch,
                     optimizer=get_optimizer(args.optimizer, args.lr), seed=args.seed,
-                    progress=False)
+                    monitoring=Monitoring(progress=False))
         rows.append(("pretrained (joint)", evaluate(base, pre.theta, sampler, n, **kw)))
     print(results_table(rows))
     hist = os.path.join(ev_args.run, "history.json")
