@@ -105,17 +105,17 @@ class Linearization:
     The inner gradient map ``w ↦ ∇_w g(w, λ)`` is traced once; every call of :meth:`hvp`
     then costs one reverse pass over that trace (no re-tracing of ``g``). The mixed map
     ``(w, λ) ↦ ∇_w g`` is traced lazily on the first :meth:`mixed_vjp` or :meth:`vjp`.
-    When ``grad`` is passed (already computed), nothing is traced until a product is asked
-    and both products come from the ``(w, λ)`` trace.
+    With ``trace=False`` nothing is traced (and ``grad`` is None) until a product is asked;
+    both products then come from the ``(w, λ)`` trace (for callers that hold ∇_w g already).
 
     Attributes
     ----------
-    grad : array
-        ∇_w g(w, λ) at the point.
+    grad : array or None
+        ∇_w g(w, λ) at the point (None when built with ``trace=False``).
     """
 
     def __init__(
-        self, problem: DerivedOracles, w: Any, lam: Any, data: Any = None, grad: Any = None
+        self, problem: DerivedOracles, w: Any, lam: Any, data: Any = None, trace: bool = True
     ):
         problem.check_point(w, lam)
         self._problem = problem
@@ -124,8 +124,8 @@ class Linearization:
         self._user_mixed = problem.oracles.get("inner_mixed_vjp")
         self._vjp_w = None
         self._vjp_wl = None
-        if grad is not None:
-            self.grad = grad
+        self.grad = None
+        if not trace:
             return
         if self._user_hvp is None:
             self._vjp_w, self.grad = make_vjp(lambda w_: problem.grad_map(w_, lam, data), w)
@@ -191,7 +191,7 @@ def _inner_grad(problem: DerivedOracles, w: Any, lam: Any, data: Any) -> Any:
 
 def _inner_grad_vjp(argnums: tuple, ans: Any, args: tuple, kwargs: dict) -> Callable:
     problem, w, lam, data = args
-    lin = Linearization(problem, w, lam, data, grad=ans)
+    lin = Linearization(problem, w, lam, data, trace=False)
     if argnums == (1,):
         return lambda u: (lin.hvp(u),)
     if argnums == (2,):
@@ -378,14 +378,17 @@ class DerivedOracles:
         gl = check_user_output("outer_grads (lam part)", grads[1], lam, "lam")
         return value, gw, gl
 
-    def linearize(self, w: Any, lam: Any, data: Any = None) -> Linearization:
+    def linearize(self, w: Any, lam: Any, data: Any = None, trace: bool = True) -> Linearization:
         """Trace ∇_w g once at (w, λ); return closures for repeated H u and Mᵀu.
 
         Use this wherever many products are taken at one point (CG, Neumann): each product
         then costs one reverse pass over the stored trace instead of re-running ``g``.
-        Memory: one trace of the gradient computation (O(Act)) while the object lives.
+        With ``trace=False`` nothing is computed until the first product, and
+        :meth:`Linearization.vjp` then costs one trace of ``(w, λ) ↦ ∇_w g`` and one reverse
+        pass (no separate gradient; ``grad`` is None). Memory: one trace of the gradient
+        computation (O(Act)) while the object lives.
         """
-        return Linearization(self, w, lam, data)
+        return Linearization(self, w, lam, data, trace=trace)
 
     # ------------------------------------------------------------------ init map
     def init_vjp(self, lam: Any, a: Any) -> Any:
