@@ -159,7 +159,7 @@ def test_euler_flow_is_gradient_descent():
 
 @pytest.mark.parametrize(("scheme", "order"), [("euler", 1), ("heun", 2), ("rk4", 4)])
 def test_gradient_flow_matches_matrix_exponential(scheme, order):
-    """Quadratic g = ½(u−a)ᵀP(u−a): u(T) = a + e^{−PT}(u₀ − a) (ALGORITHMS V4), error O(h^p)."""
+    """Quadratic g = ½(u−a)ᵀP(u−a): u(T) = a + e^{−PT}(u₀ − a), error O(h^p)."""
     from scipy.linalg import expm
 
     rng = np.random.default_rng(11)
