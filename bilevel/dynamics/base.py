@@ -28,7 +28,6 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
-
 class Dynamics:
     """Base class of inner dynamics: ``steps`` applications of a step map ``Φ_k``.
 
