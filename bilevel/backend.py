@@ -1,6 +1,6 @@
 """Array backends: NumPy on the CPU, CuPy on an NVIDIA GPU.
 
-The backend of a computation is decided by the arrays passed in (DESIGN principle 1):
+The backend of a computation is decided by the arrays passed in (no global switch):
 :func:`namespace` returns the array namespace of its arguments. Code that *creates*
 arrays out of nothing (task samplers, initializers) takes an explicit ``backend=`` or
 reads the one set by the :func:`using` context manager.

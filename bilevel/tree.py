@@ -1,6 +1,6 @@
 """Structured parameters: ravel nested dicts/lists/tuples of arrays into one flat vector.
 
-Solvers work on flat vectors ``(n,)`` or ``(B, n)`` (DESIGN principle 3). :func:`ravel`
+Solvers work on flat vectors ``(n,)`` or ``(B, n)``. :func:`ravel`
 concatenates the leaves once; the returned ``unravel`` maps a flat vector back to the
 structure with *views* (basic slicing and reshape), so it costs no copies and is
 differentiable under autograd.

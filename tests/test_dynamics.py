@@ -5,6 +5,8 @@ Every Jacobian product of a step map is checked two ways: the transpose identity
 finite differences of :meth:`step` along the tangent. Float64 throughout.
 """
 
+import dataclasses
+
 import autograd.numpy as anp
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bilevel import BilevelProblem, GradientDescent, GradientFlow, Momentum, NonFiniteError
-from bilevel.dynamics import minibatch_indices, run
+from bilevel.dynamics import Dynamics, minibatch_indices, run
 
 N_DATA, N_FEAT, M_LAM = 12, 4, 3
 
@@ -157,7 +159,7 @@ def test_euler_flow_is_gradient_descent():
 
 @pytest.mark.parametrize(("scheme", "order"), [("euler", 1), ("heun", 2), ("rk4", 4)])
 def test_gradient_flow_matches_matrix_exponential(scheme, order):
-    """Quadratic g = ½(u−a)ᵀP(u−a): u(T) = a + e^{−PT}(u₀ − a) (ALGORITHMS V4), error O(h^p)."""
+    """Quadratic g = ½(u−a)ᵀP(u−a): u(T) = a + e^{−PT}(u₀ − a), error O(h^p)."""
     from scipy.linalg import expm
 
     rng = np.random.default_rng(11)
@@ -244,7 +246,7 @@ def test_minibatch_indices_are_deterministic_per_step():
 
 def test_schedules_and_arguments_are_validated():
     dyn = GradientDescent([0.1, 0.2, 0.3], 3)
-    assert [dyn._lr(k) for k in range(3)] == [0.1, 0.2, 0.3]
+    assert [dyn.lr_at(k) for k in range(3)] == [0.1, 0.2, 0.3]
     with pytest.raises(ValueError, match="3 entries"):
         GradientDescent([0.1, 0.2], 3)
     with pytest.raises(ValueError, match="positive"):
@@ -260,3 +262,157 @@ def test_schedules_and_arguments_are_validated():
     flow = GradientFlow(2.0, 8, scheme="heun")
     assert flow.h == pytest.approx(0.25)
     assert "heun" in repr(flow) and "steps=3" in repr(dyn)
+
+
+# --------------------------------------------------------------------------- derived rules
+
+HAND_RULES = ["gd", "gd-schedule", "gd-batches", "momentum", "momentum-batches", "flow-euler",
+            "flow-heun", "flow-rk4"]
+
+
+@pytest.mark.parametrize("case", HAND_RULES)
+@pytest.mark.parametrize("batch", [None, 2])
+def test_hand_step_jvp_equals_the_autograd_derived_one(case, batch):
+    """The kept hand-written JVP rules equal the base class's derived JVP to rounding."""
+    rng = np.random.default_rng(4)
+    problem = make_problem(4)
+    dyn = dynamics_cases(3, problem, 4)[case]
+    assert type(dyn).step_jvp is not Dynamics.step_jvp
+    lam = 0.3 * rng.standard_normal((M_LAM,) if batch is None else (batch, M_LAM))
+    s = random_state(dyn, rng, N_FEAT, batch=batch)
+    tan = tuple(rng.standard_normal(x.shape) for x in s)
+    tan_lam = rng.standard_normal(lam.shape)
+    hand = dyn.step_jvp(problem, s, lam, 1, tan, tan_lam)
+    derived = Dynamics.step_jvp(dyn, problem, s, lam, 1, tan, tan_lam)
+    for a, b in zip(hand[0] + hand[1], derived[0] + derived[1], strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("case", HAND_RULES)
+@pytest.mark.parametrize("batch", [None, 2])
+def test_hand_step_vjp_equals_the_autograd_derived_one(case, batch):
+    """The kept hand-written VJP rules equal the base class's derived VJP to rounding."""
+    rng = np.random.default_rng(6)
+    problem = make_problem(6)
+    dyn = dynamics_cases(3, problem, 6)[case]
+    assert type(dyn).step_vjp is not Dynamics.step_vjp
+    lam = 0.3 * rng.standard_normal((M_LAM,) if batch is None else (batch, M_LAM))
+    s = random_state(dyn, rng, N_FEAT, batch=batch)
+    cot = tuple(rng.standard_normal(x.shape) for x in s)
+    hand = dyn.step_vjp(problem, s, lam, 2, cot)
+    derived = Dynamics.step_vjp(dyn, problem, s, lam, 2, cot)
+    for a, b in zip(hand[0] + (hand[1],), derived[0] + (derived[1],), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-13, atol=1e-15)
+
+
+def test_derived_products_count_one_hvp_or_jvp_per_gradient_and_use_user_oracles():
+    problem = make_problem(8)
+    calls = {"hvp": 0}
+
+    def user_hvp(w, lam, v, data):
+        calls["hvp"] += 1
+        return make_problem(8).inner_hvp(w, lam, v, data)
+
+    user = BilevelProblem(problem.inner, problem.outer, data=problem.data,
+                          oracles={"inner_hvp": user_hvp})
+    rng = np.random.default_rng(8)
+    lam, w = 0.3 * rng.standard_normal(M_LAM), rng.standard_normal(N_FEAT)
+    for dyn, grads in ((GradientDescent(0.2, 3), 1), (GradientFlow(0.6, 3, "rk4"), 4)):
+        before = problem.counts.snapshot()
+        Dynamics.step_vjp(dyn, problem, (w,), lam, 0, (np.ones(N_FEAT),))
+        after = problem.counts.snapshot()
+        assert after["hvp"] - before["hvp"] == grads
+        assert after["grad"] - before["grad"] == grads
+        Dynamics.step_jvp(dyn, problem, (w,), lam, 0, (np.ones(N_FEAT),), np.ones(M_LAM))
+        assert problem.counts.jvp - after["jvp"] == grads
+        calls["hvp"] = 0
+        got = Dynamics.step_vjp(dyn, user, (w,), lam, 0, (np.ones(N_FEAT),))
+        want = Dynamics.step_vjp(dyn, problem, (w,), lam, 0, (np.ones(N_FEAT),))
+        assert calls["hvp"] == grads
+        np.testing.assert_allclose(got[0][0], want[0][0], rtol=1e-12)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-12)
+
+
+@dataclasses.dataclass(frozen=True)
+class Nesterov(Dynamics):
+    """A dynamics written with ``init`` and ``step`` only: its products are derived."""
+
+    lr: float
+    beta: float
+    steps: int
+    name = "test-nesterov"
+
+    def init(self, w0):
+        return (w0, 0 * w0)
+
+    def step(self, problem, state, lam, k):
+        w, v = state
+        v = self.beta * v - self.lr * problem.inner_grad(w + self.beta * v, lam)
+        return (w + v, v)
+
+
+@given(seed=st.integers(0, 2**16))
+def test_a_dynamics_with_only_init_and_step_gets_exact_products(seed):
+    rng = np.random.default_rng(seed)
+    problem = make_problem(seed)
+    dyn = Nesterov(0.1, 0.6, 3)
+    lam = 0.3 * rng.standard_normal(M_LAM)
+    s = random_state(dyn, rng, N_FEAT)
+    tan = tuple(rng.standard_normal(x.shape) for x in s)
+    tan_lam = rng.standard_normal(M_LAM)
+    cot = tuple(rng.standard_normal(x.shape) for x in s)
+    nxt, t_out = dyn.step_jvp(problem, s, lam, 0, tan, tan_lam)
+    c_state, c_lam = dyn.step_vjp(problem, s, lam, 0, cot)
+    for a, b in zip(nxt, dyn.step(problem, s, lam, 0), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-14)
+    lhs = vdot(cot, t_out)
+    assert lhs == pytest.approx(vdot(c_state, tan) + float(np.sum(c_lam * tan_lam)), rel=1e-11)
+    eps = 1e-6
+    plus = dyn.step(problem, tuple(x + eps * t for x, t in zip(s, tan, strict=True)),
+                    lam + eps * tan_lam, 0)
+    minus = dyn.step(problem, tuple(x - eps * t for x, t in zip(s, tan, strict=True)),
+                     lam - eps * tan_lam, 0)
+    for p, m_, t in zip(plus, minus, t_out, strict=True):
+        np.testing.assert_allclose((p - m_) / (2 * eps), t, rtol=1e-6, atol=1e-8)
+
+
+# --------------------------------------------------------------------------- objects
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c != "gd-callable"])
+def test_dynamics_pickle_and_compare_equal(case):
+    import pickle
+
+    dyn = dynamics_cases(3, make_problem(0), 0)[case]
+    if dyn.batches is not None:  # a module-level, picklable batch map
+        dyn = dataclasses.replace(dyn, batches=minibatch_indices(N_DATA, 5, seed=1))
+    back = pickle.loads(pickle.dumps(dyn))
+    assert back == dyn and repr(back) == repr(dyn)
+    if isinstance(dyn, GradientFlow):
+        assert back.h == dyn.h and back.scheme == dyn.scheme
+    else:
+        assert [back.lr_at(k) for k in range(3)] == [dyn.lr_at(k) for k in range(3)]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dyn.steps = 4
+
+
+def test_dynamics_are_registered_and_reprs_are_short():
+    from bilevel.registry import lookup, names
+
+    assert {"gradient-descent", "momentum", "gradient-flow"} <= set(names("dynamics"))
+    assert lookup("dynamics", "gd") is GradientDescent
+    assert lookup("dynamics", "GradientFlow") is GradientFlow
+    assert repr(GradientDescent(0.1, 3)) == "GradientDescent(lr=0.1, steps=3)"
+    assert repr(GradientDescent(lambda k: 0.1, 3)) == "GradientDescent(lr=schedule, steps=3)"
+    assert repr(GradientFlow(1.0, 4, "heun")) == (
+        "GradientFlow(horizon=1.0, steps=4, scheme='heun')")
+    assert repr(Momentum([0.1] * 3, 0.5, 3)) == "Momentum(lr=PerStep(3 steps), beta=0.5, steps=3)"
+
+
+def test_at_step_tags_the_error():
+    from bilevel.nonfinite import at_step
+
+    with pytest.raises(NonFiniteError) as info, at_step(7):
+        raise NonFiniteError("inner_grad", "boom")
+    assert info.value.step == 7
+    assert NonFiniteError("x", "y").step is None

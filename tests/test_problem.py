@@ -495,6 +495,82 @@ def test_repr_and_name():
     assert repr(p) == "BilevelProblem(name='ridge', init=no, oracles=['inner_grad'])"
 
 
+# --------------------------------------------------------------------------- structure
+
+
+def test_old_import_paths_and_the_public_surface_the_oracles_use():
+    from bilevel.nonfinite import NonFiniteError as NFE
+    from bilevel.oracle_checks import OracleReport as OR
+    from bilevel.oracles import DerivedOracles
+    from bilevel.oracles import Linearization as Lin
+    from bilevel.problem import (
+        ORACLE_NAMES,
+        BilevelProblem,
+        Linearization,
+        NonFiniteError,
+        OracleCounts,
+        OracleReport,
+        at_step,
+    )
+
+    assert (Linearization, NonFiniteError, OracleReport) == (Lin, NFE, OR)
+    assert "inner_hvp" in ORACLE_NAMES and OracleCounts().snapshot()["grad"] == 0
+    assert callable(at_step) and issubclass(BilevelProblem, DerivedOracles)
+    D = ridge_data()
+    p, w, lam = ridge_problem(D), np.ones(4), np.zeros(4)
+    assert p.resolve_data(None) is D and p.resolve_data("other") == "other"
+    np.testing.assert_allclose(p.evaluate("inner", w, lam), p.inner(w, lam, D))
+    np.testing.assert_allclose(p.evaluate("outer", w, lam), p.outer(w, lam, D))
+    np.testing.assert_allclose(p.grad_map(w, lam), ridge_closed_forms(D, w, lam)["grad"])
+    assert p.counts.snapshot() == OracleCounts().snapshot()  # the surface is uncounted
+    with pytest.raises(TypeError, match="floating"):
+        p.check_point(w, np.zeros(4, dtype=int))
+    ref = ridge_problem(D, oracles={"inner_grad": Recorder(D).inner_grad}).reference()
+    assert ref.oracles == {} and not ref.check_finite and ref.data is D
+
+
+def test_inner_grad_is_differentiable_through_the_oracles():
+    """autograd through ``inner_grad`` takes H and M from the (user) oracles, counted."""
+    from autograd import grad, make_jvp
+
+    D = ridge_data()
+    rec = Recorder(D)
+    p = ridge_problem(D, oracles={"inner_hvp": rec.inner_hvp,
+                                  "inner_mixed_vjp": rec.inner_mixed_vjp})
+    w, lam = np.linspace(-1, 1, 4), np.linspace(0.2, -0.3, 4)
+    cf = ridge_closed_forms(D, w, lam)
+    u = np.array([1.0, -2.0, 0.5, 0.3])
+    gw = grad(lambda x: anp.sum(p.inner_grad(x, lam) * u))(w)
+    gl = grad(lambda lm: anp.sum(p.inner_grad(w, lm) * u))(lam)
+    np.testing.assert_allclose(gw, cf["H"] @ u, rtol=1e-12)
+    np.testing.assert_allclose(gl, cf["M"].T @ u, rtol=1e-12)
+    assert rec.calls["inner_hvp"] == 1 and rec.calls["inner_mixed_vjp"] == 1
+    assert p.counts.hvp == 2
+    _, t = make_jvp(lambda lm: p.inner_grad(w, lm))(lam)(u)
+    np.testing.assert_allclose(t, cf["M"] @ u, rtol=1e-12)
+
+
+def _ridge_g(w, lam, D):
+    r = D["X"] @ w - D["y"]
+    return 0.5 * anp.sum(r * r) + 0.5 * anp.sum(anp.exp(lam) * w * w)
+
+
+def _ridge_f(w, lam, D):
+    r = D["Xv"] @ w - D["yv"]
+    return 0.5 * anp.sum(r * r)
+
+
+def test_problem_pickles_with_module_level_objectives():
+    import pickle
+
+    D = ridge_data()
+    p = BilevelProblem(_ridge_g, _ridge_f, data=D, oracles={"inner_hvp": Recorder(D).inner_hvp})
+    back = pickle.loads(pickle.dumps(p))
+    w, lam = np.ones(4), np.zeros(4)
+    np.testing.assert_allclose(back.inner_grad(w, lam), ridge_closed_forms(D, w, lam)["grad"])
+    np.testing.assert_allclose(back.inner_hvp(w, lam, w), p.inner_hvp(w, lam, w))
+
+
 # --------------------------------------------------------------------------- CuPy
 
 
