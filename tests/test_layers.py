@@ -18,11 +18,12 @@ import pytest
 LAYERS: list[tuple[str, ...]] = [
     ("bilevel.backend", "bilevel.validation", "bilevel.registry", "bilevel.tree"),
     ("bilevel.numpy",),
-    ("bilevel.problem", "bilevel.oracles", "bilevel.checks", "bilevel.linearization"),
+    ("bilevel.nonfinite", "bilevel.oracles", "bilevel.problem", "bilevel.oracle_checks"),
     ("bilevel.dynamics", "bilevel.linalg", "bilevel.ode", "bilevel.checkpoint",
      "bilevel.recompute", "bilevel.lanczos", "bilevel.stability"),
     ("bilevel.methods",),
     ("bilevel.api", "bilevel"),
+    ("bilevel.outer",),
     ("bilevel.testing", "bilevel.hpo", "bilevel.meta", "bilevel.optim"),
     ("bilevel.bench", "bilevel.demo", "bilevel.cli"),
 ]
