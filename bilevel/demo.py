@@ -49,6 +49,7 @@ from .bench.report import (
     write_json,
     write_text,
 )
+from .testing import ridge_hypergrads
 
 __all__ = ["CONFIGS", "diabetes_split", "ridge_exact_hypergrad", "run"]
 
@@ -90,11 +91,7 @@ def ridge_exact_hypergrad(
 
     Cost O(N d² + d³), memory O(d²) (dense solve; float64 NumPy).
     """
-    N, Nv = X.shape[0], Xv.shape[0]
-    A = X.T @ X / N + np.diag(np.exp(lam))
-    w_star = np.linalg.solve(A, X.T @ y / N)
-    grad_f = Xv.T @ (Xv @ w_star - yv) / Nv
-    return -np.exp(lam) * w_star * np.linalg.solve(A, grad_f)
+    return ridge_hypergrads(X, y, Xv, yv, lam, mean=True)["exact"]
 
 
 def _sync(backend: str) -> None:

@@ -73,20 +73,20 @@ def test_oracles_match_finite_differences():
 
 def test_reverse_is_the_derivative_of_the_unrolled_training():
     # Reverse differentiates the 15 gradient steps exactly: compare with finite differences
-    check_hypergrad(PROBLEM, LAM, W0, inner=SHORT, method=Reverse(),
+    check_hypergrad(PROBLEM, LAM, W0, dynamics=SHORT, method=Reverse(),
                     reference="finite-differences", rtol=1e-6)
 
 
 def test_forward_equals_reverse():
     # two exact derivatives of the same unrolled map agree to rounding
-    check_hypergrad(PROBLEM, LAM, W0, inner=SHORT, method=Forward(), reference=Reverse(),
+    check_hypergrad(PROBLEM, LAM, W0, dynamics=SHORT, method=Forward(), reference=Reverse(),
                     rtol=1e-10)
 
 
 def test_implicit_and_historyless_agree_with_long_unrolling():
     # at a converged inner solution the implicit hypergradient is the limit of unrolling
     for method in (Implicit(CG(tol=1e-10)), Historyless()):
-        check_hypergrad(PROBLEM, LAM, W0, inner=LONG, method=method, reference=Reverse(),
+        check_hypergrad(PROBLEM, LAM, W0, dynamics=LONG, method=method, reference=Reverse(),
                         rtol=1e-6)
 
 
@@ -96,7 +96,7 @@ def test_implicit_over_a_range_of_penalties(lam):
     # penalties in [e^-2, e^0.5]: the smoothness L ≤ e^0.5 + ‖X‖²/4N < 2.5, so lr = 0.5 is
     # stable (lr = 1 diverges for the strongest penalties, and check_hypergrad says so);
     # the weakest penalty e^-2 sets the contraction 1 − 0.5·e^-2 per step
-    check_hypergrad(PROBLEM, np.array(lam), W0, inner=GradientDescent(lr=0.5, steps=300),
+    check_hypergrad(PROBLEM, np.array(lam), W0, dynamics=GradientDescent(lr=0.5, steps=300),
                     method=Implicit(CG(tol=1e-10)), reference=Reverse(), rtol=1e-5)
 
 
@@ -104,7 +104,7 @@ def test_implicit_over_a_range_of_penalties(lam):
 @given(ridge_problems(n=(1, 4), steps=120, condition_number=4.0))
 def test_my_solver_settings_on_problems_with_known_answers(gen):
     # the configuration above, on generated ridge problems with a closed-form answer
-    check_hypergrad(gen.problem, gen.lam, gen.w0, inner=gen.inner,
+    check_hypergrad(gen.problem, gen.lam, gen.w0, dynamics=gen.dynamics,
                     method=Implicit(CG(tol=1e-10)), reference=gen.references["exact"], rtol=1e-6)
 
 

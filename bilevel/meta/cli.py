@@ -19,7 +19,7 @@ import numpy as np
 
 from ..optim import get_optimizer
 from ..outer import Checkpointing, Monitoring
-from ..registry import spelling
+from ..registry import names, spelling
 from .algorithms import (
     AMAML,
     ANIL,
@@ -35,11 +35,10 @@ from .train import Evaluation, evaluate, load_checkpoint, train
 
 __all__ = ["build", "meta_eval_main", "meta_train_main", "plot_curve", "results_table"]
 
-ALGORITHMS = ("maml", "fomaml", "anil", "reptile", "imaml", "amaml", "memory_reduced", "cml")
-"""Choices of ``--algorithm`` (any spelling that :func:`bilevel.registry.spelling` maps to one
-of them is accepted: ``A-MAML``, ``memory-reduced``). Once :mod:`bilevel.meta` registers its
-algorithms under the kind ``"algorithm"``, this list is ``registry.names("algorithm")``
-(:func:`_algorithm_names`); :func:`build` holds the command line's hyperparameters of each."""
+ALGORITHMS = tuple(names("algorithm"))
+"""Choices of ``--algorithm``: the algorithms :mod:`bilevel.meta` registers (any spelling that
+:func:`bilevel.registry.spelling` maps to one of them is accepted: ``A-MAML``,
+``memory_reduced``); :func:`build` holds the command line's hyperparameters of each."""
 
 
 def _algorithm_names() -> tuple[str, ...]:
@@ -92,6 +91,7 @@ def build(args: argparse.Namespace) -> tuple[MetaAlgorithm, Any]:
                                reg=0.0 if args.reg is None else args.reg),
         "memoryreduced": lambda: MemoryReduced(model, lr, k, damping=args.damping or 0.0,
                                                 head_reg=args.head_reg),
+        "pretrain": lambda: Pretrain(model, lr, k),
     }
     if spelling(args.algorithm) == "cml":
         if spelling(args.cml_base) not in makers:
