@@ -51,7 +51,7 @@ def test_hypergrad_closed_form_and_diagnostics(method):
 
 
 def test_value_and_hypergrad_equals_hypergrad():
-    kw = dict(inner=GradientDescent(0.5, 8), method=Reverse())
+    kw = dict(dynamics=GradientDescent(0.5, 8), method=Reverse())
     value, grad = value_and_hypergrad(shift_problem(), LAM, np.zeros(3), **kw)
     res = hypergrad(shift_problem(), LAM, np.zeros(3), **kw)
     np.testing.assert_allclose(value, res.value, rtol=1e-15)
