@@ -153,14 +153,7 @@ def reverse_sweep(
     Memory: ``min(K, c) + 1`` states. Work: ``K`` forward steps plus ``steps_recomputed``,
     at most ``(r − 1)·(K + 1)`` with ``r = binomial_repetitions(K + 1, c)``.
     """
-    if not callable(advance) or not callable(backward):
-        raise TypeError("advance and backward must be callables: (state, k) -> ...")
-    if isinstance(K, bool) or not isinstance(K, int) or K < 0:
-        raise ValueError(f"K must be an integer >= 0, got {K!r}")
-    if checkpoints is not None and (
-        isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 1
-    ):
-        raise ValueError(f"checkpoints must be None or an integer >= 1, got {checkpoints!r}")
+    _check_sweep(advance, backward, K, checkpoints)
     # on_final(s_K) is one more reverse step, on the state that has no successor: sweeping
     # the L = K + 1 states s_K, ..., s_0 keeps on_final inside the c + 1 memory bound.
     if on_final is None:
@@ -179,6 +172,18 @@ def reverse_sweep(
     if checkpoints is None or checkpoints + 1 >= L:
         return _store(advance, reverse_step, s0, L)
     return _binomial(advance, reverse_step, s0, L, checkpoints)
+
+
+def _check_sweep(advance: Any, backward: Any, K: Any, checkpoints: Any) -> None:
+    """Argument checks of :func:`reverse_sweep`."""
+    if not callable(advance) or not callable(backward):
+        raise TypeError("advance and backward must be callables: (state, k) -> ...")
+    if isinstance(K, bool) or not isinstance(K, int) or K < 0:
+        raise ValueError(f"K must be an integer >= 0, got {K!r}")
+    if checkpoints is not None and (
+        isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 1
+    ):
+        raise ValueError(f"checkpoints must be None or an integer >= 1, got {checkpoints!r}")
 
 
 def _store(advance, backward, s0, L) -> SweepStats:

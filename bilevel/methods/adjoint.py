@@ -343,7 +343,8 @@ def _monitored_step(problem: BilevelProblem, lam: Any, flow: GradientFlow,
 
 def _in_forward_pass(err: NonFiniteError, monitor: StabilityMonitor) -> bool:
     """Did ``err`` come from the forward integration (or ``f(u_K)``), or follow an unstable
-    forward step? (Backward errors of a stable forward pass go to :func:`bilevel.hypergrad`.)"""
+    forward step? (Backward errors of a stable forward pass are left to
+    :func:`~bilevel.api.hypergrad`.)"""
     K = monitor.steps
     return monitor.next_k < K or err.step == K or monitor.worst("forward")[1] is not None
 

@@ -1,7 +1,7 @@
 """What every hypergradient method shares: the method base class, the result and state
 types, the warning and error classes, and the helpers that build and tag results.
 
-:mod:`bilevel.api` (the entry point :func:`bilevel.hypergrad`) sits above this module and
+:mod:`bilevel.api` (the entry point :func:`~bilevel.api.hypergrad`) sits above this module and
 re-exports its public names; the methods import from here, so imports point one way.
 """
 
@@ -59,7 +59,7 @@ class HypergradError(RuntimeError):
 
 
 class HypergradResult(dict):
-    """Result of :func:`bilevel.hypergrad` with attribute access (like ``OptimizeResult``).
+    """Result of :func:`~bilevel.api.hypergrad` with attribute access (like ``OptimizeResult``).
 
     Attributes
     ----------
@@ -119,7 +119,7 @@ class HypergradResult(dict):
 class HypergradState:
     """Warm-start state carried across outer iterations.
 
-    Pass the same object to successive :func:`bilevel.hypergrad` calls: the inner iterate
+    Pass the same object to successive :func:`~bilevel.api.hypergrad` calls: the inner iterate
     ``w`` (when the problem has no ``init`` map) and the auxiliary vector ``v`` of the
     implicit and historyless methods start where the previous call ended, and ``t`` counts
     calls (used by HOAG-style decreasing tolerances).
@@ -132,13 +132,8 @@ class HypergradState:
 
 
 def _differs(value: Any, default: Any) -> bool:
-    """True unless ``value`` is (or equals) the field default."""
-    if value is default:
-        return False
-    try:
-        return not bool(value == default)
-    except (TypeError, ValueError):  # e.g. arrays
-        return True
+    """True unless ``value`` is the field default or reads the same (its ``repr``)."""
+    return value is not default and repr(value) != repr(default)
 
 
 class Method(abc.ABC):
@@ -146,10 +141,10 @@ class Method(abc.ABC):
 
     A method implements ``compute(problem, lam, w0, dynamics, state)`` returning a
     :class:`HypergradResult` with at least ``grad``, ``w``, ``value``, ``success`` and
-    ``message``; :func:`bilevel.hypergrad` adds the shared diagnostics. The library's
+    ``message``; :func:`~bilevel.api.hypergrad` adds the shared diagnostics. The library's
     methods are frozen dataclasses (their options checked once, at construction); their
-    ``repr`` reads like the constructor call, with the options that differ from the
-    defaults (and those named in ``_repr_always``).
+    ``repr`` reads like the constructor call, with the options whose ``repr`` differs from
+    the default's (and those named in ``_repr_always``).
     """
 
     name = "method"
@@ -191,7 +186,7 @@ class at_step:  # noqa: N801  (used as a lower-case context manager, like contex
     """Context manager: a :class:`NonFiniteError` raised inside gets ``err.step = k``.
 
     ``with at_step(k): s = dynamics.step(...)`` reports which inner step produced a
-    non-finite value; :func:`bilevel.hypergrad` turns the error into a failed result whose
+    non-finite value; :func:`~bilevel.api.hypergrad` turns the error into a failed result whose
     message names the step. Cheap (no generator): used once per step in the hot loops.
     """
 
