@@ -1,6 +1,8 @@
 """Tests for bilevel.recompute: exact reverse order, memory bound, optimal recomputation."""
 
+import importlib
 import math
+import sys
 import tracemalloc
 from functools import lru_cache
 
@@ -149,9 +151,6 @@ def test_errors():
 
 
 def test_old_module_name_warns_and_reexports():
-    import importlib
-    import sys
-
     sys.modules.pop("bilevel.checkpoint", None)
     with pytest.warns(DeprecationWarning, match="bilevel.recompute"):
         old = importlib.import_module("bilevel.checkpoint")
