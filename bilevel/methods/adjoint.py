@@ -174,18 +174,11 @@ class Adjoint(Validated, Method):
 
     Notes
     -----
-    Step conditions (:mod:`bilevel.stability`): the flow diverges where ``h·λ_max(H)``
-    exceeds the scheme's real stability bound (2 for Euler and Heun, ≈ 2.785 for RK4), the
-    explicit Euler/Heun backward step of the continuous adjoint where it exceeds 2. Each
-    forward step's secant curvature, each continuous-adjoint HVP's Rayleigh quotient and,
-    for ``discrete=False``, the Lanczos estimate are compared with these bounds; a
+    Step conditions (:mod:`bilevel.stability`) are checked for free along the way: a
     violation gives ``success=False`` with the first offending step in ``unstable_step``
-    and the largest ``h·λ`` seen in ``step_stiffness``.
-
-    Memory: O(K·n) stored, O(c·n) checkpointed, O(n) reconstructed. Time with an
-    ``s``-stage scheme: ``s·K`` gradients forward; the discrete backward ``s·K`` HVPs plus
-    ``s − 1`` gradients per step; the continuous backward ``K`` (Euler) or ``2K`` (Heun)
-    HVPs; ``"checkpoint"`` adds recomputed steps, ``"reconstruct"`` ``s·K`` gradients.
+    and the largest ``h·λ_max(H)`` seen in ``step_stiffness``. Memory: O(K·n) stored,
+    O(c·n) checkpointed, O(n) reconstructed; costs per scheme and trajectory are listed on
+    :doc:`/methods/adjoint`.
 
     References
     ----------
