@@ -1,5 +1,7 @@
 """Tests of bilevel.api: hypergrad() arguments, HypergradResult, strictness, warm starts."""
 
+import dataclasses
+import pickle
 import warnings
 
 import autograd.numpy as anp
@@ -8,18 +10,23 @@ import pytest
 
 from bilevel import (
     CG,
+    Adjoint,
     BilevelProblem,
+    FirstOrder,
     Forward,
     GradientDescent,
+    Historyless,
     HypergradError,
     HypergradResult,
     HypergradState,
     HypergradWarning,
+    Implicit,
     Reverse,
     hypergrad,
     value_and_hypergrad,
 )
 from bilevel.api import Method
+from bilevel.registry import lookup, names
 
 
 def shift_problem(**kw):
@@ -51,7 +58,7 @@ def test_hypergrad_closed_form_and_diagnostics(method):
 
 
 def test_value_and_hypergrad_equals_hypergrad():
-    kw = dict(inner=GradientDescent(0.5, 8), method=Reverse())
+    kw = dict(dynamics=GradientDescent(0.5, 8), method=Reverse())
     value, grad = value_and_hypergrad(shift_problem(), LAM, np.zeros(3), **kw)
     res = hypergrad(shift_problem(), LAM, np.zeros(3), **kw)
     np.testing.assert_allclose(value, res.value, rtol=1e-15)
@@ -207,3 +214,56 @@ def test_hypergrad_warning_is_not_raised_on_success():
         warnings.simplefilter("error", HypergradWarning)
         res = hypergrad(shift_problem(), LAM, np.zeros(3), dynamics=GradientDescent(0.5, 3))
     assert res.method == "Reverse()"  # the default method
+
+
+def test_shared_types_live_below_the_api_and_are_re_exported():
+    import bilevel.api as api
+    from bilevel.methods import base
+
+    for name in ("Method", "HypergradResult", "HypergradState", "HypergradWarning",
+                 "HypergradError", "failure_result", "norm_per_problem", "ON_FAILURE",
+                 "resolve_dynamics"):
+        assert getattr(api, name) is getattr(base, name), name
+
+
+ALL_METHODS = [
+    Reverse(), Reverse(truncate=5), Reverse(checkpoints=3), Forward(), Forward(warn_ratio=2.0),
+    Implicit(), Implicit(CG(tol=1e-6), damping=0.1, inner_tol=None), Historyless(),
+    Historyless(beta=0.1, tol=1e-3), Adjoint(), Adjoint("reconstruct", discrete=False),
+    FirstOrder(),
+]
+
+
+@pytest.mark.parametrize("method", ALL_METHODS, ids=repr)
+def test_methods_are_frozen_picklable_and_registered(method):
+    assert pickle.loads(pickle.dumps(method)) == method or isinstance(method, Implicit)
+    again = pickle.loads(pickle.dumps(method))
+    assert repr(again) == repr(method) and type(again) is type(method)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        method.name_of_a_field = 1
+    assert lookup("method", method.name) is type(method)
+    assert set(names("method")) >= {"reverse", "forward", "implicit", "adjoint",
+                                    "historyless", "first-order"}
+
+
+def test_method_repr_reads_like_the_constructor_call():
+    assert repr(Reverse()) == "Reverse()"
+    assert repr(Reverse(truncate=5)) == "Reverse(truncate=5)"
+    assert repr(Forward()) == "Forward()" and repr(FirstOrder()) == "FirstOrder()"
+    assert repr(Implicit()) == "Implicit()"
+    solver = CG(tol=1e-6)
+    assert repr(Implicit(solver, damping=0.1)) == f"Implicit(solver={solver!r}, damping=0.1)"
+    assert repr(Historyless(0.2, tol=1e-3)) == "Historyless(beta=0.2, tol=0.001)"
+    assert repr(Adjoint("store", checkpoints=None)) == "Adjoint(trajectory='store', discrete=True)"
+    # positional order of the constructors is kept
+    assert Reverse(4, 2).truncate == 4 and Reverse(4, 2).checkpoints == 2
+    assert Implicit(solver, 0.5).damping == 0.5 and Historyless(0.3, 0.1).damping == 0.1
+    assert Adjoint("store", False).discrete is False
+
+
+def test_nonfinite_outer_objective_names_the_last_step():
+    p = BilevelProblem(lambda w, lam: 0.5 * anp.sum((w - lam) ** 2),
+                       lambda w, lam: anp.sum(anp.log(w)))
+    with np.errstate(all="ignore"), pytest.warns(HypergradWarning, match="at inner step 3"):
+        res = hypergrad(p, LAM, np.ones(3), dynamics=GradientDescent(0.5, 3))
+    assert res.nonfinite_step == 3 and not res.success

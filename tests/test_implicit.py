@@ -1,6 +1,7 @@
 """Implicit differentiation: closed forms (V7, V8), solver equivalence and scale invariance
 (V11), warm starts, HOAG tolerances and failure reporting."""
 
+import dataclasses
 import warnings
 
 import autograd.numpy as anp
@@ -173,6 +174,25 @@ def test_warm_start_and_hoag_schedule():
     again = hypergrad(problem, lam, None, dynamics=GradientDescent(lr, 60),
                       method=Implicit(CG(tol=1e-6)), state=state)
     assert again.warm_started and again.linear_iterations == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenCG:
+    """A frozen solver object (the tolerance schedule must copy it, not mutate it)."""
+
+    tol: float = 1e-10
+
+    def __call__(self, matvec, b, x0=None, damping=0.0):
+        return CG(tol=self.tol)(matvec, b, x0, damping=damping)
+
+
+def test_tol_schedule_with_a_frozen_solver():
+    problem, lam, _, exact, _, lr = ridge(seed=5)
+    solver = FrozenCG()
+    method = Implicit(solver, tol_schedule=lambda t: 1e-8)
+    res = hypergrad(problem, lam, np.zeros(4), dynamics=GradientDescent(lr, 200), method=method)
+    assert res.tol == 1e-8 and solver.tol == 1e-10 and method.solver is solver
+    assert res.success and relerr(res.grad, exact) < 1e-6
 
 
 def test_unconverged_inner_warns_and_raises_under_strict():

@@ -1,4 +1,10 @@
-"""Hypergradient methods, one module each (strategy objects for :func:`bilevel.hypergrad`).
+"""Hypergradient methods, one module each (strategy objects for :func:`~bilevel.api.hypergrad`).
+
+Each method is a small frozen dataclass registered under its ``name``
+(``bilevel.registry.lookup("method", "reverse")``); the types they share (``Method``, the
+result, state, warning and error classes) are in :mod:`bilevel.methods.base`. The unrolled
+reverse recursion exists once, :func:`bilevel.methods.reverse.unrolled_vjp`: ``Reverse``
+and the discrete ``Adjoint`` both run it.
 
 ==================  =====================  ==========================  =====================
 method              memory                 time                        answer

@@ -1,4 +1,4 @@
-"""First-order hypergradient (FOMAML's approximation; ALGORITHMS of the unrolled map).
+"""First-order hypergradient (FOMAML's approximation of the unrolled derivative).
 
 Replacing every inner-step Jacobian ``A_k = ∂w_{k+1}/∂w_k`` of the unrolled map by ``I``
 and every ``B_k = ∂w_{k+1}/∂λ`` by 0 leaves::
@@ -10,16 +10,21 @@ the first-order MAML meta-gradient (Finn et al., 2017) when ``w_0 = init(λ) = �
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from ..api import HypergradResult, HypergradState, Method
 from ..dynamics import Dynamics, run
 from ..problem import BilevelProblem
+from ..registry import register
+from ..validation import Validated
+from .base import HypergradResult, HypergradState, Method
 
 __all__ = ["FirstOrder"]
 
 
-class FirstOrder(Method):
+@register("method")
+@dataclass(frozen=True, repr=False)
+class FirstOrder(Validated, Method):
     """First-order approximation ``∇_λ f(w_K) + Cᵀ∇_w f(w_K)`` (FOMAML).
 
     Runs the inner dynamics without recording anything and differentiates only the outer
@@ -42,10 +47,10 @@ class FirstOrder(Method):
         problem: BilevelProblem,
         lam: Any,
         w0: Any,
-        inner: Dynamics,
+        dynamics: Dynamics,
         state: HypergradState | None,
     ) -> HypergradResult:
-        w = inner.weights(run(problem, inner, w0, lam))
+        w = dynamics.weights(run(problem, dynamics, w0, lam))
         value, gw, gl = problem.outer_value_and_grads(w, lam)
         grad = gl + problem.init_vjp(lam, gw) if problem.init is not None else gl
         return HypergradResult(grad=grad, w=w, value=value, success=True, message="ok")

@@ -1,4 +1,4 @@
-"""Approximate implicit differentiation (AID, HOAG, iMAML; ALGORITHMS §2.4–2.5).
+"""Approximate implicit differentiation (AID, HOAG, iMAML).
 
 The implicit function theorem at a stationary inner point ``∇_w g(w*, λ) = 0`` gives::
 
@@ -6,7 +6,8 @@ The implicit function theorem at a stationary inner point ``∇_w g(w*, λ) = 0`
 
 all at ``(w*, λ)``. :class:`Implicit` runs the inner dynamics without recording anything,
 replaces ``w*`` by the last iterate ``w_K`` and solves the linear system with any solver of
-:mod:`bilevel.linalg` through Hessian-vector products at one traced point.
+:mod:`bilevel.linalg` through Hessian-vector products at one traced point
+(:func:`implicit_vjp`); :func:`implicit_diagnostics` judges the result.
 """
 
 from __future__ import annotations
@@ -14,40 +15,125 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from ..api import HypergradResult, HypergradState, Method, norm_per_problem
 from ..backend import namespace
 from ..dynamics import Dynamics, run
 from ..linalg import CG
 from ..problem import BilevelProblem
+from ..registry import register
+from ..validation import Validated, nonnegative, option, optional, positive
+from .base import (
+    HypergradResult,
+    HypergradState,
+    Method,
+    flag,
+    largest,
+    norm_per_problem,
+    outcome,
+)
 
-__all__ = ["Implicit"]
+__all__ = ["Implicit", "ImplicitVJP", "implicit_diagnostics", "implicit_vjp"]
 
 
-def _max(x: Any) -> float:
-    """Largest entry of a per-problem array (or the scalar itself) as a Python float."""
-    xp = namespace(x)
-    return float(xp.max(xp.reshape(xp.asarray(x), (-1,))))
+class ImplicitVJP(NamedTuple):
+    """What :func:`implicit_vjp` returns."""
+
+    grad: Any  # ∇_λ f − Mᵀ v
+    value: Any  # f(w, λ)
+    v: Any  # the solver's solution of (H + δI) v = ∇_w f
+    solve: Any  # its SolveResult
+    inner_residual: Any  # ‖∇_w g(w, λ)‖ per problem (from the same trace)
 
 
-def _problem_success(xp: Any, sol: Any, inner_ok: Any, b: Any) -> Any:
-    """Per-problem success ``(B,)`` of a batched solve (``None`` for a single problem).
+def implicit_vjp(
+    problem: BilevelProblem, w: Any, lam: Any, solver: Callable, damping: float = 0.0,
+    x0: Any = None,
+) -> ImplicitVJP:
+    """The IFT hypergradient at ``w``: ``∇_λ f − Mᵀ v`` with ``(H + δI) v = ∇_w f``.
 
-    A problem succeeds when its linear solve converged (a CG breakdown leaves it
-    unconverged) and, when tested, its inner residual passed the stationarity test.
+    The gradient map of ``g`` is traced once at ``(w, λ)``; each solver iteration is one
+    reverse pass over that trace (an HVP), and ``Mᵀ v`` one more. ``x0`` warm-starts the
+    solver.
     """
-    if len(b.shape) != 2:
+    value, b, grad_lam = problem.outer_value_and_grads(w, lam)
+    lin = problem.linearize(w, lam)
+    sol = solver(lin.hvp, b, x0, damping=damping)
+    grad = grad_lam - lin.mixed_vjp(sol.x)
+    return ImplicitVJP(grad, value, sol.x, sol, norm_per_problem(lin.grad))
+
+
+def implicit_diagnostics(ift: ImplicitVJP, g0_norm: Any, inner_tol: float | None) -> dict:
+    """``success``, ``message``, ``inner_converged`` and ``problem_success`` of a result.
+
+    A problem passes when its linear solve converged (no CG breakdown) and, with
+    ``inner_tol``, ``‖∇_w g(w_K)‖ ≤ inner_tol · max(1, ‖∇_w g(w_0)‖)``.
+    """
+    xp = namespace(ift.v)
+    sol, problems, inner_ok = ift.solve, [], None
+    if inner_tol is not None:
+        threshold = inner_tol * xp.maximum(g0_norm, xp.ones_like(g0_norm))
+        inner_ok = ift.inner_residual <= threshold
+        if not bool(xp.all(inner_ok)):
+            problems.append(
+                f"inner solve not converged: ‖∇_w g(w_K)‖ = {largest(ift.inner_residual):.3e}"
+                f" > {largest(threshold):.3e} (inner_tol={inner_tol:g}·max(1, ‖∇_w g(w_0)‖)); "
+                "the implicit formula assumes a stationary inner point, so the "
+                "hypergradient is biased. Raise the inner steps or step size, or "
+                "warm-start w with a HypergradState"
+            )
+    if not sol.converged or sol.breakdown:
+        problems.append(f"linear solve failed: {sol.message}")
+    per_problem = _problem_success(xp, sol, inner_ok, ift.v)
+    if per_problem is not None and problems:
+        n_ok = int(xp.sum(xp.astype(per_problem, xp.int64)))
+        problems.append(f"{n_ok} of {per_problem.shape[0]} problems passed")
+    return dict(outcome(problems), problem_success=per_problem,
+                inner_converged=inner_ok is None or bool(xp.all(inner_ok)))
+
+
+def _problem_success(xp: Any, sol: Any, inner_ok: Any, v: Any) -> Any:
+    """Per-problem success ``(B,)`` of a batched solve (``None`` for a single problem)."""
+    if len(v.shape) != 2:
         return None
     mask = sol.converged_mask
     if mask is None:
-        mask = xp.full((b.shape[0],), bool(sol.converged and not sol.breakdown), dtype=xp.bool)
+        mask = xp.full((v.shape[0],), bool(sol.converged and not sol.breakdown), dtype=xp.bool)
     if inner_ok is not None:
         mask = mask & inner_ok
     return mask
 
 
-class Implicit(Method):
+def _linear_solver(name: str, value: Any) -> Callable:
+    """Check: a linear solver object (any callable ``(matvec, b, x0, damping)``)."""
+    if not callable(value):
+        raise TypeError(
+            f"{name} must be a linear solver object such as CG(), Neumann(alpha, maxiter), "
+            f"FixedPoint(alpha, maxiter, tol) or Direct(); got {type(value).__name__}"
+        )
+    return value
+
+
+def _schedule(name: str, value: Any) -> Any:
+    """Check: ``None`` or a callable ``t -> tolerance``."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be a callable t -> tolerance, got {type(value).__name__}")
+    return value
+
+
+def _with_tol(solver: Any, tol: float) -> Any:
+    """A copy of ``solver`` with relative tolerance ``tol``."""
+    if dataclasses.is_dataclass(solver):
+        return dataclasses.replace(solver, tol=tol)
+    solver = copy.copy(solver)
+    solver.tol = tol
+    return solver
+
+
+@register("method")
+@dataclass(frozen=True, repr=False)
+class Implicit(Validated, Method):
     """Implicit differentiation at the last inner iterate (AID; iMAML on a proximal ``g``).
 
     Computes::
@@ -56,11 +142,9 @@ class Implicit(Method):
         v   ≈ (H(w_K, λ) + δI)⁻¹ ∇_w f(w_K, λ)          (solver, warm-started from state.v)
         ∇F  ≈ ∇_λ f(w_K, λ) − M(w_K, λ)ᵀ v
 
-    The gradient map of ``g`` is traced once at ``w_K`` (``problem.linearize``); each solver
-    iteration is then one reverse pass over that trace. When the problem has an ``init``
-    map the result does not include ``Cᵀ·``: the IFT derivative of ``w*`` does not depend
-    on where the inner solver started (for iMAML, θ enters through the proximal term of
-    ``g`` instead).
+    When the problem has an ``init`` map the result does not include ``Cᵀ·``: the IFT
+    derivative of ``w*`` does not depend on where the inner solver started (for iMAML, θ
+    enters through the proximal term of ``g`` instead). See :doc:`/methods/implicit`.
 
     Parameters
     ----------
@@ -75,36 +159,31 @@ class Implicit(Method):
         indefinite Hessians; biases the result by ``O(δ)``).
     inner_tol : float or None
         Stationarity test of the inner solve: the implicit formula holds only when
-        ``‖∇_w g(w_K, λ)‖ ≤ inner_tol · max(1, ‖∇_w g(w_0, λ)‖)`` (per problem; an absolute
-        test for small initial gradients, a relative one for large). When it fails the
-        result has ``success=False`` (a :class:`HypergradWarning`, or a
-        :class:`HypergradError` under ``strict=True``). ``None`` skips the test and the
-        extra gradient at ``w_0``.
+        ``‖∇_w g(w_K, λ)‖ ≤ inner_tol · max(1, ‖∇_w g(w_0, λ)‖)`` (per problem). When it
+        fails the result has ``success=False``. ``None`` skips the test and the extra
+        gradient at ``w_0``.
     tol_schedule : callable, optional
         HOAG-style decreasing tolerances: ``t ↦ τ_t`` with ``t = state.t`` (the number of
-        previous calls with this :class:`HypergradState`; 0 without a state), e.g.
-        ``lambda t: 0.1 * 0.9 ** t`` (FAR-HO's default). Sets the solver's relative ``tol``
-        and the inner tolerance to ``τ_t``. Needs a solver with a ``tol`` (CG, FixedPoint).
+        previous calls with this :class:`~bilevel.api.HypergradState`; 0 without one),
+        e.g. ``lambda t: 0.1 * 0.9 ** t``. Sets the solver's relative ``tol`` and the inner
+        tolerance to ``τ_t``. Needs a solver with a ``tol`` (CG, FixedPoint).
     warm_start : bool
         Start the solver from ``state.v`` when a state with a ``v`` of the right shape is
-        passed (the inner iterate ``w`` is warm-started by :func:`bilevel.hypergrad` itself
-        when the problem has no ``init``).
+        passed.
 
     Notes
     -----
-    Result keys besides the common ones: ``v`` (the solution, stored back into the state),
-    ``linear_solve`` (the :class:`bilevel.linalg.SolveResult`), ``linear_residual``
-    (``‖(H + δI)v − ∇_w f‖`` per problem, as the solver measured it), ``linear_iterations``,
-    ``inner_residual`` (``‖∇_w g(w_K)‖`` per problem), ``inner_converged``, ``tol`` and
-    ``problem_success``: for a batched problem a boolean array ``(B,)``, true where that
-    problem's linear solve converged (no CG breakdown) and its inner residual passed the
-    ``inner_tol`` test, so that a caller can keep the problems that passed (meta-learning
-    drops the failing tasks of a meta-batch); ``None`` for a single problem, whose status
-    is ``success``.
+    Result keys besides the common ones: ``v`` (stored back into the state),
+    ``linear_solve`` (the :class:`bilevel.linalg.SolveResult`), ``linear_residual``,
+    ``linear_iterations``, ``inner_residual``, ``inner_converged``, ``tol``,
+    ``warm_started`` and ``problem_success``: for a batched problem a boolean array
+    ``(B,)``, true where that problem's linear solve converged and its inner residual
+    passed the ``inner_tol`` test (meta-learning drops the failing tasks of a meta-batch);
+    ``None`` for a single problem.
 
-    Memory O(n + m): the solver's work vectors (4 for CG, 3 for Neumann/FixedPoint) and
-    one trace of ``∇_w g`` — independent of K. Time: K inner steps + 1 gradient (2 with the
-    inner test) + J HVPs (solver iterations) + 1 mixed VJP + 1 outer gradient.
+    Memory O(n + m): the solver's work vectors and one trace of ``∇_w g`` — independent of
+    K. Time: K inner steps + 1 gradient (2 with the inner test) + J HVPs (solver
+    iterations) + 1 mixed VJP + 1 outer gradient.
 
     References
     ----------
@@ -113,125 +192,60 @@ class Implicit(Method):
     Grazzi et al., "On the iteration complexity of hypergradient computation", ICML 2020.
     """
 
+    solver: Callable = option(CG(), check=_linear_solver)
+    damping: float = option(0.0, check=nonnegative)
+    inner_tol: float | None = option(1e-6, check=optional(positive), kw_only=True)
+    tol_schedule: Callable[[int], float] | None = option(None, check=_schedule, kw_only=True)
+    warm_start: bool = option(True, check=flag, kw_only=True)
+
     name = "implicit"
 
-    def __init__(
-        self,
-        solver: Callable | None = None,
-        damping: float = 0.0,
-        *,
-        inner_tol: float | None = 1e-6,
-        tol_schedule: Callable[[int], float] | None = None,
-        warm_start: bool = True,
-    ):
-        solver = CG() if solver is None else solver
-        if not callable(solver):
-            raise TypeError(
-                "solver must be a linear solver object such as CG(), Neumann(alpha, maxiter), "
-                f"FixedPoint(alpha, maxiter, tol) or Direct(); got {type(solver).__name__}"
+    def __post_init__(self) -> None:
+        if self.solver is None:
+            object.__setattr__(self, "solver", type(self).solver)
+        super().__post_init__()
+        if self.tol_schedule is not None and not hasattr(self.solver, "tol"):
+            raise ValueError(
+                f"tol_schedule needs a solver with a relative tolerance 'tol' (CG, "
+                f"FixedPoint); {self.solver!r} has none"
             )
-        if not (isinstance(damping, (int, float)) and damping >= 0 and damping == damping):
-            raise ValueError(f"damping must be a number >= 0, got {damping!r}")
-        if inner_tol is not None and not (isinstance(inner_tol, (int, float)) and inner_tol > 0):
-            raise ValueError(f"inner_tol must be a positive number or None, got {inner_tol!r}")
-        if tol_schedule is not None:
-            if not callable(tol_schedule):
-                raise TypeError(
-                    f"tol_schedule must be a callable t -> tolerance, got "
-                    f"{type(tol_schedule).__name__}"
-                )
-            if not hasattr(solver, "tol"):
-                raise ValueError(
-                    f"tol_schedule needs a solver with a relative tolerance 'tol' (CG, "
-                    f"FixedPoint); {solver!r} has none"
-                )
-        self.solver = solver
-        self.damping = float(damping)
-        self.inner_tol = inner_tol
-        self.tol_schedule = tol_schedule
-        self.warm_start = bool(warm_start)
-
-    def __repr__(self) -> str:
-        args = [repr(self.solver)]
-        if self.damping:
-            args.append(f"damping={self.damping!r}")
-        if self.tol_schedule is not None:
-            args.append("tol_schedule=...")
-        return f"Implicit({', '.join(args)})"
-
-    def _solver_and_tol(self, state: HypergradState | None) -> tuple[Callable, float | None]:
-        if self.tol_schedule is None:
-            return self.solver, self.inner_tol
-        t = 0 if state is None else state.t
-        tol = float(self.tol_schedule(t))
-        if not tol > 0:
-            raise ValueError(f"tol_schedule({t}) must be a positive tolerance, got {tol!r}")
-        if dataclasses.is_dataclass(self.solver):  # the frozen solvers of bilevel.linalg
-            return dataclasses.replace(self.solver, tol=tol), tol
-        solver = copy.copy(self.solver)
-        solver.tol = tol
-        return solver, tol
 
     def compute(
         self,
         problem: BilevelProblem,
         lam: Any,
         w0: Any,
-        inner: Dynamics,
+        dynamics: Dynamics,
         state: HypergradState | None,
     ) -> HypergradResult:
-        xp = namespace(lam, w0)
         solver, inner_tol = self._solver_and_tol(state)
-        g0_norm = None
-        if inner_tol is not None:
-            g0_norm = norm_per_problem(problem.inner_grad(w0, lam))
-        w = inner.weights(run(problem, inner, w0, lam))
-        value, b, grad_lam = problem.outer_value_and_grads(w, lam)
-        lin = problem.linearize(w, lam)
-        inner_residual = norm_per_problem(lin.grad)
-
-        x0 = None
-        if self.warm_start and state is not None and state.v is not None:
-            if tuple(getattr(state.v, "shape", ())) == tuple(b.shape):
-                x0 = state.v
-        sol = solver(lin.hvp, b, x0, damping=self.damping)
-        v = sol.x
-        grad = grad_lam - lin.mixed_vjp(v)
-
-        problems = []
-        inner_converged = True
-        inner_ok = None
-        if inner_tol is not None:
-            threshold = inner_tol * xp.maximum(g0_norm, xp.ones_like(g0_norm))
-            inner_ok = inner_residual <= threshold
-            inner_converged = bool(xp.all(inner_ok))
-            if not inner_converged:
-                problems.append(
-                    f"inner solve not converged: ‖∇_w g(w_K)‖ = {_max(inner_residual):.3e} > "
-                    f"{_max(threshold):.3e} (inner_tol={inner_tol:g}·max(1, ‖∇_w g(w_0)‖)); "
-                    "the implicit formula assumes a stationary inner point, so the "
-                    "hypergradient is biased. Raise the inner steps or step size, or "
-                    "warm-start w with a HypergradState"
-                )
-        if not sol.converged or sol.breakdown:
-            problems.append(f"linear solve failed: {sol.message}")
-        problem_success = _problem_success(xp, sol, inner_ok, b)
-        if problem_success is not None and problems:
-            n_ok = int(xp.sum(xp.astype(problem_success, xp.int64)))
-            problems.append(f"{n_ok} of {problem_success.shape[0]} problems passed")
+        g0_norm = None if inner_tol is None else norm_per_problem(problem.inner_grad(w0, lam))
+        w = dynamics.weights(run(problem, dynamics, w0, lam))
+        x0 = self._warm_start(state, w)
+        ift = implicit_vjp(problem, w, lam, solver, self.damping, x0)
         return HypergradResult(
-            grad=grad,
-            w=w,
-            value=value,
-            success=not problems,
-            message="; ".join(problems) if problems else "ok",
-            v=v,
-            linear_solve=sol,
-            linear_residual=sol.residual_norm,
-            linear_iterations=sol.iterations,
-            inner_residual=inner_residual,
-            inner_converged=inner_converged,
-            problem_success=problem_success,
+            grad=ift.grad, w=w, value=ift.value, v=ift.v,
+            linear_solve=ift.solve,
+            linear_residual=ift.solve.residual_norm,
+            linear_iterations=ift.solve.iterations,
+            inner_residual=ift.inner_residual,
             warm_started=x0 is not None,
             tol=getattr(solver, "tol", None),
+            **implicit_diagnostics(ift, g0_norm, inner_tol),
         )
+
+    def _solver_and_tol(self, state: HypergradState | None) -> tuple[Callable, float | None]:
+        """The solver and inner tolerance of this call (``tol_schedule`` at ``state.t``)."""
+        if self.tol_schedule is None:
+            return self.solver, self.inner_tol
+        t = 0 if state is None else state.t
+        tol = float(self.tol_schedule(t))
+        if not tol > 0:
+            raise ValueError(f"tol_schedule({t}) must be a positive tolerance, got {tol!r}")
+        return _with_tol(self.solver, tol), tol
+
+    def _warm_start(self, state: HypergradState | None, w: Any) -> Any:
+        """``state.v`` when warm starts are on and its shape fits, else ``None``."""
+        if not self.warm_start or state is None or state.v is None:
+            return None
+        return state.v if tuple(getattr(state.v, "shape", ())) == tuple(w.shape) else None

@@ -1,26 +1,107 @@
-"""Reverse-mode unrolling: full, truncated (K-RMD) and checkpointed (ALGORITHMS §2.1–2.2)."""
+"""Reverse-mode unrolling: full, truncated (K-RMD) and checkpointed.
+
+:func:`unrolled_vjp` is the one implementation of the reverse recursion of an unrolled
+map; :class:`Reverse` and the discrete adjoint of :class:`~bilevel.methods.Adjoint` both
+run it (the adjoint supplies its monitored step and, for the continuous adjoint, its own
+backward step).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
 
-from ..api import HypergradResult, HypergradState, Method
-from ..checkpoint import reverse_sweep
+from ..backend import namespace
 from ..dynamics import Dynamics, run
-from ..problem import BilevelProblem, NonFiniteError
+from ..problem import BilevelProblem
+from ..recompute import reverse_sweep
+from ..registry import register
+from ..validation import Validated, integer, option, optional
+from .base import HypergradResult, HypergradState, Method, at_step
 
-__all__ = ["Reverse"]
-
-
-def _is_structural_zero(x: Any) -> bool:
-    """True when ``x`` is exactly zero everywhere (what autograd returns for no dependence)."""
-    from ..backend import namespace
-
-    xp = namespace(x)
-    return bool(xp.all(x == 0))
+__all__ = ["Reverse", "Sweep", "unrolled_vjp"]
 
 
-class Reverse(Method):
+class Sweep(NamedTuple):
+    """What :func:`unrolled_vjp` returns."""
+
+    grad: Any  # ∇_λ f + Σ_k B_kᵀ a_{k+1} (+ Cᵀ a_0 when the sweep starts at 0)
+    w: Any  # w_K
+    value: Any  # f(w_K, λ)
+    cotangent: tuple  # a_start, the cotangent of the first swept state
+    stats: Any  # what the schedule reports (SweepStats for reverse_sweep)
+
+
+def unrolled_vjp(
+    problem: BilevelProblem,
+    lam: Any,
+    s_start: Any,
+    dynamics: Dynamics,
+    *,
+    start: int = 0,
+    sweep: Callable = reverse_sweep,
+    step: Callable | None = None,
+    step_vjp: Callable | None = None,
+) -> Sweep:
+    """The reverse recursion over steps ``start … K−1`` of the dynamics from ``s_start``::
+
+        a_K = ∇_w f(w_K, λ),   (a_k, b_k) = (A_kᵀ a_{k+1}, B_kᵀ a_{k+1}),
+        ∇F  = ∇_λ f + Σ_k b_k + Cᵀ a_0          (Cᵀ a_0 only from start = 0)
+
+    ``sweep(advance, backward, s_start, K − start, on_final=...)`` orders the work
+    (:func:`bilevel.recompute.reverse_sweep`: store or binomial recomputation; the adjoint's
+    backward reconstruction); ``step(s, k)`` and ``step_vjp(s, k, a) -> (a_prev, b)``
+    default to the dynamics' own. Raises ``ValueError`` when a truncated sweep drops the
+    whole hypergradient (λ only in the init map). Cost: one ``step_vjp`` per step.
+    """
+    K = dynamics.steps
+    step = step or (lambda s, k: dynamics.step(problem, s, lam, k))
+    step_vjp = step_vjp or (lambda s, k, a: dynamics.step_vjp(problem, s, lam, k, a))
+    out: dict[str, Any] = {"mixed": 0}
+
+    def advance(s: Any, j: int) -> Any:
+        with at_step(start + j):
+            return step(s, start + j)
+
+    def on_final(s: Any) -> None:
+        w = dynamics.weights(s)
+        with at_step(K):
+            value, gw, gl = problem.outer_value_and_grads(w, lam)
+        out.update(w=w, value=value, grad=gl, a=dynamics.cotangent(gw))
+
+    def backward(s: Any, j: int) -> None:
+        with at_step(start + j):
+            a, b = step_vjp(s, start + j, out["a"])
+        out.update(a=a, grad=out["grad"] + b, mixed=out["mixed"] + b)
+
+    stats = sweep(advance, backward, s_start, K - start, on_final=on_final)
+    grad = out["grad"]
+    if problem.init is not None:
+        if start == 0:
+            grad = grad + problem.init_vjp(lam, dynamics.weights(out["a"]))
+        else:
+            _require_a_mixed_term(out["mixed"])
+    return Sweep(grad, out["w"], out["value"], out["a"], stats)
+
+
+def _require_a_mixed_term(mixed: Any) -> None:
+    """Raise when ``Σ B_kᵀ a_k`` is exactly zero (autograd's answer for no dependence)."""
+    xp = namespace(mixed)
+    if bool(xp.all(mixed == 0)):
+        raise ValueError(
+            "Reverse(truncate=...) dropped the whole hypergradient: λ enters only "
+            "through the init map w0 = init(λ) (as in MAML), so the truncated sum "
+            "Σ B_kᵀa_k is identically zero. Use Reverse() or "
+            "Reverse(checkpoints=c) for bounded memory, Implicit(...) on a "
+            "proximal inner problem, or FirstOrder() (first-order MAML)."
+        )
+
+
+@register("method")
+@dataclass(frozen=True, repr=False)
+class Reverse(Validated, Method):
     """Reverse-mode differentiation of the unrolled inner dynamics.
 
     Computes the exact derivative of ``F_K(λ) = f(w_K(λ), λ)``::
@@ -29,7 +110,7 @@ class Reverse(Method):
         ∇F_K = ∇_λ f + Σ_k B_kᵀ a_{k+1} + Cᵀ a_0
 
     with one VJP of the step map per step (one HVP for gradient descent). The iterates
-    are stored, not autodiff graphs.
+    are stored, not autodiff graphs. See :doc:`/methods/reverse`.
 
     Parameters
     ----------
@@ -40,7 +121,7 @@ class Reverse(Method):
         ``init`` (the truncated sum would be identically zero).
     checkpoints : int, optional
         Hold at most ``c + 1`` states and recompute the rest (binomial checkpointing,
-        :mod:`bilevel.checkpoint`): the same gradient to rounding with O(c·n) memory for
+        :mod:`bilevel.recompute`): the same gradient to rounding with O(c·n) memory for
         extra step recomputations.
 
     Notes
@@ -48,84 +129,32 @@ class Reverse(Method):
     Memory O(K·n) (O(T·n) truncated, O(c·n) checkpointed); time K gradients + K HVPs.
     """
 
+    truncate: int | None = option(None, check=optional(integer(1)))
+    checkpoints: int | None = option(None, check=optional(integer(1)))
+
     name = "reverse"
-
-    def __init__(self, truncate: int | None = None, checkpoints: int | None = None):
-        if truncate is not None and (int(truncate) != truncate or truncate < 1):
-            raise ValueError(f"truncate must be a positive integer or None, got {truncate!r}")
-        if checkpoints is not None and (int(checkpoints) != checkpoints or checkpoints < 1):
-            raise ValueError(
-                f"checkpoints must be a positive integer or None, got {checkpoints!r}"
-            )
-        self.truncate = truncate
-        self.checkpoints = checkpoints
-
-    def __repr__(self) -> str:
-        args = []
-        if self.truncate is not None:
-            args.append(f"truncate={self.truncate}")
-        if self.checkpoints is not None:
-            args.append(f"checkpoints={self.checkpoints}")
-        return f"Reverse({', '.join(args)})"
 
     def compute(
         self,
         problem: BilevelProblem,
         lam: Any,
         w0: Any,
-        inner: Dynamics,
+        dynamics: Dynamics,
         state: HypergradState | None,
     ) -> HypergradResult:
-        K = inner.steps
-        T = K if self.truncate is None else min(self.truncate, K)
-        start = K - T
-        s = run(problem, inner, w0, lam, stop=start)
-        acc: dict[str, Any] = {}
-
-        def advance(st: tuple, j: int) -> tuple:
-            try:
-                return inner.step(problem, st, lam, start + j)
-            except NonFiniteError as err:
-                err.step = start + j
-                raise
-
-        def on_final(st: tuple) -> None:
-            value, gw, gl = problem.outer_value_and_grads(inner.weights(st), lam)
-            acc.update(w=inner.weights(st), value=value, h=gl, a=inner.cotangent(gw), mixed=0)
-
-        def backward(st: tuple, j: int) -> None:
-            try:
-                a, b = inner.step_vjp(problem, st, lam, start + j, acc["a"])
-            except NonFiniteError as err:
-                err.step = start + j
-                raise
-            acc["a"] = a
-            acc["h"] = acc["h"] + b
-            acc["mixed"] = acc["mixed"] + b
-
-        stats = reverse_sweep(advance, backward, s, T, checkpoints=self.checkpoints,
-                              on_final=on_final)
-        grad = acc["h"]
-        truncated = T < K
-        if problem.init is not None:
-            if truncated:
-                if _is_structural_zero(acc["mixed"]):
-                    raise ValueError(
-                        "Reverse(truncate=...) dropped the whole hypergradient: λ enters only "
-                        "through the init map w0 = init(λ) (as in MAML), so the truncated sum "
-                        "Σ B_kᵀa_k is identically zero. Use Reverse() or "
-                        "Reverse(checkpoints=c) for bounded memory, Implicit(...) on a "
-                        "proximal inner problem, or first-order MAML."
-                    )
-            else:
-                grad = grad + problem.init_vjp(lam, acc["a"][0])
+        K = dynamics.steps
+        start = 0 if self.truncate is None else max(K - self.truncate, 0)
+        s = run(problem, dynamics, w0, lam, stop=start)  # untaped steps of K-RMD
+        schedule = partial(reverse_sweep, checkpoints=self.checkpoints)
+        sweep = unrolled_vjp(problem, lam, s, dynamics, start=start, sweep=schedule)
         return HypergradResult(
-            grad=grad,
-            w=acc["w"],
-            value=acc["value"],
+            grad=sweep.grad,
+            w=sweep.w,
+            value=sweep.value,
             success=True,
             message="ok",
             truncated_steps=start,
-            steps_recomputed=stats.steps_recomputed,
-            max_states_held=stats.max_states_held,
+            steps_recomputed=sweep.stats.steps_recomputed,
+            max_states_held=sweep.stats.max_states_held,
         )
+

@@ -1,6 +1,8 @@
-"""Tests for bilevel.checkpoint: exact reverse order, memory bound, optimal recomputation."""
+"""Tests for bilevel.recompute: exact reverse order, memory bound, optimal recomputation."""
 
+import importlib
 import math
+import sys
 import tracemalloc
 from functools import lru_cache
 
@@ -9,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bilevel.checkpoint import (
+from bilevel.recompute import (
     SweepStats,
     binomial_repetitions,
     default_checkpoints,
@@ -146,3 +148,10 @@ def test_errors():
         reverse_sweep(lambda s, k: s, lambda s, k: None, 0, 5, checkpoints=0)
     with pytest.raises(TypeError, match="advance and backward must be callables"):
         reverse_sweep(None, lambda s, k: None, 0, 5)
+
+
+def test_old_module_name_warns_and_reexports():
+    sys.modules.pop("bilevel.checkpoint", None)
+    with pytest.warns(DeprecationWarning, match="bilevel.recompute"):
+        old = importlib.import_module("bilevel.checkpoint")
+    assert old.reverse_sweep is reverse_sweep and old.SweepStats is SweepStats
