@@ -7,8 +7,6 @@ in :func:`at_step` so the error says where it happened.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -36,20 +34,26 @@ class NonFiniteError(FloatingPointError):
         self.what = what
 
 
-@contextmanager
-def at_step(k: int) -> Iterator[None]:
-    """Tag a :class:`NonFiniteError` raised inside the block with ``err.step = k``, re-raise.
+class at_step:  # noqa: N801  (used as a lower-case context manager, like contextlib's)
+    """Context manager: a :class:`NonFiniteError` raised inside gets ``err.step = k``.
 
-    ::
-
-        with at_step(k):
-            state = dynamics.step(problem, state, lam, k)
+    ``with at_step(k): s = dynamics.step(...)`` reports which inner step produced a
+    non-finite value; :func:`bilevel.hypergrad` turns the error into a failed result whose
+    message names the step. Cheap (no generator): used once per step in the hot loops.
     """
-    try:
-        yield
-    except NonFiniteError as err:
-        err.step = k
-        raise
+
+    __slots__ = ("k",)
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, err: Any, tb: Any) -> bool:
+        if kind is not None and issubclass(kind, NonFiniteError):
+            err.step = self.k
+        return False
 
 
 def all_finite(x: Any) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .backend import namespace
-from .lanczos import dot_per_problem, to_host
+from .batch import dot_per_problem, to_host
 from .ode import Tableau
 
 __all__ = ["StabilityMonitor", "real_stability_bound", "steps_needed"]

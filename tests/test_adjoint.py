@@ -334,12 +334,12 @@ def stiff_quadratic(top=50.0, n=4, seed=0):
 
 
 def test_old_import_paths_of_stability_and_lanczos():
-    """Both moved out of the method (bilevel.stability, bilevel.lanczos); still importable."""
-    from bilevel import lanczos, stability
+    """Both moved out of the method (bilevel.stability, bilevel.linalg); still importable."""
+    from bilevel import linalg, stability
     from bilevel.methods.adjoint import lanczos_max_eigenvalue, real_stability_bound
 
     assert real_stability_bound is stability.real_stability_bound
-    assert lanczos_max_eigenvalue is lanczos.lanczos_max_eigenvalue
+    assert lanczos_max_eigenvalue is linalg.lanczos_max_eigenvalue
 
 
 @pytest.mark.parametrize("scheme", ["euler", "heun", "rk4"])

@@ -12,27 +12,19 @@ from __future__ import annotations
 import ast
 import pathlib
 
-import pytest
-
 #: Layers, low to high. Adjust module names here when modules move or are added.
 LAYERS: list[tuple[str, ...]] = [
-    ("bilevel.backend", "bilevel.validation", "bilevel.registry", "bilevel.tree"),
+    ("bilevel.backend", "bilevel.validation", "bilevel.registry", "bilevel.tree",
+     "bilevel.batch"),
     ("bilevel.numpy",),
     ("bilevel.nonfinite", "bilevel.oracles", "bilevel.problem", "bilevel.oracle_checks"),
     ("bilevel.dynamics", "bilevel.linalg", "bilevel.ode", "bilevel.checkpoint",
-     "bilevel.recompute", "bilevel.lanczos", "bilevel.stability"),
+     "bilevel.recompute", "bilevel.stability"),
     ("bilevel.methods",),
     ("bilevel.api", "bilevel"),
     ("bilevel.outer",),
     ("bilevel.testing", "bilevel.hpo", "bilevel.meta", "bilevel.optim"),
     ("bilevel.bench", "bilevel.demo", "bilevel.cli"),
-]
-
-#: Import cycles present on the main branch when this test was written; the architecture
-#: refactor removes them (then drop these entries and the xfail below).
-KNOWN_CYCLES: list[tuple[str, ...]] = [
-    ("bilevel.api", "bilevel.methods"),  # methods import Method & co. from api, api Reverse
-    ("bilevel.numpy",),  # elementwise <-> shape <-> reductions <-> indexing
 ]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "bilevel"
@@ -136,14 +128,6 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def _known(component: list[str]) -> bool:
-    """Whether every module of the cycle lies under one known cycle's prefixes."""
-    return any(
-        all(any(m == p or m.startswith(p + ".") for p in prefixes) for m in component)
-        for prefixes in KNOWN_CYCLES
-    )
-
-
 def _upward() -> list[str]:
     bad = []
     for module, targets in sorted(GRAPH.items()):
@@ -183,31 +167,11 @@ def test_every_module_has_a_layer():
     )
 
 
-def test_no_import_cycle_outside_the_known_ones():
-    new = [c for c in strongly_connected(GRAPH) if not _known(c)]
-    assert not new, "import cycles in bilevel/: " + "; ".join(" <-> ".join(c) for c in new)
-
-
-@pytest.mark.xfail(strict=False, reason="api <-> methods and bilevel.numpy cycles on main; "
-                   "removed by the architecture refactor (then drop this marker)")
 def test_no_import_cycle():
     cycles = strongly_connected(GRAPH)
     assert not cycles, "import cycles in bilevel/: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
-def _upward_outside_known() -> list[str]:
-    known = ("bilevel.methods",)  # methods import api: the known api <-> methods cycle
-    return [line for line in _upward()
-            if not (line.startswith(known) and " imports bilevel.api " in line)]
-
-
-def test_no_upward_import_outside_the_known_ones():
-    bad = _upward_outside_known()
-    assert not bad, "imports of a higher layer (see LAYERS in this file):\n" + "\n".join(bad)
-
-
-@pytest.mark.xfail(strict=False, reason="methods import api on main (the api <-> methods "
-                   "cycle); removed by the architecture refactor (then drop this marker)")
 def test_no_upward_import():
     bad = _upward()
     assert not bad, "imports of a higher layer (see LAYERS in this file):\n" + "\n".join(bad)

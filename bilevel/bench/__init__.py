@@ -16,34 +16,24 @@ from typing import Any
 
 import numpy as np
 
-from .. import methods as _methods
 from ..api import failure_result, hypergrad
+from ..dynamics import GradientDescent, GradientFlow
+from ..linalg import CG, Direct, Neumann
 from ..problem import NonFiniteError
-from ..registry import lookup, names, spelling
+from ..recompute import default_checkpoints
+from ..registry import lookup, names
 
 __all__ = ["method_class", "method_names", "method_suite", "quiet_hypergrad"]
 
 
 def method_names() -> list[str]:
-    """Names of the hypergradient methods: ``registry.names("method")``.
-
-    Falls back to the ``name`` attributes of the classes in :mod:`bilevel.methods` while
-    no method is registered.
-    """
-    return names("method") or [
-        cls.name for cls in (getattr(_methods, n) for n in _methods.__all__)
-        if isinstance(getattr(cls, "name", None), str)
-    ]
+    """Names of the hypergradient methods: ``registry.names("method")``."""
+    return names("method")
 
 
 def method_class(name: str) -> type:
     """The hypergradient method class registered as ``name`` (any spelling)."""
-    if names("method"):
-        return lookup("method", name)
-    for cls in (getattr(_methods, n) for n in _methods.__all__):
-        if spelling(getattr(cls, "name", "")) == spelling(name):
-            return cls
-    raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}")
+    return lookup("method", name)
 
 
 def quiet_hypergrad(problem: Any, lam: Any, w0: Any, dynamics: Any, method: Any) -> Any:
@@ -95,9 +85,6 @@ def method_suite(
         ``Implicit(Direct)``, ``Historyless``, ``Adjoint(store)``, ``Adjoint(checkpoint)``,
         ``Adjoint(continuous)``, ``Adjoint(reconstruct)``.
     """
-    from ..checkpoint import default_checkpoints
-    from ..dynamics import GradientDescent, GradientFlow
-    from ..linalg import CG, Direct, Neumann
 
     steps = int(steps)
     if steps < 1:

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import default_checkpoints
 from ..dynamics import GradientDescent, GradientFlow
 from ..outer.memory import peak_memory
+from ..recompute import default_checkpoints
 from . import method_class, method_names, quiet_hypergrad
 from .problems import PROBLEMS, mlp_problem, ridge_problem
 from .report import format_bytes

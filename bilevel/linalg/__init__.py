@@ -25,6 +25,7 @@ solvers run unchanged on NumPy and CuPy.
 from bilevel.linalg.cg import CG, cg
 from bilevel.linalg.direct import Direct, direct
 from bilevel.linalg.fixed_point import FixedPoint, Neumann, fixed_point, neumann
+from bilevel.linalg.lanczos import lanczos_max_eigenvalue
 from bilevel.linalg.result import SolveResult
 from bilevel.linalg.system import LinearSolver
 
@@ -38,5 +39,6 @@ __all__ = [
     "cg",
     "direct",
     "fixed_point",
+    "lanczos_max_eigenvalue",
     "neumann",
 ]

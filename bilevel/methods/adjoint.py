@@ -27,7 +27,7 @@ import numpy as np
 
 from ..backend import namespace
 from ..dynamics import Dynamics, GradientFlow
-from ..lanczos import lanczos_max_eigenvalue
+from ..linalg.lanczos import lanczos_max_eigenvalue
 from ..ode import rk_step
 from ..problem import BilevelProblem, NonFiniteError
 from ..recompute import default_checkpoints, reverse_sweep

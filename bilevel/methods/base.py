@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from ..backend import namespace
+from ..batch import largest, norm_per_problem, per_problem
 from ..dynamics import Dynamics
-from ..lanczos import largest, norm_per_problem, per_problem
-from ..problem import BilevelProblem, NonFiniteError
+from ..nonfinite import at_step
+from ..problem import BilevelProblem
 
 __all__ = [
     "ON_FAILURE",
@@ -180,28 +181,6 @@ def flag(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
-
-
-class at_step:  # noqa: N801  (used as a lower-case context manager, like contextlib's)
-    """Context manager: a :class:`NonFiniteError` raised inside gets ``err.step = k``.
-
-    ``with at_step(k): s = dynamics.step(...)`` reports which inner step produced a
-    non-finite value; :func:`~bilevel.api.hypergrad` turns the error into a failed result whose
-    message names the step. Cheap (no generator): used once per step in the hot loops.
-    """
-
-    __slots__ = ("k",)
-
-    def __init__(self, k: int):
-        self.k = k
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, err: Any, tb: Any) -> bool:
-        if kind is not None and issubclass(kind, NonFiniteError):
-            err.step = self.k
-        return False
 
 
 def failure_result(lam: Any, message: str, **diagnostics: Any) -> HypergradResult:

@@ -1,7 +1,8 @@
-"""Per-problem inner products and the Lanczos estimate of the largest Hessian eigenvalue.
+"""Lanczos estimate of the largest eigenvalue of a symmetric operator (per problem).
 
-Arrays are a flat vector ``(n,)`` or a batch ``(B, n)`` of independent problems; every
-reduction here runs over the non-batch axes, so a batch gets one number per problem.
+Used by the stability checks of explicit ODE schemes (:mod:`bilevel.stability`): a step
+``h`` of gradient flow is stable only while ``h·λ_max(H)`` stays inside the scheme's real
+stability interval.
 """
 
 from __future__ import annotations
@@ -11,54 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from .backend import namespace, to_numpy
+from bilevel.backend import namespace
+from bilevel.batch import dot_per_problem, norm_per_problem, per_problem, to_host
 
-__all__ = [
-    "dot_per_problem",
-    "lanczos_max_eigenvalue",
-    "largest",
-    "norm_per_problem",
-    "per_problem",
-    "to_host",
-]
-
-
-def dot_per_problem(x: Any, y: Any) -> Any:
-    """⟨x, y⟩ over all axes, or per problem (over the non-batch axes) for ``(B, ...)``."""
-    if type(x) is np.ndarray and type(y) is np.ndarray:  # fast path, once per step
-        if x.ndim <= 1:
-            return np.vdot(x, y)
-        return np.einsum("ij,ij->i", x.reshape(len(x), -1), y.reshape(len(y), -1))
-    xp = namespace(x, y)
-    if len(x.shape) <= 1:
-        return xp.sum(x * y)
-    return xp.sum(x * y, axis=tuple(range(1, len(x.shape))))
-
-
-def norm_per_problem(x: Any) -> Any:
-    """‖x‖ over all axes, or per problem (over the non-batch axes) for ``(B, ...)``."""
-    xp = namespace(x)
-    if len(x.shape) <= 1:
-        return xp.sqrt(xp.sum(x * x))
-    return xp.sqrt(xp.sum(x * x, axis=tuple(range(1, len(x.shape)))))
-
-
-def per_problem(s: Any, x: Any) -> Any:
-    """Per-problem scalars ``s`` (``()`` or ``(B,)``) shaped to broadcast against ``x``."""
-    if len(x.shape) <= 1:
-        return s
-    return namespace(s).reshape(s, (-1,) + (1,) * (len(x.shape) - 1))
-
-
-def largest(x: Any) -> float:
-    """Largest entry of a per-problem array (or the scalar itself) as a Python float."""
-    xp = namespace(x)
-    return float(xp.max(xp.reshape(xp.asarray(x), (-1,))))
-
-
-def to_host(x: Any) -> np.ndarray:
-    """``x`` as a flat float NumPy array on the host (one device synchronization)."""
-    return np.asarray(to_numpy(x), dtype=float).reshape(-1)
+__all__ = ["lanczos_max_eigenvalue"]
 
 
 def lanczos_max_eigenvalue(hvp: Callable[[Any], Any], v0: Any, iters: int) -> np.ndarray:

@@ -1,15 +1,10 @@
-"""bilevel.lanczos: per-problem reductions and the Lanczos estimate of λ_max."""
+"""bilevel.batch (per-problem reductions) and bilevel.linalg.lanczos (estimate of λ_max)."""
 
 import numpy as np
 from shared_problems import spd
 
-from bilevel.lanczos import (
-    dot_per_problem,
-    lanczos_max_eigenvalue,
-    largest,
-    norm_per_problem,
-    per_problem,
-)
+from bilevel.batch import dot_per_problem, largest, norm_per_problem, per_problem
+from bilevel.linalg import lanczos_max_eigenvalue
 
 
 def test_per_problem_reductions():
