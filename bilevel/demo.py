@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -194,7 +193,6 @@ def meta_curves(
     cfg: dict[str, Any], backend: str, seed: int, out: str, resume: bool, progress: bool = True
 ) -> dict[str, dict]:
     """Meta-train MAML and iMAML on sinusoid tasks; histories and held-out evaluations."""
-    from .api import HypergradWarning
     from .linalg import CG
     from .meta import IMAML, MAML, MLP, Evaluation, Sinusoid, train
     from .optim import Adam
@@ -209,17 +207,15 @@ def meta_curves(
     curves = {}
     for name, alg in algorithms.items():
         sampler = Sinusoid(backend=backend)
-        with warnings.catch_warnings():
-            # iMAML's rare failing tasks are dropped and counted (success_fraction)
-            warnings.simplefilter("ignore", HypergradWarning)
-            res = train(alg, sampler, steps=cfg["meta_iterations"], meta_batch=cfg["meta_batch"],
-                        optimizer=Adam(3e-3), seed=seed,
-                        evaluation=Evaluation(cfg["eval_every"], cfg["eval_tasks"]),
-                        checkpointing=Checkpointing(os.path.join(out, f"meta-{name}.npz"),
-                                                    every=max(1, cfg["eval_every"]),
-                                                    resume=resume),
-                        monitoring=Monitoring(progress=None if progress else False,
-                                              memory=None))
+        # iMAML's rare failing tasks are dropped and counted (success_fraction)
+        res = train(alg, sampler, steps=cfg["meta_iterations"], meta_batch=cfg["meta_batch"],
+                    optimizer=Adam(3e-3), seed=seed,
+                    evaluation=Evaluation(cfg["eval_every"], cfg["eval_tasks"]),
+                    checkpointing=Checkpointing(os.path.join(out, f"meta-{name}.npz"),
+                                                every=max(1, cfg["eval_every"]),
+                                                resume=resume),
+                    monitoring=Monitoring(progress=None if progress else False,
+                                          memory=None))
         hist = res.history
         curves[name] = {
             "algorithm": repr(alg),

@@ -7,7 +7,7 @@ An explicit scheme with Butcher tableau ``(a, b, c)`` advances the autonomous OD
     y⁺  = y + h Σ_i b_i k_i
 
 :func:`rk_step_vjp` is the exact reverse-mode derivative of that map (the *discrete*
-adjoint, "discretize-then-optimize", ALGORITHMS.md §2.6 pitfall 4 and V3): for explicit
+adjoint, "discretize-then-optimize", theory §2.6 and identity V3): for explicit
 Euler it is the reverse unroll of gradient descent. :func:`rk_step_jvp` is the forward-mode
 derivative. Both cost one VJP/JVP of ``f`` per stage.
 
