@@ -42,3 +42,13 @@ def test_readme_example_runs():
     exec(compile(code, "README.md", "exec"), namespace)
     res = namespace["res"]
     assert res.success and res.grad.shape == (5,)
+
+
+def test_architecture_page_examples():
+    """The ``>>>`` examples of docs/architecture.rst (reprs, errors, registry) hold."""
+    import doctest
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "architecture.rst"
+    result = doctest.testfile(str(page), module_relative=False,
+                              optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 5 and result.failed == 0
