@@ -437,3 +437,20 @@ def test_example_verify_your_problem_runs():
     example.test_reverse_is_the_derivative_of_the_unrolled_training()
     example.test_forward_equals_reverse()
     example.test_my_solver_settings_on_problems_with_known_answers()
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_ridge_closed_form_oracles_match_autograd(grouped):
+    """ridge_oracles (hand-written, used by the benchmarks) against autograd's derivatives."""
+    from bilevel.testing import ridge_oracles, ridge_problem
+
+    rng = np.random.default_rng(3)
+    X, y, Xv, yv = (rng.standard_normal(s) for s in ((9, 6), (9,), (5, 6), (5,)))
+    G = np.eye(2)[np.arange(6) % 2] if grouped else None
+    m = 2 if grouped else 6
+    penalty = (lambda lam: np.exp(lam) @ G.T) if grouped else None
+    oracles = ridge_oracles(X, y, Xv, yv, groups=G)
+    problem = ridge_problem(X, y, Xv, yv, penalty=penalty, oracles=oracles)
+    report = problem.check_oracles(rng.standard_normal(6), rng.standard_normal(m),
+                                   reference="autograd", rtol=1e-10)
+    assert report.ok, str(report)

@@ -42,7 +42,7 @@ from ..backend import to_numpy
 from ..dynamics import GradientDescent, GradientFlow
 from ..linalg import CG, Neumann
 from ..methods import Adjoint, Historyless, Implicit, Reverse
-from ..testing import ridge_hypergrads, ridge_problem
+from ..testing import ridge_hypergrads, ridge_oracles, ridge_problem
 from .report import figure, format_number, markdown_table, save_figure
 
 __all__ = ["METHODS", "default_methods", "plot", "ridge", "run", "to_markdown"]
@@ -95,14 +95,8 @@ def ridge(
     eig = np.linalg.eigvalsh(A)
 
     Xb, yb, Xvb, yvb = (xp.asarray(a) for a in (X, y, Xv, yv))
-    oracles = {
-        "inner_grad": lambda w, lam, data: Xb.T @ (Xb @ w - yb) + xp.exp(lam) * w,
-        "inner_hvp": lambda w, lam, v, data: Xb.T @ (Xb @ v) + xp.exp(lam) * v,
-        "inner_mixed_vjp": lambda w, lam, u, data: xp.exp(lam) * w * u,
-        "inner_mixed_jvp": lambda w, lam, e, data: xp.exp(lam) * e * w,
-        "outer_grads": lambda w, lam, data: (Xvb.T @ (Xvb @ w - yvb), xp.zeros_like(lam)),
-    }
-    problem = ridge_problem(Xb, yb, Xvb, yvb, oracles=oracles, name="ridge")
+    problem = ridge_problem(Xb, yb, Xvb, yvb, oracles=ridge_oracles(Xb, yb, Xvb, yvb),
+                            name="ridge")
     L, mu = float(eig[-1]), float(eig[0])
     inner_steps = int(math.ceil(math.log(1e-13) / math.log(1 - mu / L)))
     return dict(problem=problem, lam=xp.asarray(lam), w0=xp.zeros(n, dtype=xp.float64),

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from .. import numpy as bnp
+from .. import testing
 from ..backend import module as backend_module
 from ..problem import BilevelProblem
 
 __all__ = ["PROBLEMS", "mlp_problem", "ridge_problem"]
-
 
 
 def _data(xp: Any, rng: np.random.Generator, shape: tuple[int, ...], scale: float = 1.0) -> Any:
@@ -56,25 +56,9 @@ def ridge_problem(
     y, yv = _data(xp, rng, (N,)), _data(xp, rng, (N,))
     G = xp.asarray(np.eye(m)[np.arange(n) % m])  # (n, m) one-hot group membership
 
-    def penalty(lam: Any) -> Any:
-        return xp.exp(lam) @ G.T
-
-    def g(w, lam):
-        r = X @ w - y
-        return 0.5 * xp.sum(r * r) + 0.5 * xp.sum(penalty(lam) * w * w)
-
-    def f(w, lam):
-        r = Xv @ w - yv
-        return 0.5 * xp.sum(r * r)
-
-    oracles = {
-        "inner_grad": lambda w, lam, data: X.T @ (X @ w - y) + penalty(lam) * w,
-        "inner_hvp": lambda w, lam, v, data: X.T @ (X @ v) + penalty(lam) * v,
-        "inner_mixed_vjp": lambda w, lam, u, data: (penalty(lam) * w * u) @ G,
-        "inner_mixed_jvp": lambda w, lam, e, data: ((xp.exp(lam) * e) @ G.T) * w,
-        "outer_grads": lambda w, lam, data: (Xv.T @ (Xv @ w - yv), xp.zeros_like(lam)),
-    }
-    problem = BilevelProblem(g, f, oracles=oracles, name="ridge")
+    problem = testing.ridge_problem(X, y, Xv, yv, penalty=lambda lam: xp.exp(lam) @ G.T,
+                                    oracles=testing.ridge_oracles(X, y, Xv, yv, groups=G),
+                                    name="ridge")
     L = float(np.linalg.norm(Xn, 2) ** 2) + 1.0
     return problem, xp.zeros(m, dtype=xp.float64), xp.zeros(n, dtype=xp.float64), 1.0 / L
 

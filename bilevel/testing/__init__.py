@@ -34,7 +34,7 @@ from .check import HypergradCheck, check_hypergrad, check_oracles
 from .closed_forms import ridge_hypergrads
 from .finite_differences import finite_difference_hypergrad
 from .generated import GeneratedProblem
-from .ridge import ridge_objectives, ridge_problem
+from .ridge import ridge_objectives, ridge_oracles, ridge_problem
 
 __all__ = [
     "GeneratedProblem",
@@ -49,6 +49,7 @@ __all__ = [
     "register_profiles",
     "ridge_hypergrads",
     "ridge_objectives",
+    "ridge_oracles",
     "ridge_problem",
     "ridge_problems",
 ]
