@@ -6,7 +6,7 @@
 
 import warnings
 
-from .recompute import (  # noqa: F401
+from .recompute import (
     SweepStats,
     binomial_repetitions,
     default_checkpoints,

@@ -34,7 +34,7 @@ class NonFiniteError(FloatingPointError):
         self.what = what
 
 
-class at_step:  # noqa: N801  (used as a lower-case context manager, like contextlib's)
+class at_step:  # lower case: used like contextlib's context managers
     """Context manager: a :class:`NonFiniteError` raised inside gets ``err.step = k``.
 
     ``with at_step(k): s = dynamics.step(...)`` reports which inner step produced a

@@ -18,11 +18,14 @@ True
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Any
 
 from .backend import namespace
+from .registry import lookup, names, register
+from .validation import Validated, number, option, positive
 
-__all__ = ["SGD", "Adam", "Optimizer", "get_optimizer"]
+__all__ = ["SGD", "Adam", "Optimizer", "get_optimizer", "optimizer_names"]
 
 
 def _check_grads(grads: Any, params: Any) -> None:
@@ -44,13 +47,12 @@ class Optimizer(abc.ABC):
         """``(updates, new_state)``; the next parameters are ``params + updates``."""
 
 
-def _positive(name: str, value: float) -> float:
-    if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return float(value)
+_decay = number(0.0, maximum=1.0, below=True)  # a rate in [0, 1)
 
 
-class SGD(Optimizer):
+@register("optimizer")
+@dataclass(frozen=True)
+class SGD(Validated, Optimizer):
     """Stochastic gradient descent with optional heavy-ball momentum.
 
     ``v ← μ v + g``,  ``Δθ = −η v`` (``μ = 0``: ``Δθ = −η g``). With the Reptile
@@ -68,14 +70,9 @@ class SGD(Optimizer):
     Memory: one vector of the size of ``params`` when ``momentum > 0``, none otherwise.
     """
 
-    def __init__(self, lr: float = 1e-2, momentum: float = 0.0):
-        self.lr = _positive("lr", lr)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        self.momentum = float(momentum)
-
-    def __repr__(self) -> str:
-        return f"SGD(lr={self.lr}, momentum={self.momentum})"
+    name = "sgd"
+    lr: float = option(1e-2, check=positive)
+    momentum: float = option(0.0, check=_decay)
 
     def init(self, params: Any) -> dict[str, Any]:
         return {"count": 0, "velocity": 0 * params}
@@ -87,7 +84,9 @@ class SGD(Optimizer):
         return -self.lr * v, new
 
 
-class Adam(Optimizer):
+@register("optimizer")
+@dataclass(frozen=True)
+class Adam(Validated, Optimizer):
     """Adam (Kingma & Ba, 2015) with bias correction.
 
     ``m ← β₁m + (1−β₁)g``, ``v ← β₂v + (1−β₂)g²``, ``t ← t + 1``,
@@ -107,16 +106,11 @@ class Adam(Optimizer):
     Memory: two vectors of the size of ``params``.
     """
 
-    def __init__(self, lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
-        self.lr = _positive("lr", lr)
-        for name, b in (("b1", b1), ("b2", b2)):
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {b!r}")
-        self.b1, self.b2 = float(b1), float(b2)
-        self.eps = _positive("eps", eps)
-
-    def __repr__(self) -> str:
-        return f"Adam(lr={self.lr}, b1={self.b1}, b2={self.b2}, eps={self.eps})"
+    name = "adam"
+    lr: float = option(1e-3, check=positive)
+    b1: float = option(0.9, check=_decay)
+    b2: float = option(0.999, check=_decay)
+    eps: float = option(1e-8, check=positive)
 
     def init(self, params: Any) -> dict[str, Any]:
         return {"count": 0, "mu": 0 * params, "nu": 0 * params}
@@ -133,12 +127,11 @@ class Adam(Optimizer):
         return updates, {"count": t, "mu": mu, "nu": nu}
 
 
-_OPTIMIZERS = {"adam": Adam, "sgd": SGD}
-
-
 def get_optimizer(name: str, lr: float, **kwargs: Any) -> Optimizer:
-    """Optimizer by name (``"adam"`` or ``"sgd"``) with step size ``lr``."""
-    key = str(name).lower()
-    if key not in _OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(_OPTIMIZERS)}")
-    return _OPTIMIZERS[key](lr=lr, **kwargs)
+    """Optimizer by its registered name (``"adam"``, ``"sgd"``: :func:`optimizer_names`)."""
+    return lookup("optimizer", name)(lr=lr, **kwargs)
+
+
+def optimizer_names() -> list[str]:
+    """The registered optimizer names."""
+    return names("optimizer")

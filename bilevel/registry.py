@@ -1,6 +1,6 @@
 """One registry of the library's named components, keyed by their ``name``.
 
-Methods, linear solvers, dynamics, ODE schemes and meta-learning algorithms register
+Methods, linear solvers, dynamics, outer optimizers and meta-learning algorithms register
 themselves where they are defined::
 
     @register("method")

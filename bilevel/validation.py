@@ -41,18 +41,19 @@ def _is_real(value: Any) -> bool:
 
 
 def number(minimum: float | None = None, *, strict: bool = False,
-           maximum: float | None = None) -> Check:
-    """A finite real number ``≥ minimum`` (``> minimum`` when ``strict``), ``≤ maximum``."""
+           maximum: float | None = None, below: bool = False) -> Check:
+    """A finite real number ``≥ minimum`` (``> minimum`` when ``strict``) and ``≤ maximum``
+    (``< maximum`` when ``below``)."""
     op = ">" if strict else ">="
     bound = "" if minimum is None else f" {op} {minimum:g}"
-    bound += "" if maximum is None else f" and <= {maximum:g}"
+    bound += "" if maximum is None else f" and {'<' if below else '<='} {maximum:g}"
 
     def check(name: str, value: Any) -> float:
         ok = _is_real(value) and math.isfinite(float(value))
         if ok and minimum is not None:
             ok = value > minimum if strict else value >= minimum
         if ok and maximum is not None:
-            ok = value <= maximum
+            ok = value < maximum if below else value <= maximum
         if not ok:
             raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
         return float(value)
