@@ -12,8 +12,11 @@ a total ``--budget`` (default 240 s, ``--quick`` 60 s): each problem gets an equ
 what is left when it starts, each of its rows an equal part of what is left of that, so
 cheap rows hand their unused time to the later ones.
 
-Errors a user can fix (CuPy requested without a GPU, a resume from another configuration)
-are printed as one line without a traceback, with exit status 2.
+Errors a user can fix (a flag out of range, CuPy requested without a GPU, a missing or
+corrupt file, a resume from another configuration) are printed as one line without a
+traceback, with exit status 2: they are :class:`bilevel.outer.UsageError` (or
+:class:`bilevel.backend.BackendError`), worded in flags. Any other exception is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from .backend import BackendError
+from .outer import UsageError
+from .outer.usage import Parser, output_folder
+from .registry import spelling
 
 __all__ = ["BENCHMARKS", "bench_main", "main"]
 
@@ -51,18 +59,20 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="bilevel",
         description="Bilevel optimization on NumPy and CuPy: demo, benchmarks, meta-learning.",
     )
-    sub = p.add_subparsers(dest="command", metavar="{demo,bench,meta-train,meta-eval}")
+    sub = p.add_subparsers(dest="command", parser_class=Parser,
+                           metavar="{demo,bench,meta-train,meta-eval}")
     demo = sub.add_parser("demo", help="every hypergradient method on one problem, and "
                           "MAML vs iMAML on sinusoids (about two minutes)",
                           description="Run the bilevel demo and write its report.")
     _common(demo, "bilevel-demo")
     bench = sub.add_parser("bench", help="benchmark suite: " + ", ".join(BENCHMARKS),
                            description="Run one benchmark; writes NAME.json, NAME.md, NAME.png.")
-    bsub = bench.add_subparsers(dest="benchmark", metavar="{" + ",".join(BENCHMARKS) + "}")
+    bsub = bench.add_subparsers(dest="benchmark", parser_class=Parser,
+                                metavar="{" + ",".join(BENCHMARKS) + "}")
     for name, text in BENCHMARKS.items():
         b = bsub.add_parser(name, help=text, description=text)
         _common(b, "bench-results")
@@ -128,11 +138,32 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _known_labels(name: str, mod: Any) -> list[str]:
+    """The ``--methods`` labels benchmark ``name`` accepts (compared by registry spelling)."""
+    from .bench import method_suite
+
+    if name == "speed":
+        return [*method_suite(10, 0.1), "Forward", "Implicit(Direct)"]
+    return list(getattr(mod, "ALGORITHMS", None) or getattr(mod, "METHODS", ()))
+
+
+def _check_methods(name: str, mod: Any, labels: list[str] | None) -> None:
+    """Refuse unknown ``--methods`` labels before any work (one line, exit status 2)."""
+    known = _known_labels(name, mod)
+    spelled = {spelling(k) for k in known}
+    unknown = [lb for lb in labels or () if spelling(lb) not in spelled
+               and not lb.startswith("Reverse(truncate")]
+    if unknown:
+        raise UsageError(f"--methods: unknown label(s) {', '.join(unknown)} for bench {name}; "
+                         f"choose from {', '.join(known)}")
+
+
 def _run_rows(name: str, args: argparse.Namespace) -> dict:
     """Run benchmark ``name`` with a row log in ``args.out``; returns its result dict."""
     from .bench.report import RowLog, merge_results
 
     mod = importlib.import_module(f".bench.{name}", __package__)
+    _check_methods(name, mod, args.methods)
     config = dict(quick=args.quick, backend=args.backend, seed=args.seed,
                   methods=args.methods)
     log = RowLog(os.path.join(args.out, f"{name}.json"), name, config, resume=args.resume)
@@ -210,6 +241,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from . import backend
 
     backend.module(args.backend)  # BackendError with the hint before any work
+    output_folder(args.out)
     if args.command == "demo":
         from . import demo
 
@@ -220,21 +252,22 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _guarded(fn: Any) -> int:
-    """Run ``fn()``; user-fixable errors become one line on stderr and exit status 2."""
-    from .backend import BackendError
+    """Run ``fn()``; user-fixable errors become one line on stderr and exit status 2.
 
+    User-fixable means typed so: :class:`bilevel.outer.UsageError` (printed worded in
+    flags, :meth:`~bilevel.outer.UsageError.for_cli`) and
+    :class:`bilevel.backend.BackendError`. Other exceptions are bugs: they propagate.
+    """
     try:
         return int(fn() or 0)
+    except UsageError as err:
+        return _fail(err.for_cli())
     except BackendError as err:
         return _fail(str(err))
     except KeyboardInterrupt:
         print("\ninterrupted: finished rows are saved; rerun with --resume to continue",
               file=sys.stderr)
         return 130
-    except ValueError as err:
-        if "resume" in str(err) or "unknown" in str(err):
-            return _fail(str(err))
-        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

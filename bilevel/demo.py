@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -43,11 +44,13 @@ from .bench.report import (
     format_number,
     markdown_table,
     peak_memory,
-    read_json,
+    read_rows,
     save_figure,
     write_json,
     write_text,
 )
+from .outer import CheckpointError, CheckpointWarning
+from .outer.usage import output_folder
 from .testing import ridge_hypergrads
 
 __all__ = ["CONFIGS", "diabetes_split", "ridge_exact_hypergrad", "run"]
@@ -271,6 +274,19 @@ def _meta_plot(curves: dict[str, dict], path: str) -> str:
 
 
 # ------------------------------------------------------------------ driver
+def _saved_curves(path: str, config: dict) -> dict | None:
+    """The meta-learning curves saved in ``path`` under ``config``, or None (missing file,
+    other settings, or an unreadable file that is then recomputed)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        doc = read_rows(path)
+    except CheckpointError as err:
+        warnings.warn(f"{err}; recomputing it", CheckpointWarning, stacklevel=3)
+        return None
+    return doc.get("curves") if doc.get("config") == config else None
+
+
 def run(
     out: str = "bilevel-demo",
     *,
@@ -304,6 +320,7 @@ def run(
     """
     _backend.module(backend)  # clear BackendError before any work
     cfg = CONFIGS["quick" if quick else "full"]
+    output_folder(out, "out")
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
     config = dict(quick=quick, backend=backend, seed=seed)
@@ -316,8 +333,9 @@ def run(
     echo(ridge_md)
 
     meta_json = os.path.join(out, "meta.json")
-    if resume and os.path.exists(meta_json) and read_json(meta_json).get("config") == config:
-        curves = read_json(meta_json)["curves"]
+    saved = _saved_curves(meta_json, config) if resume else None
+    if saved is not None:
+        curves = saved
     else:
         curves = meta_curves(cfg, backend, seed, out, resume, progress)
         write_json(meta_json, {"config": config, "curves": curves})

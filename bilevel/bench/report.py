@@ -7,7 +7,10 @@ interruptible: each finished row is written to the JSON file as soon as it compl
 (atomically: a temporary file renamed over the old one), and a run started with
 ``resume=True`` skips the rows already present. Rows are identified by a key (a tuple of
 strings); the configuration the rows were computed under (quick, backend, seed, ...) is
-stored beside them and must match for a resume.
+stored beside them and must match for a resume. Each save keeps the file it replaces as
+``<name>.prev``; a results file that cannot be read (truncated, corrupt) is refused as a
+:class:`~bilevel.outer.CheckpointError` naming it, or replaced by its ``.prev`` with a
+:class:`~bilevel.outer.CheckpointWarning` when that one is good.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..outer.atomic import atomic_write
+from ..outer.atomic import atomic_write, previous
+from ..outer.errors import CheckpointError, CheckpointWarning, ResumeError
 from ..outer.memory import peak_memory
 
 __all__ = [
@@ -34,6 +39,7 @@ __all__ = [
     "merge_results",
     "peak_memory",
     "read_json",
+    "read_rows",
     "save_figure",
     "write_json",
     "write_rst_page",
@@ -68,10 +74,11 @@ def jsonable(obj: Any) -> Any:
     return repr(obj)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> str:
+def write_json(path: str | os.PathLike, obj: Any, keep_previous: bool = False) -> str:
     """Write ``jsonable(obj)`` to ``path`` atomically
-    (:func:`bilevel.outer.atomic.atomic_write`)."""
-    with atomic_write(path, "w", suffix=".json") as fh:
+    (:func:`bilevel.outer.atomic.atomic_write`), keeping the old file as ``<path>.prev``
+    when ``keep_previous``."""
+    with atomic_write(path, "w", suffix=".json", keep_previous=keep_previous) as fh:
         json.dump(jsonable(obj), fh, indent=1)
     return os.fspath(path)
 
@@ -83,12 +90,52 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_text(path: str | os.PathLike, text: str) -> str:
-    """Write ``text`` to ``path`` (creating the folder); returns the path."""
+    """Write ``text`` to ``path`` atomically (creating the folder); returns the path."""
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as fh:
+    with atomic_write(path, "w") as fh:
         fh.write(text)
     return path
+
+
+def _read_rows(path: str) -> dict:
+    """The JSON document of a row log; raises :class:`CheckpointError` when unreadable."""
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError) as err:
+        why = "the file is empty" if os.path.getsize(path) == 0 else f"{err}"
+        raise CheckpointError(
+            f"results file {path!r} is unreadable ({why}); delete it, or rerun without "
+            "--resume (resume=False) to start afresh") from err
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"results file {path!r} is not a row log; delete it, or rerun "
+                              "without --resume (resume=False)")
+    return doc
+
+
+def read_rows(path: str | os.PathLike) -> dict:
+    """The document of the row log ``path``, or of ``<path>.prev`` (with a
+    :class:`~bilevel.outer.CheckpointWarning`) when ``path`` is unreadable and that is good.
+
+    Raises
+    ------
+    CheckpointError
+        When neither can be read.
+    """
+    path = os.fspath(path)
+    try:
+        return _read_rows(path)
+    except CheckpointError as err:
+        prev = previous(path)
+        if not os.path.exists(prev):
+            raise
+        try:
+            doc = _read_rows(prev)
+        except CheckpointError:
+            raise err from None
+        warnings.warn(f"{err}; resuming from the previous version {prev!r} "
+                      f"({len(doc.get('rows', []))} rows) instead", CheckpointWarning,
+                      stacklevel=2)
+        return doc
 
 
 class RowLog:
@@ -111,9 +158,11 @@ class RowLog:
 
     Raises
     ------
-    ValueError
+    ResumeError
         When resuming from a file written for another benchmark or another config; the
-        message names the differing settings.
+        message names the differing settings (a ``ValueError``).
+    CheckpointError
+        When the file (and its ``.prev``) cannot be read.
     """
 
     def __init__(
@@ -126,9 +175,9 @@ class RowLog:
         self.extra: dict[str, Any] = {}
         self.resumed = 0
         if resume and self.path is not None and os.path.exists(self.path):
-            old = read_json(self.path)
+            old = read_rows(self.path)
             if old.get("benchmark") != name:
-                raise ValueError(
+                raise ResumeError(
                     f"cannot resume from {self.path!r}: it holds benchmark "
                     f"{old.get('benchmark')!r}, not {name!r}; use another --out or drop --resume"
                 )
@@ -139,7 +188,7 @@ class RowLog:
                     for k in sorted(set(self.config) | set(before))
                     if self.config.get(k) != before.get(k)
                 )
-                raise ValueError(
+                raise ResumeError(
                     f"cannot resume from {self.path!r}: it was written with different settings "
                     f"({diff}); rerun with the same settings or without --resume"
                 )
@@ -171,7 +220,7 @@ class RowLog:
             return None
         return write_json(
             self.path, {"benchmark": self.name, "config": self.config, **self.extra,
-                        "rows": self.rows}
+                        "rows": self.rows}, keep_previous=True
         )
 
     def compute(self, key: Sequence[Any], fn: Callable[[], dict]) -> dict:

@@ -21,13 +21,22 @@ from ..api import ON_FAILURE, HypergradResult, HypergradState, Method, hypergrad
 from ..backend import is_array, name_of, namespace
 from ..dynamics import Dynamics
 from ..optim import SGD, Adam, Optimizer
-from ..outer import Checkpointing, LoopState, Monitoring, Step, drive, legacy_keywords, restore
+from ..outer import (
+    Checkpointing,
+    LoopState,
+    Monitoring,
+    Step,
+    describe,
+    drive,
+    legacy_keywords,
+    restore,
+)
 from ..outer.options import flag
 from ..problem import BilevelProblem
 from ..validation import Validated, number, one_of, option, optional
 from .transforms import Identity, Transform, get_transform
 
-__all__ = ["SGD", "Adam", "HPOResult", "MinimizeOptions", "minimize"]
+__all__ = ["SGD", "Adam", "HPOResult", "MinimizeOptions", "fingerprint", "minimize"]
 
 HISTORY_KEYS = (
     "step",
@@ -245,6 +254,24 @@ class _HypergradStep:
         return Step(self.T.vjp(u, res.grad), row, info=info, postfix=postfix)
 
 
+def fingerprint(problem: BilevelProblem, lam0: Any, w0: Any, dynamics: Any, method: Any,
+                optimizer: Any, transform: Transform, seed: int,
+                options: MinimizeOptions) -> dict[str, Any]:
+    """What determines a :func:`minimize` run, field by field (stored in its checkpoint; a
+    resume is refused when a field differs): the problem (its name, objectives, data and
+    init map), λ0, w0, the dynamics, the method, the optimizer, the transform, the seed and
+    the options. Cost: one hash of every array these hold (:func:`bilevel.outer.describe`).
+    """
+    spec = {"name": problem.name, "inner": problem.inner, "outer": problem.outer,
+            "data": problem.data, "init": problem.init}
+    return {"lam_shape": list(lam0.shape), "problem": problem.name, "method": repr(method),
+            "optimizer": repr(optimizer), "transform": repr(transform),
+            "problem_definition": describe(spec), "lam0": describe(lam0), "w0": describe(w0),
+            "dynamics": describe(dynamics), "method_options": describe(method),
+            "optimizer_options": describe(optimizer), "seed": int(seed),
+            "options": describe(options)}
+
+
 def _history_arrays(history: dict[str, list]) -> dict[str, np.ndarray]:
     def dtype(key: str) -> type:
         if key == "success":
@@ -331,8 +358,12 @@ def minimize(
     checkpointing : Checkpointing, optional
         Checkpoint file (u, optimizer state, HypergradState, step count, history, RNG
         state, best λ), its frequency and resume (:class:`bilevel.outer.Checkpointing`):
-        a resumed run reproduces an uninterrupted run exactly; a checkpoint from another
-        configuration (λ shape, problem, method, optimizer, transform) is refused.
+        a resumed run reproduces an uninterrupted run exactly. An existing checkpoint is
+        resumed only when ``resume`` is set (the default) and everything that determines
+        the run matches (:func:`fingerprint`: problem, λ0, w0, dynamics, method,
+        optimizer, transform, seed, options); otherwise it is refused with a
+        :class:`bilevel.outer.ResumeError` naming the fields that differ, before anything
+        is written, and never returns another run's best λ.
     monitoring : Monitoring, optional
         Progress bar (default: only when stderr is a terminal) and the ``peak_memory``
         meter (default ``"auto"``: process peak RSS on NumPy, the memory pool on CuPy).
@@ -381,8 +412,8 @@ def minimize(
     project = _box(args["options"], T)
     step = _HypergradStep(problem, w0, args["dynamics"], method, T, args["options"])
     u = T.inverse(lam0)
-    config = {"lam_shape": list(lam0.shape), "problem": problem.name, "method": repr(method),
-              "optimizer": repr(optimizer), "transform": repr(T)}
+    config = fingerprint(problem, lam0, w0, args["dynamics"], method, optimizer, T, seed,
+                         args["options"])
     state = LoopState(params=u, optimizer_state=optimizer.init(u),
                       rng=np.random.default_rng(seed),
                       history={k: [] for k in HISTORY_KEYS},

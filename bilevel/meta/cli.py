@@ -5,6 +5,13 @@ writes ``<out>/config.json``, ``<out>/checkpoint.npz`` (resumable), ``<out>/hist
 and ``<out>/curve.png``, and prints a results table. ``meta-eval`` reloads a run folder,
 evaluates the meta-parameters on held-out tasks next to the random-initialization and
 joint-training ("pretrained") baselines adapted the same way, and prints the table.
+
+Every error a user can fix is a :class:`bilevel.outer.UsageError` worded in flags
+(``--inner-lr must be > 0, got -1``), raised before anything is written; ``bilevel`` prints
+it as one line with exit status 2. A run folder is resumed only under the flags it was
+started with (those of ``--out``/``config.json`` that determine the run): a changed
+``--activation``, ``--hidden``, ``--algorithm`` ... is refused, naming the flags, unless
+``--no-resume`` is given.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..optim import get_optimizer
-from ..outer import Checkpointing, Monitoring
+from ..outer import Checkpointing, Monitoring, ResumeError, UsageError, atomic_write, resumable
+from ..outer.usage import Parser, at_least, check_flags, output_folder, positive
 from ..registry import names, spelling
 from .algorithms import (
     AMAML,
@@ -31,7 +39,7 @@ from .algorithms import (
     Pretrain,
     Reptile,
 )
-from .train import Evaluation, evaluate, load_checkpoint, train
+from .train import Evaluation, evaluate, fingerprint, load_checkpoint, train
 
 __all__ = ["build", "meta_eval_main", "meta_train_main", "plot_curve", "results_table"]
 
@@ -56,16 +64,26 @@ def _algorithm(text: str) -> str:
     )
 
 
+def _omniglot_path(spec: str) -> str:
+    """The PATH of ``--tasks omniglot:PATH``, checked to exist."""
+    path = spec.split(":", 1)[1]
+    if not path:
+        raise UsageError("--tasks omniglot:PATH needs the path of the Omniglot archives")
+    if not os.path.exists(os.path.expanduser(path)):
+        raise UsageError(f"--tasks {spec!r}: {path!r} does not exist (pass the folder or zip "
+                         "archive of the Omniglot images; nothing is downloaded)")
+    return path
+
+
 def _sampler(spec: str, args: argparse.Namespace, split: str) -> Any:
     from .tasks import Omniglot, Sinusoid
 
     if spec == "sinusoid":
         return Sinusoid(n_shot=args.n_shot, n_query=args.n_query)
     if spec.startswith("omniglot:"):
-        path = spec.split(":", 1)[1]
-        return Omniglot(path, ways=args.ways, n_shot=args.n_shot, n_query=args.n_query,
-                        split=split, split_by="alphabet")
-    raise ValueError(f"--tasks must be 'sinusoid' or 'omniglot:PATH', got {spec!r}")
+        return Omniglot(_omniglot_path(spec), ways=args.ways, n_shot=args.n_shot,
+                        n_query=args.n_query, split=split, split_by="alphabet")
+    raise UsageError(f"--tasks must be 'sinusoid' or 'omniglot:PATH', got {spec!r}")
 
 
 def _model(spec: str, args: argparse.Namespace) -> Any:
@@ -95,7 +113,7 @@ def build(args: argparse.Namespace) -> tuple[MetaAlgorithm, Any]:
     }
     if spelling(args.algorithm) == "cml":
         if spelling(args.cml_base) not in makers:
-            raise ValueError(f"--cml-base must name another algorithm, got {args.cml_base!r}")
+            raise UsageError(f"--cml-base must name another algorithm, got {args.cml_base!r}")
         from .models import MLP
 
         n_feat = args.hidden if args.tasks == "sinusoid" else model.n_features
@@ -108,7 +126,7 @@ def build(args: argparse.Namespace) -> tuple[MetaAlgorithm, Any]:
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    p = Parser(prog=prog, description=__doc__.split("\n")[0])
     choices = _algorithm_names()
     p.add_argument("--algorithm", type=_algorithm, default="maml",
                    metavar="{" + ",".join(choices) + "}",
@@ -148,6 +166,74 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+_FLAGS = {  # dest -> check of the parsed value (messages name the flag)
+    "ways": at_least(1), "n_shot": at_least(1), "n_query": at_least(1), "hidden": at_least(1),
+    "inner_lr": positive, "inner_steps": at_least(1), "reg": at_least(0),
+    "damping": at_least(0), "head_reg": at_least(0), "cml_weight": at_least(0),
+    "steps": at_least(1), "meta_batch": at_least(1), "lr": positive, "eval_every": at_least(0),
+    "eval_tasks": at_least(1), "checkpoint_every": at_least(1), "memory_every": at_least(0),
+}
+_NOT_RUN = ("out", "no_resume", "no_progress", "steps", "eval_every", "eval_tasks",
+            "checkpoint_every", "memory_every")
+"""Flags that may change between a run and its resume (they do not change the iterates)."""
+
+
+def _built(args: argparse.Namespace, split: str = "train") -> tuple[MetaAlgorithm, Any, Any]:
+    """``(algorithm, model, sampler)`` of checked flags; a ValueError or TypeError raised
+    while constructing them (an option's own check) becomes a :class:`UsageError`."""
+    try:
+        algorithm, model = build(args)
+        return algorithm, model, _sampler(args.tasks, args, split)
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"invalid settings for --algorithm {args.algorithm} "
+                         f"--tasks {args.tasks}: {err}") from err
+
+
+def _flag(dest: str, value: Any) -> str:
+    name = "--" + dest.replace("_", "-")
+    return name if value is True else f"{name} {value}"
+
+
+def _saved_flags(out: str) -> dict | None:
+    """The flags of the run in ``out`` (its ``config.json``), or None when unreadable."""
+    try:
+        with open(os.path.join(out, "config.json")) as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def _check_resume(args: argparse.Namespace, algorithm: Any, sampler: Any, optimizer: Any,
+                  checkpointing: Checkpointing) -> None:
+    """Refuse to resume the run in ``--out`` under other flags, before anything is written."""
+    if not checkpointing.resume or not os.path.exists(checkpointing.path):
+        return
+    saved, now = _saved_flags(args.out), vars(args)
+    if saved is not None:
+        changed = [k for k in now if k not in _NOT_RUN and k in saved and saved[k] != now[k]]
+        if changed:
+            was = " ".join(_flag(k, saved[k]) for k in changed)
+            raise UsageError(
+                f"--out {args.out!r} holds a run started with {was}; this one has "
+                f"{' '.join(_flag(k, now[k]) for k in changed)}: pass the same flags to "
+                "resume it, --no-resume to start afresh (overwriting it), or another --out"
+            )
+    try:
+        resumable(checkpointing, fingerprint(algorithm, sampler, optimizer, args.seed,
+                                             args.meta_batch),
+                  getattr(sampler, "backend", None) or "numpy")
+    except ResumeError as err:
+        raise UsageError(err.for_cli()) from err
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with atomic_write(path, "w") as fh:
+        json.dump(obj, fh, indent=1)
 
 
 def _monitoring(args: argparse.Namespace, memory_every: int = 0) -> Monitoring:
@@ -198,21 +284,23 @@ def plot_curve(history: dict, evaluations: dict, path: str, title: str = "") -> 
 def meta_train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bilevel meta-train``; returns the exit status."""
     args = _parser("bilevel meta-train").parse_args(argv)
-    algorithm, _ = build(args)
-    sampler = _sampler(args.tasks, args, "train")
-    eval_sampler = _sampler(args.tasks, args, "val") if args.tasks != "sinusoid" else None
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "config.json"), "w") as fh:
-        json.dump(vars(args), fh, indent=1)
+    check_flags(args, _FLAGS)
+    output_folder(args.out)
+    algorithm, _, sampler = _built(args)
+    eval_sampler = _built(args, "val")[2] if args.tasks != "sinusoid" else None
+    optimizer = get_optimizer(args.optimizer, args.lr)
+    checkpointing = Checkpointing(os.path.join(args.out, "checkpoint.npz"),
+                                  every=args.checkpoint_every, resume=not args.no_resume)
+    _check_resume(args, algorithm, sampler, optimizer, checkpointing)
+    _write_json(os.path.join(args.out, "config.json"), vars(args))
     result = train(
         algorithm, sampler, steps=args.steps, meta_batch=args.meta_batch,
-        optimizer=get_optimizer(args.optimizer, args.lr), seed=args.seed,
+        optimizer=optimizer, seed=args.seed,
         evaluation=Evaluation(args.eval_every, args.eval_tasks, eval_sampler),
-        checkpointing=Checkpointing(os.path.join(args.out, "checkpoint.npz"),
-                                    every=args.checkpoint_every, resume=not args.no_resume),
+        checkpointing=checkpointing,
         monitoring=_monitoring(args, memory_every=args.memory_every),
     )
-    with open(os.path.join(args.out, "history.json"), "w") as fh:
+    with atomic_write(os.path.join(args.out, "history.json"), "w") as fh:
         json.dump({"history": result.history, "evaluations": result.evaluations}, fh)
     png = plot_curve(result.history, result.evaluations, os.path.join(args.out, "curve.png"),
                      title=repr(algorithm))
@@ -225,10 +313,24 @@ def meta_train_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _run_folder(run: str) -> tuple[argparse.Namespace, str]:
+    """The saved flags of a meta-train folder and its checkpoint path, checked."""
+    saved = _saved_flags(run)
+    if saved is None:
+        raise UsageError(f"{run!r} has no readable config.json; run bilevel meta-train --out "
+                         f"{run} first")
+    ckpt = os.path.join(run, "checkpoint.npz")
+    if not os.path.exists(ckpt):
+        raise UsageError(f"{run!r} has no checkpoint.npz yet: let bilevel meta-train --out "
+                         f"{run} save one (every --checkpoint-every iterations), then rerun")
+    defaults = vars(_parser("bilevel meta-train").parse_args([]))
+    return argparse.Namespace(**{**defaults, **saved}), ckpt
+
+
 def meta_eval_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bilevel meta-eval``; returns the exit status."""
-    p = argparse.ArgumentParser(prog="bilevel meta-eval",
-                                description="evaluate a meta-train run on held-out tasks")
+    p = Parser(prog="bilevel meta-eval",
+               description="evaluate a meta-train run on held-out tasks")
     p.add_argument("run", help="output folder of bilevel meta-train")
     p.add_argument("--tasks-per-eval", type=int, default=600)
     p.add_argument("--split", default="test", help="Omniglot split to evaluate on")
@@ -236,15 +338,19 @@ def meta_eval_main(argv: Sequence[str] | None = None) -> int:
                    help="also train the joint-training baseline for this many iterations")
     p.add_argument("--seed", type=int, default=12345)
     ev_args = p.parse_args(argv)
-    cfg_path = os.path.join(ev_args.run, "config.json")
-    if not os.path.exists(cfg_path):
-        p.error(f"{ev_args.run!r} has no config.json; run bilevel meta-train --out there first")
-    with open(cfg_path) as fh:
-        args = argparse.Namespace(**json.load(fh))
-    algorithm, model = build(args)
+    if not os.path.isdir(ev_args.run):
+        p.error(f"RUN {ev_args.run!r} is not a folder; pass the --out folder of bilevel "
+                "meta-train")
+    check_flags(ev_args, {"tasks_per_eval": at_least(1), "pretrain_steps": at_least(0)})
+    args, ckpt = _run_folder(ev_args.run)
+    algorithm, model, sampler = _built(args, ev_args.split)
     backend = "numpy"
-    params = load_checkpoint(os.path.join(ev_args.run, "checkpoint.npz"), backend)["params"]
-    sampler = _sampler(args.tasks, args, ev_args.split)
+    params = load_checkpoint(ckpt, backend)["params"]
+    expected = algorithm.init(np.random.default_rng(0), backend)
+    if np.shape(params) != np.shape(expected):
+        raise UsageError(f"{ckpt!r} holds {np.size(params)} parameters but the flags in "
+                         f"{ev_args.run}/config.json describe a model of {np.size(expected)}: "
+                         "the folder mixes two runs; rerun bilevel meta-train --no-resume")
     base = algorithm.base if isinstance(algorithm, CML) else algorithm
     kw = dict(seed=ev_args.seed, batch=args.meta_batch)
     n = ev_args.tasks_per_eval

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+import zlib
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..outer.errors import MissingFileError, UsageError
 from ..validation import integer
 
 __all__ = ["OmniglotImages", "load_omniglot", "clear_cache"]
@@ -65,11 +67,13 @@ class OmniglotImages:
 def _sources(path: Path) -> tuple[list[Path], list[Path]]:
     if path.is_file():
         if not zipfile.is_zipfile(path):
-            raise ValueError(f"path {str(path)!r} is a file but not a zip archive")
+            raise UsageError(f"Omniglot path {str(path)!r} is a file but not a zip archive; "
+                             "pass a zip archive or a folder of archives or PNG images")
         return [path], []
     if path.is_dir():
         return sorted(path.glob("*.zip")), sorted(path.rglob("*.png"))
-    raise FileNotFoundError(f"Omniglot path {str(path)!r} does not exist")
+    raise MissingFileError(f"Omniglot path {str(path)!r} does not exist (nothing is "
+                           "downloaded: pass the folder or zip archive of the images)")
 
 
 def _key(parts: tuple[str, ...]) -> tuple[str, str, str] | None:
@@ -89,6 +93,18 @@ def _decode(data: bytes, size: int) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         small = im.convert("L").resize((size, size), Image.Resampling.LANCZOS)
     return 1.0 - np.asarray(small, dtype=np.float32) / 255.0
+
+
+def _image(archive: zipfile.ZipFile | None, name: str, size: int) -> np.ndarray:
+    """One decoded image; a damaged entry is an error naming it and its archive."""
+    where = name if archive is None else f"{name!r} in {archive.filename!r}"
+    try:
+        data = archive.read(name) if archive is not None else Path(name).read_bytes()
+        return _decode(data, size)
+    except (OSError, ValueError, SyntaxError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        # Pillow raises these unrelated types on damaged data
+        raise UsageError(f"cannot read the Omniglot image {where} ({type(err).__name__}: "
+                         f"{err}); replace or delete the damaged file") from err
 
 
 def clear_cache() -> None:
@@ -115,8 +131,12 @@ def load_omniglot(path: str | os.PathLike, image_size: int = 28) -> OmniglotImag
 
     Raises
     ------
-    FileNotFoundError
-        When ``path`` does not exist or holds no Omniglot images.
+    MissingFileError
+        When ``path`` does not exist or holds no Omniglot images (a ``FileNotFoundError``
+        and a :class:`bilevel.outer.UsageError`).
+    UsageError
+        When ``path`` is a file but not a zip archive, or an image cannot be decoded (the
+        message names the image and its archive).
     """
     image_size = integer(1)("image_size", image_size)
     root = Path(path).expanduser().resolve()
@@ -127,7 +147,7 @@ def load_omniglot(path: str | os.PathLike, image_size: int = 28) -> OmniglotImag
             archives = [stack.enter_context(zipfile.ZipFile(z)) for z in zips]
             found = _index(archives, pngs)
             if not found:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"no Omniglot images under {str(root)!r}: expected zip archives or folders "
                     "laid out as <split>/<alphabet>/<character>/<id>.png"
                 )
@@ -166,8 +186,7 @@ def _decode_all(found: dict[tuple[str, str, str], tuple[Any, str]],
     images = np.empty((len(keys), image_size, image_size), dtype=np.float32)
     for i, key in enumerate(keys):
         archive, name = found[key]
-        data = archive.read(name) if archive is not None else Path(name).read_bytes()
-        images[i] = _decode(data, image_size)
+        images[i] = _image(archive, name, image_size)
     return OmniglotImages(
         images=images,
         character=np.array([index[(k[0], k[1])] for k in keys], dtype=np.int64),

@@ -27,12 +27,15 @@ from ..outer import (
     Monitoring,
     ResumeError,
     Step,
+    describe,
     drive,
     legacy_keywords,
     read_run,
     restore,
 )
 from ..outer.checkpoint import save_checkpoint as _save_tree
+from ..outer.fingerprint import public_fields
+from ..problem import NonFiniteError
 from ..validation import Validated, integer, number, one_of, option
 from .algorithms import MetaAlgorithm
 from .heldout import evaluate, held_out_episodes
@@ -44,6 +47,7 @@ __all__ = [
     "MetaTrainingWarning",
     "TrainResult",
     "evaluate",
+    "fingerprint",
     "load_checkpoint",
     "save_checkpoint",
     "train",
@@ -198,11 +202,21 @@ class _MetaStep:
             return fraction > 0
         return ok
 
+    def _gradient(self, params: Any, episode: Any) -> tuple[Any, Any]:
+        """The algorithm's meta-gradient; a non-finite value raised inside it (a NaN in the
+        data or the parameters) becomes a failed step that the policy handles."""
+        try:
+            return self.algorithm.meta_gradient(params, episode,
+                                                drop_failed=self.policy == "drop")
+        except NonFiniteError as err:
+            message = f"non-finite value in the meta-gradient ({err}); check the tasks' data"
+            return None, {"success": False, "success_fraction": 0.0, "message": message,
+                          "loss": float("nan")}
+
     def __call__(self, state: LoopState) -> Step:
         it = state.step
         episode = self.sampler.sample(self.meta_batch, state.rng)
-        grad, info = self.algorithm.meta_gradient(state.params, episode,
-                                                  drop_failed=self.policy == "drop")
+        grad, info = self._gradient(state.params, episode)
         ok = bool(info.get("success", True))
         fraction = float(info.get("success_fraction", 1.0 if ok else 0.0))
         if not ok and self.policy == "raise":
@@ -211,8 +225,10 @@ class _MetaStep:
             )
         masked = info.get("task_success") is not None
         apply = self._apply(ok, fraction, masked)
-        xp = namespace(grad)
-        if (apply or not masked) and not bool(xp.all(xp.isfinite(grad))):
+        if grad is None and apply:
+            raise MetaTrainingError(f"meta-gradient failed at iteration {it}: "
+                                    f"{info['message']}; on_failure='apply' cannot apply it")
+        if (apply or not masked) and grad is not None and not _finite(grad):
             raise MetaTrainingError(
                 f"non-finite meta-gradient at iteration {it}: {info.get('message')}; lower "
                 "the inner or outer step size, or add damping"
@@ -222,6 +238,25 @@ class _MetaStep:
                "n_hvp": int(info.get("n_hvp", 0))}
         return Step(grad if apply else None, row, info={"message": info.get("message")},
                     postfix={"loss": f"{info['loss']:.4g}"})
+
+
+def _finite(x: Any) -> bool:
+    xp = namespace(x)
+    return bool(xp.all(xp.isfinite(x)))
+
+
+def fingerprint(algorithm: MetaAlgorithm, sampler: Any, optimizer: Any, seed: int,
+                meta_batch: int, theta0: Any = None) -> dict[str, Any]:
+    """What determines a meta-training run, field by field (stored in its checkpoint; a
+    resume is refused when a field differs): the algorithm's ``repr`` and its options, the
+    model, the task sampler, the outer optimizer, the seed, the meta-batch and θ0
+    (``"init"`` for the algorithm's seeded initialization). Cost: one hash of every array
+    these hold (:func:`bilevel.outer.describe`)."""
+    options = {k: v for k, v in public_fields(algorithm).items() if k != "model"}
+    return {"algorithm": repr(algorithm), "algorithm_options": describe(options),
+            "model": describe(getattr(algorithm, "model", None)), "tasks": describe(sampler),
+            "optimizer": describe(optimizer), "seed": int(seed), "meta_batch": meta_batch,
+            "theta0": "init" if theta0 is None else describe(theta0)}
 
 
 class _Bookkeeping:
@@ -308,8 +343,10 @@ def train(
         ``success_fraction`` and ``applied``.
     checkpointing : Checkpointing, optional
         Checkpoint file, written atomically every ``every`` iterations (default 100) and
-        at the end; an existing file is resumed when its seed, meta-batch, algorithm and
-        optimizer match, and refused otherwise.
+        at the end; an existing file is resumed when everything that determines the run
+        matches (:func:`fingerprint`: algorithm, model, tasks, optimizer, seed,
+        meta-batch, θ0), and refused otherwise, before anything is written, with a message
+        naming the fields that differ.
     monitoring : Monitoring, optional
         Progress bar (default: only when stderr is a terminal) and memory measurement:
         the ``peak_memory`` of the meta-iteration every ``memory_every`` iterations
@@ -328,8 +365,11 @@ def train(
     Raises
     ------
     MetaTrainingError
-        On a non-finite meta-gradient (with the algorithm's diagnostic message) or a
-        checkpoint from a different configuration.
+        On a non-finite meta-gradient (with the algorithm's diagnostic message), a failed
+        step under ``on_failure="raise"`` (a non-finite value in the data included: under
+        the other policies that step is recorded as failed and not applied), or a
+        checkpoint from a different configuration (also a
+        :class:`bilevel.outer.ResumeError`).
     """
     if not isinstance(algorithm, MetaAlgorithm):
         raise TypeError(f"algorithm must be a MetaAlgorithm, got {type(algorithm).__name__}")
@@ -342,8 +382,7 @@ def train(
     steps, meta_batch = integer(1)("steps", steps), integer(1)("meta_batch", meta_batch)
     optimizer = Adam(1e-3) if optimizer is None else optimizer
     backend = getattr(sampler, "backend", None) or "numpy"
-    config = {"algorithm": repr(algorithm), "optimizer": repr(optimizer), "seed": int(seed),
-              "meta_batch": meta_batch}
+    config = fingerprint(algorithm, sampler, optimizer, seed, meta_batch, theta0)
     params = algorithm.init(np.random.default_rng([int(seed), 1]), backend) \
         if theta0 is None else theta0
     state = LoopState(params=params, optimizer_state=optimizer.init(params),
@@ -352,7 +391,7 @@ def train(
     try:
         state = restore(state, args["checkpointing"], config, name_of(params))
     except ResumeError as err:
-        raise _ResumeMismatch(str(err)) from err
+        raise _ResumeMismatch(str(err), err.cli, err.fields) from err
     start = state.step
     ev = args["evaluation"]
     episodes = held_out_episodes(ev.sampler or sampler, ev.tasks, seed=[int(seed), 2],

@@ -5,7 +5,11 @@ NumPy array (CuPy arrays are copied to the host and restored to the backend name
 time), and the structure with every non-array leaf (``int``, ``float``, ``str``, ``bool``,
 ``None``, lists and tuples of them, NumPy scalars, RNG states) as JSON, which round-trips
 Python floats exactly. No pickles. The file is written by
-:func:`bilevel.outer.atomic.atomic_write`, so a crash never leaves a half-written file.
+:func:`bilevel.outer.atomic.atomic_write`, so a crash never leaves a half-written file, and
+the version it replaces is kept as ``<name>.prev``. A file that cannot be read (truncated,
+bit-flipped, empty, not a checkpoint) raises :class:`~bilevel.outer.errors.CheckpointError`
+naming the file and what to do; :func:`read_run` then falls back to ``<name>.prev`` with a
+:class:`~bilevel.outer.errors.CheckpointWarning`.
 
 :func:`save_checkpoint` / :func:`load_checkpoint` store any such dict. An outer loop
 (:func:`bilevel.outer.drive`) stores the run layout ``{"step", "params",
@@ -18,12 +22,15 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+import zipfile
 from typing import Any
 
 import numpy as np
 
 from ..backend import is_array, name_of, to_backend, to_numpy
-from .atomic import atomic_write
+from .atomic import atomic_write, previous
+from .errors import CheckpointError, CheckpointWarning, MissingFileError
 
 __all__ = ["FORMAT", "load_checkpoint", "read_run", "save_checkpoint"]
 
@@ -88,25 +95,49 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
         raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
     arrays: dict[str, np.ndarray] = {}
     meta = json.dumps({"format": FORMAT, "tree": _encode(payload, "", arrays)})
-    with atomic_write(path, "wb", suffix=".npz") as fh:
+    with atomic_write(path, "wb", suffix=".npz", keep_previous=True) as fh:
         np.savez(fh, __meta__=np.array(meta), **{f"a{k}": v for k, v in arrays.items()})
+
+
+_AFRESH = ("delete it (or restore {prev} if it is good) or pass resume=False / another "
+           "checkpoint path to start afresh")
+
+
+def _refuse(path: str, why: str) -> CheckpointError:
+    remedy = _AFRESH.format(prev=os.path.basename(previous(path)))
+    return CheckpointError(
+        f"checkpoint {path!r} is unreadable ({why}); {remedy}",
+        cli=f"checkpoint {path!r} is unreadable ({why}); delete it, or rerun with --no-resume "
+            "to start afresh",
+    )
+
+
+def _read(path: str) -> tuple[str, dict, dict[str, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = dict(z.items())
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as err:
+        if os.path.getsize(path) == 0:
+            raise _refuse(path, "the file is empty") from err
+        raise _refuse(path, f"{type(err).__name__}: {err}") from err
+    for key in ("__meta__", "meta"):
+        if key in files:
+            try:
+                doc = json.loads(str(files.pop(key)))
+            except ValueError as err:
+                raise _refuse(path, f"its metadata is not JSON: {err}") from err
+            if not isinstance(doc, dict):
+                raise _refuse(path, "its metadata is not a JSON object")
+            return str(doc.get("format")), doc, files
+    raise _refuse(path, "not a bilevel checkpoint: no metadata entry")
 
 
 def _open(path: str | os.PathLike) -> tuple[str, dict, dict[str, np.ndarray]]:
     """``(format, JSON document, arrays)`` of a checkpoint file of any known format."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r}")
-    with np.load(path, allow_pickle=False) as z:
-        files = dict(z.items())
-    for key in ("__meta__", "meta"):
-        if key in files:
-            doc = json.loads(str(files.pop(key)))
-            return str(doc.get("format")), doc, files
-    raise ValueError(
-        f"{path!r} is not a bilevel checkpoint (no metadata entry); delete it or pass "
-        "another checkpoint path to start afresh"
-    )
+        raise MissingFileError(f"no checkpoint at {path!r}")
+    return _read(path)
 
 
 def load_checkpoint(path: str | os.PathLike, backend: str | None = None) -> dict:
@@ -119,13 +150,22 @@ def load_checkpoint(path: str | os.PathLike, backend: str | None = None) -> dict
     backend : {"numpy", "cupy"}, optional
         Put every array on this backend; default: the backend each array was saved from.
     """
-    fmt, doc, files = _open(path)
+    return _tree(os.fspath(path), *_open(path), backend)
+
+
+def _tree(path: str, fmt: str, doc: dict, files: dict, backend: str | None) -> dict:
     if fmt not in (FORMAT, _HPO_V1):
-        raise ValueError(
-            f"{os.fspath(path)!r} has checkpoint format {fmt!r}; expected {FORMAT!r}"
+        raise CheckpointError(
+            f"{path!r} has checkpoint format {fmt!r}; expected {FORMAT!r}: pass another "
+            "checkpoint path, or resume=False to start afresh",
+            cli=f"{path!r} has checkpoint format {fmt!r}, not {FORMAT!r}; delete it or rerun "
+                "with --no-resume",
         )
     arrays = {k[1:]: v for k, v in files.items()}
-    return _decode(doc["tree"], arrays, backend)
+    try:
+        return _decode(doc["tree"], arrays, backend)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise _refuse(path, f"its contents are damaged ({type(err).__name__}: {err})") from err
 
 
 def _from_hpo_v1(ck: dict) -> dict:
@@ -144,21 +184,52 @@ def _from_meta_v1(doc: dict, files: dict[str, np.ndarray], backend: str) -> dict
             "config": doc["config"], "extra": {"evaluations": doc["evaluations"]}}
 
 
-def read_run(path: str | os.PathLike, backend: str = "numpy") -> dict:
-    """The run layout of an outer-loop checkpoint (current or earlier format), arrays on
-    ``backend``: ``step`` (outer steps done), ``params``, ``optimizer_state``, ``rng``
-    (bit-generator state), ``history``, ``config`` and ``extra``."""
+def _run(path: str, backend: str) -> dict:
     fmt, doc, files = _open(path)
     if fmt == _META_V1:
-        return _from_meta_v1(doc, files, backend)
-    ck = load_checkpoint(path, backend)
+        try:
+            return _from_meta_v1(doc, files, backend)
+        except (KeyError, TypeError, ValueError) as err:
+            raise _refuse(path, f"its contents are damaged ({type(err).__name__})") from err
+    ck = _tree(path, fmt, doc, files, backend)
     if fmt == _HPO_V1:
         return _from_hpo_v1(ck)
     missing = {"step", "params", "optimizer_state", "rng", "history", "config"} - set(ck)
     if missing:
-        raise ValueError(
-            f"{os.fspath(path)!r} is a bilevel checkpoint but not of an outer loop (no "
-            f"{', '.join(sorted(missing))}); pass another checkpoint path to start afresh"
+        raise CheckpointError(
+            f"{path!r} is a bilevel checkpoint but not of an outer loop (no "
+            f"{', '.join(sorted(missing))}); pass another checkpoint path to start afresh",
+            cli=f"{path!r} is not a checkpoint of this command; pass another --out",
         )
     ck.setdefault("extra", {})
     return ck
+
+
+def read_run(path: str | os.PathLike, backend: str = "numpy") -> dict:
+    """The run layout of an outer-loop checkpoint (current or earlier format), arrays on
+    ``backend``: ``step`` (outer steps done), ``params``, ``optimizer_state``, ``rng``
+    (bit-generator state), ``history``, ``config`` and ``extra``.
+
+    When ``path`` is unreadable and its previous version ``<path>.prev`` is good, that one
+    is returned, with a :class:`~bilevel.outer.errors.CheckpointWarning` saying so.
+
+    Raises
+    ------
+    CheckpointError
+        When neither ``path`` nor ``<path>.prev`` can be read (the message names the file
+        and says what to do). ``MissingFileError`` when ``path`` does not exist.
+    """
+    path = os.fspath(path)
+    try:
+        return _run(path, backend)
+    except CheckpointError as err:
+        prev = previous(path)
+        if not os.path.exists(prev):
+            raise
+        try:
+            ck = _run(prev, backend)
+        except CheckpointError:
+            raise err from None
+        warnings.warn(f"{err}; resuming from the previous checkpoint {prev!r} (outer step "
+                      f"{int(ck['step'])}) instead", CheckpointWarning, stacklevel=2)
+        return ck

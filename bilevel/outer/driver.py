@@ -25,14 +25,11 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import read_run, save_checkpoint
+from .errors import ResumeError
 from .memory import measure
 from .options import Checkpointing, Monitoring
 
-__all__ = ["LoopState", "ResumeError", "Step", "drive", "restore"]
-
-
-class ResumeError(ValueError):
-    """A checkpoint cannot be resumed by this run (written under another configuration)."""
+__all__ = ["LoopState", "ResumeError", "Step", "drive", "restore", "resumable"]
 
 
 @dataclass
@@ -99,34 +96,60 @@ def _payload(state: LoopState, config: dict) -> dict:
             "history": state.history, "config": config, "extra": state.extra}
 
 
-def _differences(old: dict, new: dict) -> str:
-    keys = sorted(set(old) | set(new))
+def _differing(old: dict, new: dict) -> list[str]:
+    """Fields of ``new`` that ``old`` records with another value (fields that an older
+    checkpoint does not record are not compared)."""
+    return [k for k in sorted(new) if k in old and old[k] != new[k]]
+
+
+def _differences(old: dict, new: dict, fields: list[str]) -> str:
     return "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now"
-                     for k in keys if old.get(k) != new.get(k))
+                     for k in fields)
 
 
-def restore(state: LoopState, checkpointing: Checkpointing, config: dict,
-            backend: str = "numpy") -> LoopState:
-    """``state`` continued from ``checkpointing.path`` when it exists and ``resume`` is set.
+def resumable(checkpointing: Checkpointing, config: dict,
+              backend: str = "numpy") -> dict | None:
+    """The checkpoint (run layout) that a run of ``config`` would resume, or None.
 
-    Columns missing from an older checkpoint's history are filled with NaN.
+    None when there is no checkpoint path, ``resume`` is off or the file does not exist.
+    Nothing is written: call it before writing anything to refuse a mismatch early.
 
     Raises
     ------
     ResumeError
         When the checkpoint's ``config`` differs from ``config`` (the message lists the
-        differences and how to start afresh).
+        differing fields and how to start afresh; ``err.fields`` names them). Fields that
+        an older checkpoint does not record are not compared.
+    CheckpointError
+        When the checkpoint and its previous version are unreadable.
     """
     path = checkpointing.path
     if path is None or not checkpointing.resume or not os.path.exists(path):
-        return state
+        return None
     ck = read_run(path, backend)
-    if ck["config"] != config:
-        changed = _differences(ck["config"], config)
+    fields = _differing(ck["config"], config)
+    if fields:
+        changed = _differences(ck["config"], config, fields)
         raise ResumeError(
-            f"checkpoint {path!r} was written by a different run ({changed}); "
-            "pass resume=False (Checkpointing(path, resume=False)) or another path to start afresh"
+            f"checkpoint {path!r} was written by a different run ({changed}); pass "
+            "Checkpointing(path, resume=False) or another path to start afresh",
+            cli=f"{path!r} was written by a different run ({changed}); rerun with the same "
+                "settings, with --no-resume to start afresh, or with another --out",
+            fields=tuple(fields),
         )
+    return ck
+
+
+def restore(state: LoopState, checkpointing: Checkpointing, config: dict,
+            backend: str = "numpy") -> LoopState:
+    """``state`` continued from the checkpoint :func:`resumable` finds, if any.
+
+    Nothing is written. Columns missing from an older checkpoint's history are filled
+    with NaN. Raises as :func:`resumable`.
+    """
+    ck = resumable(checkpointing, config, backend)
+    if ck is None:
+        return state
     state.rng.bit_generator.state = ck["rng"]
     history = ck["history"]
     done = len(next(iter(history.values()), []))
