@@ -143,7 +143,7 @@ def _known_labels(name: str, mod: Any) -> list[str]:
     from .bench import method_suite
 
     if name == "speed":
-        return [*method_suite(10, 0.1), "Forward", "Implicit(Direct)"]
+        return list(dict.fromkeys([*method_suite(10, 0.1), "Forward", "Implicit(Direct)"]))
     return list(getattr(mod, "ALGORITHMS", None) or getattr(mod, "METHODS", ()))
 
 

@@ -89,13 +89,17 @@ def _decode(node: Any, arrays: Any, backend: str | None) -> Any:
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     """Write ``payload`` (a nested dict) to ``path`` atomically.
 
+    The file replaced is kept as ``<path>.prev`` (unless it is visibly damaged), so a
+    checkpoint corrupted later on disk has a predecessor to fall back on.
     Memory: one host copy of every array; the file holds the arrays uncompressed.
     """
     if not isinstance(payload, dict):
         raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
     arrays: dict[str, np.ndarray] = {}
     meta = json.dumps({"format": FORMAT, "tree": _encode(payload, "", arrays)})
-    with atomic_write(path, "wb", suffix=".npz", keep_previous=True) as fh:
+    # the file replaced is kept as <path>.prev, unless it is visibly damaged (not a zip)
+    keep = os.path.exists(path) and zipfile.is_zipfile(path)
+    with atomic_write(path, "wb", suffix=".npz", keep_previous=keep) as fh:
         np.savez(fh, __meta__=np.array(meta), **{f"a{k}": v for k, v in arrays.items()})
 
 
