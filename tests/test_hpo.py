@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bilevel import Forward, GradientDescent, HypergradWarning, Momentum, Reverse, hypergrad
+from bilevel import (
+    Forward,
+    GradientDescent,
+    HypergradWarning,
+    Momentum,
+    NonFiniteError,
+    Reverse,
+    hypergrad,
+)
 from bilevel.hpo import (
     SGD,
     Adam,
@@ -430,3 +438,64 @@ def test_resume_reads_the_old_hpo_checkpoint_format(tmp_path):
     resumed = minimize(prob, np.zeros(4), w0, steps=5, checkpointing=Checkpointing(path), **kw)
     np.testing.assert_array_equal(resumed.lam, straight.lam)
     np.testing.assert_array_equal(resumed.history["value"], straight.history["value"])
+
+
+# ------------------------------------------------------------------ issue 13
+@pytest.mark.parametrize("change", ["lam0", "w0", "dynamics", "method", "seed", "data"])
+def test_checkpoint_of_another_run_is_refused_not_resumed(tmp_path, change):
+    from bilevel.outer import ResumeError
+
+    X, y, Xv, yv = _regression(5, n=30, d=3)
+    prob = problems.ridge(X, y, Xv, yv)
+    kw = dict(dynamics=GradientDescent(0.3, 10), method=Reverse(), steps=3, seed=0,
+              monitoring=QUIET)
+    path = tmp_path / "run.npz"
+    minimize(prob, np.zeros(3), np.zeros(3), checkpointing=Checkpointing(path), **kw)
+    before = path.read_bytes()
+    lam0, w0 = np.zeros(3), np.zeros(3)
+    if change == "lam0":
+        lam0 = np.full(3, 2.0)
+    elif change == "w0":
+        w0 = np.ones(3)
+    elif change == "dynamics":
+        kw["dynamics"] = GradientDescent(0.3, 11)
+    elif change == "method":
+        kw["method"] = Reverse(truncate=2)
+    elif change == "seed":
+        kw["seed"] = 1
+    else:
+        prob = problems.ridge(X, y + 1.0, Xv, yv)
+    with pytest.raises(ResumeError, match="different run") as err:
+        minimize(prob, lam0, w0, checkpointing=Checkpointing(path), **{**kw, "steps": 6})
+    assert err.value.fields and "resume=False" in str(err.value)
+    assert path.read_bytes() == before  # nothing written, no stale best λ returned
+    fresh = minimize(prob, lam0, w0, checkpointing=Checkpointing(path, resume=False),
+                     **{**kw, "steps": 6})
+    assert fresh.steps == 6 and fresh.message == "done 6 outer steps"
+
+
+def test_nan_mid_loop_stops_with_success_false_and_keeps_the_last_good_step(tmp_path):
+    import autograd.numpy as anp
+
+    from bilevel import BilevelProblem
+    from bilevel.outer import read_run
+
+    poison = {"on": False}
+    prob = BilevelProblem(
+        lambda w, lam: 0.5 * anp.sum((w - lam) ** 2) + 0.05 * anp.sum(w ** 2),
+        lambda w, lam: 0.5 * anp.sum((w - 1.0) ** 2) * (np.nan if poison["on"] else 1.0))
+
+    def poison_after_step_2(info):
+        poison["on"] = poison["on"] or info["step"] == 2
+
+    path = tmp_path / "run.npz"
+    res = minimize(prob, np.zeros(3), np.zeros(3), dynamics=GradientDescent(0.5, 30), steps=6,
+                   callback=poison_after_step_2, monitoring=QUIET,
+                   checkpointing=Checkpointing(path))
+    assert not res.success and "outer step 3" in res.message and "non-finite" in res.message
+    assert read_run(path)["step"] == 3 and np.all(np.isfinite(res.lam))
+    poison["on"] = False
+    with pytest.raises(NonFiniteError):
+        poison["on"] = True
+        minimize(prob, np.zeros(3), np.zeros(3), dynamics=GradientDescent(0.5, 30), steps=2,
+                 monitoring=QUIET, options=MinimizeOptions(on_failure="raise"))

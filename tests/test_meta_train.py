@@ -390,3 +390,58 @@ def test_resume_reads_the_old_meta_checkpoint_format(small, tmp_path):
     assert resumed.start_iteration == 2
     np.testing.assert_array_equal(resumed.theta, full.theta)
     assert resumed.history["loss"] == full.history["loss"]
+
+
+# ------------------------------------------------------------------ issue 13
+@pytest.mark.parametrize("change", ["activation", "width", "algorithm", "tasks", "theta0"])
+def test_resume_under_a_changed_run_is_refused_naming_the_field(small, tmp_path, change):
+    from bilevel.outer import ResumeError
+
+    sampler, model = small
+    ck = tmp_path / "ck.npz"
+    kw = dict(steps=2, meta_batch=2, seed=0, monitoring=QUIET)
+    train(MAML(model, 0.02, 1), sampler, checkpointing=Checkpointing(ck), **kw)
+    before = ck.read_bytes()
+    other = {
+        "activation": (MAML(MLP((1, 8, 1), activation="relu"), 0.02, 1), sampler, None, "model"),
+        "width": (MAML(MLP((1, 16, 1), activation="tanh"), 0.02, 1), sampler, None, "model"),
+        "algorithm": (MAML(model, 0.05, 1), sampler, None, "algorithm"),
+        "tasks": (MAML(model, 0.02, 1), Sinusoid(n_shot=2, n_query=5), None, "tasks"),
+        "theta0": (MAML(model, 0.02, 1), sampler, np.zeros(model.n_params), "theta0"),
+    }[change]
+    alg, tasks, theta0, field = other
+    with pytest.raises(ResumeError, match=f"{field}: ") as err:
+        train(alg, tasks, theta0=theta0, checkpointing=Checkpointing(ck), **{**kw, "steps": 4})
+    assert isinstance(err.value, MetaTrainingError) and field in err.value.fields
+    assert ck.read_bytes() == before  # refused before anything was written
+
+
+class _PoisonedSinusoid(Sinusoid):
+    """Sinusoid tasks with a NaN query target at the given iterations."""
+
+    def __init__(self, at, **kw):
+        super().__init__(**kw)
+        self.at, self.calls = set(at), 0
+
+    def sample(self, n_tasks, rng):
+        episode = super().sample(n_tasks, rng)
+        self.calls += 1
+        if self.calls - 1 in self.at:
+            episode.y_query[0, 0] = np.nan
+        return episode
+
+
+@pytest.mark.parametrize("policy", ["drop", "skip"])
+def test_nan_data_point_goes_through_the_failure_policy(small, policy):
+    _, model = small
+    res = train(MAML(model, 0.02, 1), _PoisonedSinusoid({2}, n_shot=3, n_query=3), steps=5,
+                meta_batch=2, monitoring=QUIET, failures=FailurePolicy(policy))
+    assert res.history["applied"] == [True, True, False, True, True]
+    assert res.history["success"][2] is False and np.all(np.isfinite(res.theta))
+
+
+def test_nan_data_point_with_raise_policy(small):
+    _, model = small
+    with pytest.raises(MetaTrainingError, match="iteration 1"):
+        train(MAML(model, 0.02, 1), _PoisonedSinusoid({1}, n_shot=3, n_query=3), steps=3,
+              meta_batch=2, monitoring=QUIET, failures=FailurePolicy("raise"))

@@ -141,3 +141,102 @@ def test_read_run_refuses_other_files(tmp_path):
     np.savez(path, a=np.ones(2))
     with pytest.raises(ValueError, match="not a bilevel checkpoint.*start afresh"):
         read_run(path)
+
+
+# ------------------------------------------------------------------ issue 13: files and faults
+def test_atomic_write_uses_the_umask_and_removes_stale_temporaries(tmp_path):
+    old = os.umask(0o022)
+    try:
+        stale = tmp_path / ".f.txt.999999999.tmp"  # left by a killed process (no such pid)
+        stale.write_text("half")
+        live = tmp_path / f".f.txt.{os.getppid()}.tmp"  # a running writer: left alone
+        live.write_text("busy")
+        with atomic_write(tmp_path / "f.txt", "w") as fh:
+            fh.write("done")
+        assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+        assert not stale.exists() and live.exists()
+    finally:
+        os.umask(old)
+
+
+def test_checkpoint_keeps_the_previous_version(tmp_path):
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, {"x": np.arange(3.0)})
+    save_checkpoint(path, {"x": np.arange(4.0)})
+    assert load_checkpoint(str(path) + ".prev")["x"].shape == (3,)
+    assert load_checkpoint(path)["x"].shape == (4,)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "json"])
+def test_unreadable_checkpoint_names_the_file(tmp_path, damage):
+    from bilevel.outer import CheckpointError
+
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, {"x": np.arange(3.0)})
+    data = path.read_bytes()
+    if damage == "json":
+        np.savez(path, __meta__=np.array("{not json"))
+    else:
+        path.write_bytes({"truncated": data[:100], "empty": b"", "garbage": b"abc"}[damage])
+    with pytest.raises(CheckpointError, match="ck.npz' is unreadable") as err:
+        load_checkpoint(path)
+    assert "start afresh" in str(err.value) and "--no-resume" in err.value.for_cli()
+    assert isinstance(err.value, ValueError)
+
+
+def test_missing_checkpoint_is_a_file_not_found_error(tmp_path):
+    from bilevel.outer import MissingFileError
+
+    with pytest.raises(FileNotFoundError, match="no checkpoint") as err:
+        read_run(tmp_path / "none.npz")
+    assert isinstance(err.value, MissingFileError)
+
+
+def test_resume_falls_back_to_the_previous_checkpoint(tmp_path):
+    from bilevel.outer import CheckpointWarning
+
+    path = tmp_path / "run.npz"
+    kw = dict(steps=6, config={"a": 1},
+              checkpointing=Checkpointing(path, every=1), monitoring=QUIET)
+    opt = SGD(0.1)
+
+    def fresh():
+        theta = np.array([3.0, -2.0])
+        return LoopState(theta, opt.init(theta), np.random.default_rng(0), {"loss": []})
+
+    step = lambda s: Step(2 * s.params, {"loss": float(s.params @ s.params)})  # noqa: E731
+    straight = fresh()
+    drive(step, straight, opt, steps=6, config={"a": 1}, monitoring=QUIET)
+    first = fresh()
+    drive(step, first, opt, **{**kw, "steps": 4})
+    path.write_bytes(path.read_bytes()[:150])  # the newest checkpoint is damaged on disk
+    with pytest.warns(CheckpointWarning, match="previous checkpoint .*run.npz.prev.*step 3"):
+        state = restore(fresh(), kw["checkpointing"], {"a": 1})
+    assert state.step == 3
+    drive(step, state, opt, **kw)
+    np.testing.assert_array_equal(state.params, straight.params)
+    assert state.history["loss"] == straight.history["loss"]
+
+
+def test_resume_error_names_the_fields(tmp_path):
+    path = tmp_path / "run.npz"
+    save_checkpoint(path, {"step": 1, "params": np.zeros(2), "optimizer_state": {},
+                           "rng": np.random.default_rng(0).bit_generator.state,
+                           "history": {}, "config": {"model": "tanh", "seed": 0}})
+    theta = np.zeros(2)
+    state = LoopState(theta, {}, np.random.default_rng(0), {})
+    with pytest.raises(ResumeError, match="model: 'tanh' in the checkpoint, 'relu' now") as err:
+        restore(state, Checkpointing(path), {"model": "relu", "seed": 0, "new_field": 1})
+    assert err.value.fields == ("model",)  # fields an older checkpoint lacks are not compared
+    assert "resume=False" in str(err.value) and "--no-resume" in err.value.for_cli()
+
+
+def test_describe_tells_models_apart():
+    from bilevel.meta.models import MLP
+    from bilevel.outer import describe
+
+    assert describe(MLP((1, 4, 1), activation="tanh")) != describe(MLP((1, 4, 1),
+                                                                        activation="relu"))
+    assert describe(MLP((1, 4, 1))) == describe(MLP((1, 4, 1)))
+    assert describe(np.zeros(3)) != describe(np.ones(3))
+    assert describe(lambda x: x + 1) != describe(lambda x: x + 2)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..api import ON_FAILURE, HypergradResult, HypergradState, Method, hypergrad
+from ..api import ON_FAILURE, HypergradResult, HypergradState, Method, failure_result, hypergrad
 from ..backend import is_array, name_of, namespace
 from ..dynamics import Dynamics
 from ..optim import SGD, Adam, Optimizer
@@ -32,7 +32,7 @@ from ..outer import (
     restore,
 )
 from ..outer.options import flag
-from ..problem import BilevelProblem
+from ..problem import BilevelProblem, NonFiniteError
 from ..validation import Validated, number, one_of, option, optional
 from .transforms import Identity, Transform, get_transform
 
@@ -223,12 +223,22 @@ class _HypergradStep:
             )
         return dyn
 
+    def hypergrad(self, lam: Any, t: int, rng: np.random.Generator) -> HypergradResult:
+        """The hypergradient at λ_t; a :class:`NonFiniteError` raised inside it (NaN in the
+        objectives or data) becomes a failed result, unless failures must raise."""
+        try:
+            return hypergrad(self.problem, lam, self.w0, dynamics=self.dynamics_at(t, rng),
+                             method=self.method, state=self.hstate, strict=self.options.strict,
+                             on_failure=self.options.on_failure)
+        except NonFiniteError as err:
+            if self.options.strict or self.options.on_failure == "raise":
+                raise
+            return failure_result(lam, f"non-finite value: {err}", n_grad=0, n_hvp=0, n_jvp=0)
+
     def __call__(self, state: LoopState) -> Step:
         t, u = state.step, state.params
         lam = self.T.forward(u)
-        res = hypergrad(self.problem, lam, self.w0, dynamics=self.dynamics_at(t, state.rng),
-                        method=self.method, state=self.hstate, strict=self.options.strict,
-                        on_failure=self.options.on_failure)
+        res = self.hypergrad(lam, t, state.rng)
         self.last = res
         xp = namespace(lam)
         grad_ok = bool(xp.all(xp.isfinite(res.grad)))
@@ -382,8 +392,10 @@ def minimize(
     -----
     Cost: ``steps`` hypergradients plus one optimizer update each. Memory: that of the
     method, plus the warm-start state (one ``w``, one ``v``) and the optimizer state (two
-    copies of λ for Adam). A non-finite hypergradient stops the loop without updating λ
-    (``success=False``, message names the step).
+    copies of λ for Adam). A non-finite hypergradient, or a NaN/inf raised while computing
+    it (:class:`bilevel.NonFiniteError`), stops the loop without updating λ
+    (``success=False``, the message names the step; the checkpoint keeps the last good
+    step), unless ``options.on_failure="raise"`` or ``strict``, which raise.
 
     Examples
     --------

@@ -79,6 +79,9 @@ class _ResumeMismatch(MetaTrainingError, ResumeError):
     """A checkpoint of another run: a :class:`MetaTrainingError` and a
     :class:`bilevel.outer.ResumeError` (a ``ValueError``) at once."""
 
+    def __init__(self, message: str, cli: str | None = None, fields: tuple[str, ...] = ()):
+        ResumeError.__init__(self, message, cli, fields)
+
 
 class MetaTrainingWarning(RuntimeWarning):
     """Many meta-gradients fail their diagnostics (issued once per :func:`train` call)."""

@@ -12,6 +12,7 @@ or problem is refused and the message names the field that differs.
 from __future__ import annotations
 
 import hashlib
+import types
 from typing import Any
 
 import numpy as np
@@ -70,8 +71,15 @@ def _describe(obj: Any, depth: int) -> str:
         return repr(obj)
     if depth > _DEPTH:
         return type(obj).__name__
+    if isinstance(obj, types.ModuleType):
+        return f"module {obj.__name__}"
+    if isinstance(obj, type):
+        return f"class {obj.__module__}.{obj.__qualname__}"
     if is_array(obj):
-        return _array(obj)
+        try:
+            return _array(obj)
+        except (TypeError, ValueError):  # an array-like that cannot be copied to the host
+            return type(obj).__name__
     if isinstance(obj, (list, tuple)):
         return "(" + ", ".join(_describe(v, depth + 1) for v in obj) + ")"
     if isinstance(obj, dict):
