@@ -242,6 +242,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     backend.module(args.backend)  # BackendError with the hint before any work
     output_folder(args.out)
+    if getattr(args, "docs", None):
+        output_folder(os.path.dirname(os.path.abspath(args.docs)), "--docs")
     if args.command == "demo":
         from . import demo
 

@@ -450,6 +450,8 @@ CLI_CASES = [
     (["bench", "memory", "--budget", "0"], "expected a positive number of seconds"),
     (["bench", "meta", "--quick", "--out", f"TMP/{AFILE}"], "is a file, not a folder"),
     (["demo", "--quick", "--out", f"TMP/{AFILE}/d"], "is a file, not a folder"),
+    (["bench", "speed", "--quick", "--out", "TMP/b", "--docs", f"TMP/{AFILE}/x.rst"],
+     "--docs"),
     (["bench", "nosuch"], "invalid choice: 'nosuch'"),
     (["demo", "--backend", "tpu"], "invalid choice: 'tpu'"),
 ]

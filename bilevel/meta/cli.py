@@ -19,13 +19,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..optim import get_optimizer
-from ..outer import Checkpointing, Monitoring, ResumeError, UsageError, atomic_write, resumable
+from ..outer import (
+    Checkpointing,
+    CheckpointWarning,
+    Monitoring,
+    ResumeError,
+    UsageError,
+    atomic_write,
+    resumable,
+)
 from ..outer.usage import Parser, at_least, check_flags, output_folder, positive
 from ..registry import names, spelling
 from .algorithms import (
@@ -224,9 +233,11 @@ def _check_resume(args: argparse.Namespace, algorithm: Any, sampler: Any, optimi
                 "resume it, --no-resume to start afresh (overwriting it), or another --out"
             )
     try:
-        resumable(checkpointing, fingerprint(algorithm, sampler, optimizer, args.seed,
-                                             args.meta_batch),
-                  getattr(sampler, "backend", None) or "numpy")
+        with warnings.catch_warnings():  # a fallback to checkpoint.npz.prev: train() says so
+            warnings.simplefilter("ignore", CheckpointWarning)
+            resumable(checkpointing, fingerprint(algorithm, sampler, optimizer, args.seed,
+                                                 args.meta_batch),
+                      getattr(sampler, "backend", None) or "numpy")
     except ResumeError as err:
         raise UsageError(err.for_cli()) from err
 
