@@ -28,7 +28,7 @@ def previous(path: str | os.PathLike) -> str:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name == "nt":  # os.kill would end a process on Windows
         return True
     try:
         os.kill(pid, 0)
