@@ -13,7 +13,7 @@ import time
 import warnings
 from typing import Any
 
-from .backend import namespace
+from .backend import namespace, unbox
 from .dynamics import Dynamics
 from .methods import Reverse
 from .methods.base import (
@@ -27,6 +27,8 @@ from .methods.base import (
     norm_per_problem,
     resolve_dynamics,
 )
+from .nonfinite import all_finite
+from .oracles import TRACE_ADVICE, TracingError, has_box
 from .problem import BilevelProblem, NonFiniteError
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "HypergradState",
     "HypergradWarning",
     "Method",
+    "TracingError",
     "failure_result",
     "hypergrad",
     "norm_per_problem",
@@ -108,17 +111,18 @@ def hypergrad(
     method = Reverse() if method is None else method
     on_failure = _check_arguments(problem, dynamics, method, strict, on_failure)
     w0 = _starting_point(problem, lam, w0, state)
-    problem.validate(w0, lam)
+    _require_differentiable(method, lam, w0)
+    problem.check_inputs(w0, lam)
 
     before = problem.counts.snapshot()
     t0 = time.perf_counter()
     try:
+        problem.validate(w0, lam)
         res = method.compute(problem, lam, w0, dynamics, state)
     except NonFiniteError as err:
-        step = getattr(err, "step", None)
-        where = f" at inner step {step}" if step is not None else ""
-        res = failure_result(lam, f"non-finite {err.what}{where}: {err}", nonfinite_step=step)
+        res = _nonfinite_failure(err, problem, lam, w0)
     _finish(res, problem, lam, method, before, t0)
+    _require_traced(res, problem, lam, w0)
     _carry_state(res, problem, state)
     if not res.success:
         if on_failure == "raise":
@@ -126,6 +130,66 @@ def hypergrad(
         if on_failure == "warn":
             warnings.warn(f"{method!r}: {res.message}", HypergradWarning, stacklevel=2)
     return res
+
+
+def _require_differentiable(method: Method, lam: Any, w0: Any) -> None:
+    """Refuse to be differentiated (λ or ``w0`` traced by autograd) with a method whose
+    computation autograd cannot follow (linear solves, in-place recursions)."""
+    if not method.differentiable and has_box((lam, w0)):
+        raise TypeError(
+            f"hypergrad is not differentiable with method {method!r} (autograd is tracing lam "
+            "or w0, e.g. a second derivative through res.grad); use Reverse() or Forward(), "
+            "whose unrolled computation autograd differentiates exactly"
+        )
+
+
+def _bad_inputs(problem: BilevelProblem, lam: Any, w0: Any) -> list[str]:
+    """Names of the inputs holding NaN or inf: ``lam``, ``w0``, ``data[...]`` entries."""
+    bad = [name for name, x in (("lam", lam), ("w0", w0)) if not all_finite(x)]
+    return bad + _bad_data(problem.data, "data")
+
+
+def _bad_data(data: Any, name: str) -> list[str]:
+    """Entries of a data pytree (dict/list/tuple of arrays) holding NaN or inf."""
+    if isinstance(data, dict):
+        return [b for k, v in data.items() for b in _bad_data(v, f"{name}[{k!r}]")]
+    if isinstance(data, (tuple, list)):
+        return [b for i, v in enumerate(data) for b in _bad_data(v, f"{name}[{i}]")]
+    kind = getattr(getattr(unbox(data), "dtype", None), "kind", None)
+    return [name] if kind in ("f", "c") and not all_finite(data) else []
+
+
+def _nonfinite_failure(err: NonFiniteError, problem: BilevelProblem, lam: Any,
+                       w0: Any) -> HypergradResult:
+    """The failed result of a NaN/inf: the inputs that hold one, else the step it came from."""
+    step = getattr(err, "step", None)
+    bad = _bad_inputs(problem, lam, w0)
+    if bad:
+        return failure_result(
+            lam, f"the input {', '.join(bad)} contains NaN or inf (before any inner step): "
+            "fix the input; the objectives and step size are not the cause",
+            nonfinite_step=step, nonfinite_inputs=bad)
+    where = f" at inner step {step}" if step is not None else ""
+    return failure_result(lam, f"non-finite {err.what}{where}: {err}", nonfinite_step=step)
+
+
+def _require_traced(res: HypergradResult, problem: BilevelProblem, lam: Any, w0: Any) -> None:
+    """Raise :class:`TracingError` for an exactly zero hypergradient that is a structural
+    zero: neither ∇_w g, f nor the init map depends on λ through traced operations (an
+    objective used NumPy on a traced value). Costs nothing unless the gradient is all zero;
+    then one traced gradient of g and one traced evaluation of f."""
+    if not res.success or problem.oracles or has_box((lam, w0)):
+        return
+    grad = res.grad
+    if bool(namespace(grad).any(grad != 0)):
+        return
+    w = res.get("w")
+    if not problem.depends_on_lam(w0 if w is None else w, lam):
+        raise TracingError(
+            "the hypergradient is exactly zero because λ was cut out of autograd's trace: "
+            "neither the inner gradient ∇_w g, the outer objective f nor the init map "
+            f"depends on lam through traced operations. {TRACE_ADVICE}"
+        )
 
 
 def _check_arguments(
@@ -188,6 +252,9 @@ def _finish(
     if res.success and not _finite(res.grad):
         res.success = False
         res.message = "the hypergradient contains NaN or inf"
+        bad = _bad_inputs(problem, lam, res.get("w") if res.get("w") is not None else lam)
+        if bad:
+            res.message += f": the input {', '.join(bad)} contains NaN or inf"
 
 
 def _carry_state(res: HypergradResult, problem: BilevelProblem,

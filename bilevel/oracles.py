@@ -27,14 +27,15 @@ counts its products in :class:`OracleCounts`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from autograd.core import defjvp_argnums, defvjp_argnums, make_vjp
+from autograd.core import VJPNode, backward_pass, defjvp_argnums, defvjp_argnums, make_vjp
 from autograd.differential_operators import make_jvp
-from autograd.tracer import isbox, primitive
+from autograd.tracer import isbox, primitive, trace
 
 from .backend import is_array, namespace, unbox
 from .nonfinite import NonFiniteError, all_finite
@@ -44,8 +45,43 @@ __all__ = [
     "DerivedOracles",
     "Linearization",
     "OracleCounts",
+    "TRACE_ADVICE",
+    "TracingError",
     "check_user_output",
+    "has_box",
+    "traced_vjp",
 ]
+
+TRACE_ADVICE = (
+    "Write objectives with autograd.numpy (import autograd.numpy as anp) or bilevel.numpy "
+    "(bnp) functions: np.asarray, other NumPy (np.) functions, float(x) or x.item() on w or "
+    "lam take the value out of autograd's trace, so its derivative silently becomes zero."
+)
+
+
+class TracingError(TypeError):
+    """An objective cut w or λ out of autograd's trace (a NumPy call or a float conversion
+    on a traced value), which would make a derivative silently zero."""
+
+
+def traced_vjp(fun: Callable, x: Any) -> tuple[Callable | None, Any]:
+    """``(vjp, fun(x))`` like autograd's ``make_vjp``, with ``vjp = None`` when the output
+    does not depend on ``x`` through traced operations (a structural zero derivative),
+    which autograd itself only warns about. Cost: one traced evaluation of ``fun``."""
+    end_value, end_node = trace(VJPNode.new_root(), fun, x)
+    if end_node is None:
+        return None, end_value
+
+    def vjp(g: Any) -> Any:
+        try:
+            return backward_pass(g, end_node)
+        except TypeError as err:  # e.g. object arrays of boxes made by a NumPy function
+            raise TracingError(
+                f"autograd's reverse pass failed ({type(err).__name__}: {err}); most likely "
+                f"an objective applied a NumPy function to a traced value. {TRACE_ADVICE}"
+            ) from err
+
+    return vjp, end_value
 
 ORACLE_NAMES = (
     "inner_grad",
@@ -73,11 +109,12 @@ def one_like(w: Any) -> Any:
     return namespace(w).asarray(1.0, dtype=unbox(w).dtype)
 
 
-def _has_box(data: Any) -> bool:
+def has_box(data: Any) -> bool:
+    """Whether ``data`` (an array or a nested tuple/list/dict of them) holds an autograd box."""
     if isinstance(data, (tuple, list)):
-        return any(_has_box(x) for x in data)
+        return any(has_box(x) for x in data)
     if isinstance(data, dict):
-        return any(_has_box(x) for x in data.values())
+        return any(has_box(x) for x in data.values())
     return isbox(data)
 
 
@@ -167,7 +204,7 @@ class Linearization:
         if self._vjp_wl is None:
             data = self.data
             point = (self.w, self.lam)
-            self._vjp_wl, _ = make_vjp(lambda wl: p.grad_map(wl[0], wl[1], data), point)
+            self._vjp_wl, _ = traced_vjp(lambda wl: p.grad_map(wl[0], wl[1], data), point)
         p.counts.hvp += 1
         return self._vjp_wl(u)
 
@@ -263,8 +300,28 @@ class DerivedOracles:
             val = self.evaluate("inner", w_, lam, data)
             return val if len(w_.shape) == 1 else val.sum()
 
-        vjp, _ = make_vjp(g_sum, w)
+        vjp, _ = traced_vjp(g_sum, w)
+        if vjp is None:
+            raise TracingError(
+                f"the inner objective of problem {self.name!r} does not depend on w through "
+                f"traced operations, so its gradient would be exactly zero. {TRACE_ADVICE}"
+            )
         return vjp(one_like(w))
+
+    def depends_on_lam(self, w: Any, lam: Any, data: Any = None) -> bool:
+        """Whether ∇_w g, f or the init map depends on λ through traced operations.
+
+        False means every hypergradient of this problem is a structural zero (λ was cut out
+        of the trace). Cost: one traced gradient of g and one traced evaluation of f (and
+        of ``init``); no reverse pass.
+        """
+        probes = [lambda l_: self.grad_map(w, l_, data),
+                  lambda l_: self.evaluate("outer", w, l_, data)]
+        if self.init is not None:
+            probes.append(self.init)
+        with warnings.catch_warnings():  # autograd warns "Output seems independent of input"
+            warnings.simplefilter("ignore")
+            return any(traced_vjp(probe, lam)[0] is not None for probe in probes)
 
     # ------------------------------------------------------------------ oracles
     def inner_grad(self, w: Any, lam: Any, data: Any = None) -> Any:
@@ -273,7 +330,7 @@ class DerivedOracles:
         Differentiable by autograd through the oracles: its VJP is ``(H u, Mᵀu)`` (one HVP),
         its JVP ``H z + M e`` (one JVP).
         """
-        if (isbox(w) or isbox(lam)) and not _has_box(data):
+        if (isbox(w) or isbox(lam)) and not has_box(data):
             return _inner_grad(self, w, lam, data)
         self.check_point(w, lam)
         self.counts.grad += 1

@@ -60,7 +60,8 @@ class StabilityWatch:
 
     def report(self) -> tuple[dict[str, Any], str | None]:
         """``(diagnostics, problem)``: ``step_stiffness`` (largest ``α_k·ρ_k``),
-        ``stability_bound``, ``unstable_step`` (first step beyond it, or ``None``), and a
+        ``stability_bound``, ``unstable_step`` (first step beyond it, or ``None``),
+        ``problem_success`` (per problem, for a batch), and a
         sentence naming the step size when the bound was exceeded (else ``None``).
         One host read."""
         if self.largest is None:
@@ -71,6 +72,8 @@ class StabilityWatch:
         step = int(bad.min()) if bad.size else None
         bound = self.dynamics.stability_bound
         diag = {"step_stiffness": worst, "stability_bound": bound, "unstable_step": step}
+        if len(getattr(self.first, "shape", ())) == 1:  # a batch: per-problem flags
+            diag["problem_success"] = first < 0
         if step is None:
             return diag, None
         return diag, self.dynamics.instability_message(step, worst)

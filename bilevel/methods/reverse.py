@@ -138,6 +138,7 @@ class Reverse(Validated, Method):
     checkpoints: int | None = option(None, check=optional(integer(1)))
 
     name = "reverse"
+    differentiable = True  # every step is traced by autograd through the oracles
 
     def compute(
         self,
