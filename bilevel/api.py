@@ -174,21 +174,22 @@ def _nonfinite_failure(err: NonFiniteError, problem: BilevelProblem, lam: Any,
 
 
 def _require_traced(res: HypergradResult, problem: BilevelProblem, lam: Any, w0: Any) -> None:
-    """Raise :class:`TracingError` for an exactly zero hypergradient that is a structural
-    zero: neither ∇_w g, f nor the init map depends on λ through traced operations (an
+    """Raise :class:`TracingError` for an exactly zero hypergradient that is a cut trace:
+    ∇_w g, f or the init map changes with λ, but not through traced operations (an
     objective used NumPy on a traced value). Costs nothing unless the gradient is all zero;
-    then one traced gradient of g and one traced evaluation of f."""
+    then about two gradients of g and four evaluations of f."""
     if not res.success or problem.oracles or has_box((lam, w0)):
         return
     grad = res.grad
     if bool(namespace(grad).any(grad != 0)):
         return
     w = res.get("w")
-    if not problem.depends_on_lam(w0 if w is None else w, lam):
+    cut = problem.untraced_lam(w0 if w is None else w, lam)
+    if cut:
         raise TracingError(
-            "the hypergradient is exactly zero because λ was cut out of autograd's trace: "
-            "neither the inner gradient ∇_w g, the outer objective f nor the init map "
-            f"depends on lam through traced operations. {TRACE_ADVICE}"
+            f"the hypergradient is exactly zero because λ was cut out of autograd's trace: "
+            f"{' and '.join(cut)} change(s) with lam, but not through traced operations. "
+            + TRACE_ADVICE
         )
 
 

@@ -308,20 +308,30 @@ class DerivedOracles:
             )
         return vjp(one_like(w))
 
-    def depends_on_lam(self, w: Any, lam: Any, data: Any = None) -> bool:
-        """Whether ∇_w g, f or the init map depends on λ through traced operations.
+    def untraced_lam(self, w: Any, lam: Any, data: Any = None) -> list[str]:
+        """Which of ∇_w g, f and the init map change with λ but not through traced operations.
 
-        False means every hypergradient of this problem is a structural zero (λ was cut out
-        of the trace). Cost: one traced gradient of g and one traced evaluation of f (and
-        of ``init``); no reverse pass.
+        A map whose value moves when λ does, while autograd's trace of it holds no λ (a
+        NumPy call, ``float()`` or an unboxing on λ), has a derivative that is silently
+        zero. Cost: one traced and one plain evaluation of each map (one gradient of g
+        for ∇_w g) along a fixed random direction of λ; no reverse pass.
         """
-        probes = [lambda l_: self.grad_map(w, l_, data),
-                  lambda l_: self.evaluate("outer", w, l_, data)]
+        xp = namespace(lam)
+        rng = np.random.default_rng(0)
+        shift = xp.asarray(rng.standard_normal(tuple(lam.shape)), dtype=unbox(lam).dtype)
+        moved = lam + 1e-3 * (1.0 + xp.abs(lam)) * shift
+        probes = {"the inner gradient ∇_w g": lambda l_: self.grad_map(w, l_, data),
+                  "the outer objective f": lambda l_: self.evaluate("outer", w, l_, data)}
         if self.init is not None:
-            probes.append(self.init)
+            probes["the init map"] = self.init
+        cut = []
         with warnings.catch_warnings():  # autograd warns "Output seems independent of input"
             warnings.simplefilter("ignore")
-            return any(traced_vjp(probe, lam)[0] is not None for probe in probes)
+            for name, probe in probes.items():
+                vjp, value = traced_vjp(probe, lam)
+                if vjp is None and not bool(xp.all(probe(moved) == value)):
+                    cut.append(name)
+        return cut
 
     # ------------------------------------------------------------------ oracles
     def inner_grad(self, w: Any, lam: Any, data: Any = None) -> Any:
