@@ -95,6 +95,17 @@ def hypergrad(
     HypergradResult
         ``grad`` (shape of ``lam``), ``w``, ``value``, ``success``, ``message``,
         ``inner_residual``, ``n_grad``, ``n_hvp``, ``n_jvp`` and method diagnostics.
+        NaN or inf in ``lam``, ``w0`` or the problem's data gives ``success=False`` with
+        a message naming that input (and ``nonfinite_inputs``).
+
+    Raises
+    ------
+    TracingError
+        An objective took w or λ out of autograd's trace (``np.`` instead of ``anp.``/
+        ``bnp.``, ``float()`` on a traced value): the derivative would be silently zero.
+    TypeError
+        Autograd differentiates ``hypergrad`` itself (λ or ``w0`` traced) with a method
+        other than ``Reverse()`` or ``Forward()``.
 
     Examples
     --------
@@ -121,7 +132,7 @@ def hypergrad(
         res = method.compute(problem, lam, w0, dynamics, state)
     except NonFiniteError as err:
         res = _nonfinite_failure(err, problem, lam, w0)
-    _finish(res, problem, lam, method, before, t0)
+    _finish(res, problem, lam, w0, method, before, t0)
     _require_traced(res, problem, lam, w0)
     _carry_state(res, problem, state)
     if not res.success:
@@ -236,7 +247,7 @@ def _starting_point(
 
 
 def _finish(
-    res: HypergradResult, problem: BilevelProblem, lam: Any, method: Method,
+    res: HypergradResult, problem: BilevelProblem, lam: Any, w0: Any, method: Method,
     before: dict, t0: float,
 ) -> None:
     """Add the shared diagnostics: status defaults, inner residual, work counts, time."""
@@ -253,7 +264,7 @@ def _finish(
     if res.success and not _finite(res.grad):
         res.success = False
         res.message = "the hypergradient contains NaN or inf"
-        bad = _bad_inputs(problem, lam, res.get("w") if res.get("w") is not None else lam)
+        bad = _bad_inputs(problem, lam, w0)
         if bad:
             res.message += f": the input {', '.join(bad)} contains NaN or inf"
 

@@ -132,6 +132,13 @@ class Reverse(Validated, Method):
     Notes
     -----
     Memory O(K·n) (O(T·n) truncated, O(c·n) checkpointed); time K gradients + K HVPs.
+
+    Stability: each backward step gives the Rayleigh quotient ``α_k⟨a, Ha⟩/‖a‖²`` for two
+    inner products (:class:`~bilevel.dynamics.StabilityWatch`, kept on the device and read
+    once). Beyond the dynamics' bound (``α·λ_max < 2`` for gradient descent, ``2(1 + β)``
+    for momentum) the unrolled derivative grows geometrically: ``success=False`` with a
+    message naming the step size; ``step_stiffness``, ``stability_bound`` and
+    ``unstable_step`` are reported.
     """
 
     truncate: int | None = option(None, check=optional(integer(1)))
