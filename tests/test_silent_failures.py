@@ -102,6 +102,7 @@ def test_lambda_cut_out_of_the_trace_raises(cut):
                   dynamics=GradientDescent(0.5, 10))
 
 
+@pytest.mark.filterwarnings("ignore:Output seems independent of input")
 def test_an_inner_objective_cut_from_w_raises():
     g = lambda w, lam: 0.5 * anp.sum((unbox(w) - lam) ** 2)  # noqa: E731
     f = lambda w, lam: 0.5 * anp.sum((w - 1) ** 2)  # noqa: E731
@@ -203,3 +204,21 @@ def test_differentiating_through_unrolled_methods_still_works(method):
     # w_K = λ − 0.5^20·λ, ∇F = (1 − 0.5^20)²(λ − 1 + …): a constant λ-derivative
     np.testing.assert_allclose(autograd.grad(outer)(np.ones(3)), (1 - 0.5 ** 20) ** 2,
                                rtol=1e-10)
+
+
+def test_the_stability_test_is_the_same_under_checkpointing_and_truncation():
+    problem, lam, w0 = stiff()
+    dyn = GradientDescent(0.25, 12)
+    full = quiet(problem, lam, w0, dynamics=dyn)
+    ck = quiet(problem, lam, w0, dynamics=dyn, method=Reverse(checkpoints=2))
+    assert (ck.success, ck.unstable_step, ck.step_stiffness) == (
+        full.success, full.unstable_step, full.step_stiffness)
+    short = quiet(problem, lam, w0, dynamics=dyn, method=Reverse(truncate=3))
+    assert not short.success and short.unstable_step == 9  # the first swept step
+
+
+def test_a_stable_run_reports_its_stiffness():
+    problem, lam, w0 = stiff()
+    res = hypergrad(problem, lam, w0, dynamics=GradientDescent(0.05, 10))
+    assert res.success and res.step_stiffness == pytest.approx(0.5)
+    assert res.stability_bound == 2.0 and res.unstable_step is None
