@@ -27,8 +27,7 @@ from .methods.base import (
     norm_per_problem,
     resolve_dynamics,
 )
-from .nonfinite import all_finite
-from .oracles import TRACE_ADVICE, TracingError, has_box
+from .nonfinite import TRACE_ADVICE, TracingError, all_finite, has_box
 from .problem import BilevelProblem, NonFiniteError
 
 __all__ = [

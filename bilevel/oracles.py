@@ -33,12 +33,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from autograd.core import VJPNode, backward_pass, defjvp_argnums, defvjp_argnums, make_vjp
+from autograd.core import defjvp_argnums, defvjp_argnums, make_vjp
 from autograd.differential_operators import make_jvp
-from autograd.tracer import isbox, primitive, trace
+from autograd.tracer import isbox, primitive
 
 from .backend import is_array, namespace, unbox
-from .nonfinite import NonFiniteError, all_finite
+from .nonfinite import (
+    TRACE_ADVICE,
+    NonFiniteError,
+    TracingError,
+    all_finite,
+    has_box,
+    traced_vjp,
+)
 
 __all__ = [
     "ORACLE_NAMES",
@@ -51,37 +58,6 @@ __all__ = [
     "has_box",
     "traced_vjp",
 ]
-
-TRACE_ADVICE = (
-    "Write objectives with autograd.numpy (import autograd.numpy as anp) or bilevel.numpy "
-    "(bnp) functions: np.asarray, other NumPy (np.) functions, float(x) or x.item() on w or "
-    "lam take the value out of autograd's trace, so its derivative silently becomes zero."
-)
-
-
-class TracingError(TypeError):
-    """An objective cut w or λ out of autograd's trace (a NumPy call or a float conversion
-    on a traced value), which would make a derivative silently zero."""
-
-
-def traced_vjp(fun: Callable, x: Any) -> tuple[Callable | None, Any]:
-    """``(vjp, fun(x))`` like autograd's ``make_vjp``, with ``vjp = None`` when the output
-    does not depend on ``x`` through traced operations (a structural zero derivative),
-    which autograd itself only warns about. Cost: one traced evaluation of ``fun``."""
-    end_value, end_node = trace(VJPNode.new_root(), fun, x)
-    if end_node is None:
-        return None, end_value
-
-    def vjp(g: Any) -> Any:
-        try:
-            return backward_pass(g, end_node)
-        except TypeError as err:  # e.g. object arrays of boxes made by a NumPy function
-            raise TracingError(
-                f"autograd's reverse pass failed ({type(err).__name__}: {err}); most likely "
-                f"an objective applied a NumPy function to a traced value. {TRACE_ADVICE}"
-            ) from err
-
-    return vjp, end_value
 
 ORACLE_NAMES = (
     "inner_grad",
@@ -107,15 +83,6 @@ def check_user_output(name: str, out: Any, like: Any, arg: str) -> Any:
 def one_like(w: Any) -> Any:
     """The scalar 1 in the dtype and namespace of ``w`` (the seed of a reverse pass)."""
     return namespace(w).asarray(1.0, dtype=unbox(w).dtype)
-
-
-def has_box(data: Any) -> bool:
-    """Whether ``data`` (an array or a nested tuple/list/dict of them) holds an autograd box."""
-    if isinstance(data, (tuple, list)):
-        return any(has_box(x) for x in data)
-    if isinstance(data, dict):
-        return any(has_box(x) for x in data.values())
-    return isbox(data)
 
 
 def _zero_if_none(t: Any, like: Any) -> Any:

@@ -18,17 +18,9 @@ from typing import Any
 import numpy as np
 
 from .backend import is_array, namespace, unbox
-from .nonfinite import NonFiniteError, at_step
+from .nonfinite import TRACE_ADVICE, NonFiniteError, TracingError, at_step, has_box
 from .oracle_checks import OracleReport, check_oracles
-from .oracles import (
-    ORACLE_NAMES,
-    TRACE_ADVICE,
-    DerivedOracles,
-    Linearization,
-    OracleCounts,
-    TracingError,
-    has_box,
-)
+from .oracles import ORACLE_NAMES, DerivedOracles, Linearization, OracleCounts
 
 __all__ = [
     "BilevelProblem",

@@ -23,10 +23,10 @@ from bilevel import (
     Reverse,
     hypergrad,
 )
+from bilevel.api import TracingError
 from bilevel.backend import unbox
 from bilevel.linalg import FixedPoint, Neumann
 from bilevel.methods import FirstOrder
-from bilevel.oracles import TracingError
 
 
 def stiff():
