@@ -9,6 +9,7 @@ here.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from typing import Any
@@ -160,13 +161,26 @@ def _bad_inputs(problem: BilevelProblem, lam: Any, w0: Any) -> list[str]:
 
 
 def _bad_data(data: Any, name: str) -> list[str]:
-    """Entries of a data pytree (dict/list/tuple of arrays) holding NaN or inf."""
-    if isinstance(data, dict):
-        return [b for k, v in data.items() for b in _bad_data(v, f"{name}[{k!r}]")]
-    if isinstance(data, (tuple, list)):
-        return [b for i, v in enumerate(data) for b in _bad_data(v, f"{name}[{i}]")]
+    """Entries of a data pytree (arrays in dicts, tuples, lists, dataclasses) with NaN or inf."""
+    children = _children(data, name)
+    if children is not None:
+        return [bad for label, value in children for bad in _bad_data(value, label)]
     kind = getattr(getattr(unbox(data), "dtype", None), "kind", None)
     return [name] if kind in ("f", "c") and not all_finite(data) else []
+
+
+def _children(data: Any, name: str) -> list[tuple[str, Any]] | None:
+    """``(label, value)`` of the entries of a container, ``None`` for a leaf."""
+    if isinstance(data, dict):
+        return [(f"{name}[{k!r}]", v) for k, v in data.items()]
+    fields = getattr(data, "_fields", None)  # a named tuple
+    if fields is None and dataclasses.is_dataclass(data) and not isinstance(data, type):
+        fields = [f.name for f in dataclasses.fields(data)]  # e.g. a meta-learning Episode
+    if fields is not None:
+        return [(f"{name}.{k}", getattr(data, k)) for k in fields]
+    if isinstance(data, (tuple, list)):
+        return [(f"{name}[{i}]", v) for i, v in enumerate(data)]
+    return None
 
 
 def _nonfinite_failure(err: NonFiniteError, problem: BilevelProblem, lam: Any,

@@ -222,3 +222,15 @@ def test_a_stable_run_reports_its_stiffness():
     res = hypergrad(problem, lam, w0, dynamics=GradientDescent(0.05, 10))
     assert res.success and res.step_stiffness == pytest.approx(0.5)
     assert res.stability_bound == 2.0 and res.unstable_step is None
+
+
+def test_nan_in_a_meta_learning_episode_is_named_and_goes_through_the_policy():
+    from bilevel.meta import Sinusoid
+    from bilevel.meta.algorithms import MAML
+    from bilevel.meta.models import MLP
+
+    alg = MAML(MLP((1, 3, 1), activation="tanh"), 0.05, 3)
+    episode = Sinusoid(n_shot=4, n_query=4).sample(2, np.random.default_rng(0))
+    episode.x_support[0, 1, 0] = np.nan
+    _, step = alg.meta_gradient(alg.init(np.random.default_rng(1)), episode)
+    assert not step.success and "the input data.x_support contains NaN" in step.message
