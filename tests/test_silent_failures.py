@@ -234,3 +234,13 @@ def test_nan_in_a_meta_learning_episode_is_named_and_goes_through_the_policy():
     episode.x_support[0, 1, 0] = np.nan
     _, step = alg.meta_gradient(alg.init(np.random.default_rng(1)), episode)
     assert not step.success and "the input data.x_support contains NaN" in step.message
+
+
+def test_float32_and_a_zero_cotangent_are_no_false_alarm():
+    g = lambda w, lam: 0.5 * anp.sum((w - lam) ** 2)  # noqa: E731
+    f = lambda w, lam: 0.5 * anp.sum((w - 1) ** 2)  # noqa: E731
+    ones = np.ones(3, dtype=np.float32)
+    res = hypergrad(BilevelProblem(g, f), ones, ones, dynamics=GradientDescent(0.5, 5))
+    assert res.success and res.step_stiffness == 0.0  # a_K = ∇_w f = 0: nothing to judge
+    res = hypergrad(BilevelProblem(g, f), 0 * ones, ones, dynamics=GradientDescent(0.5, 5))
+    assert res.success and res.step_stiffness == pytest.approx(0.5)

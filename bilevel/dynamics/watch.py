@@ -36,7 +36,11 @@ class StabilityWatch:
         self.first: Any = None  # per problem: first step beyond the bound, −1 if none
 
     def record(self, k: int, cot: tuple, cot_prev: tuple) -> None:
-        """Take the backward step ``k``: ``cot_prev = A_kᵀ cot`` (boxes are read through)."""
+        """Take the backward step ``k``: ``cot_prev = A_kᵀ cot`` (boxes are read through).
+
+        Steps arrive in decreasing order (a reverse sweep), so the last step recorded beyond
+        the bound is the first one. A NaN quotient counts as beyond the bound.
+        """
         pair = self.dynamics.step_curvature(
             tuple(unbox(c) for c in cot), tuple(unbox(c) for c in cot_prev), k
         )
@@ -44,19 +48,13 @@ class StabilityWatch:
             return
         num, den = pair
         xp = namespace(num)
-        valid = den > 0
-        s = xp.where(valid, num / xp.where(valid, den, 1.0), 0.0)
-        s = xp.where(xp.isnan(s), xp.inf, s)  # a non-finite cotangent counts as unstable
+        s = num / xp.where(den > 0, den, 1.0)  # ‖a‖² = 0 means a = 0 and num = 0
+        beyond = ~(s <= self.dynamics.stability_bound * (1.0 + 1e-9))
         if self.largest is None:
-            self.largest = s
-            self.first = xp.where(s > self._bound(), float(k), -1.0)
+            self.largest, self.first = s, xp.where(beyond, float(k), -1.0)
             return
-        beyond = (s > self._bound()) & ((self.first < 0) | (self.first > k))
-        self.largest = xp.maximum(self.largest, s)
+        self.largest = xp.fmax(self.largest, s)
         self.first = xp.where(beyond, float(k), self.first)
-
-    def _bound(self) -> float:
-        return self.dynamics.stability_bound * (1.0 + 1e-9)
 
     def report(self) -> tuple[dict[str, Any], str | None]:
         """``(diagnostics, problem)``: ``step_stiffness`` (largest ``α_k·ρ_k``),
