@@ -9,11 +9,12 @@ here.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from typing import Any
 
-from .backend import namespace
+from .backend import namespace, unbox
 from .dynamics import Dynamics
 from .methods import Reverse
 from .methods.base import (
@@ -27,6 +28,7 @@ from .methods.base import (
     norm_per_problem,
     resolve_dynamics,
 )
+from .nonfinite import TRACE_ADVICE, TracingError, all_finite, has_box
 from .problem import BilevelProblem, NonFiniteError
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "HypergradState",
     "HypergradWarning",
     "Method",
+    "TracingError",
     "failure_result",
     "hypergrad",
     "norm_per_problem",
@@ -92,6 +95,17 @@ def hypergrad(
     HypergradResult
         ``grad`` (shape of ``lam``), ``w``, ``value``, ``success``, ``message``,
         ``inner_residual``, ``n_grad``, ``n_hvp``, ``n_jvp`` and method diagnostics.
+        NaN or inf in ``lam``, ``w0`` or the problem's data gives ``success=False`` with
+        a message naming that input (and ``nonfinite_inputs``).
+
+    Raises
+    ------
+    TracingError
+        An objective took w or λ out of autograd's trace (``np.`` instead of ``anp.``/
+        ``bnp.``, ``float()`` on a traced value): the derivative would be silently zero.
+    TypeError
+        Autograd differentiates ``hypergrad`` itself (λ or ``w0`` traced) with a method
+        other than ``Reverse()`` or ``Forward()``.
 
     Examples
     --------
@@ -108,17 +122,18 @@ def hypergrad(
     method = Reverse() if method is None else method
     on_failure = _check_arguments(problem, dynamics, method, strict, on_failure)
     w0 = _starting_point(problem, lam, w0, state)
-    problem.validate(w0, lam)
+    _require_differentiable(method, lam, w0)
+    problem.check_inputs(w0, lam)
 
     before = problem.counts.snapshot()
     t0 = time.perf_counter()
     try:
+        problem.validate(w0, lam)
         res = method.compute(problem, lam, w0, dynamics, state)
     except NonFiniteError as err:
-        step = getattr(err, "step", None)
-        where = f" at inner step {step}" if step is not None else ""
-        res = failure_result(lam, f"non-finite {err.what}{where}: {err}", nonfinite_step=step)
-    _finish(res, problem, lam, method, before, t0)
+        res = _nonfinite_failure(err, problem, lam, w0)
+    _finish(res, problem, lam, w0, method, before, t0)
+    _require_traced(res, problem, lam, w0)
     _carry_state(res, problem, state)
     if not res.success:
         if on_failure == "raise":
@@ -126,6 +141,80 @@ def hypergrad(
         if on_failure == "warn":
             warnings.warn(f"{method!r}: {res.message}", HypergradWarning, stacklevel=2)
     return res
+
+
+def _require_differentiable(method: Method, lam: Any, w0: Any) -> None:
+    """Refuse to be differentiated (λ or ``w0`` traced by autograd) with a method whose
+    computation autograd cannot follow (linear solves, in-place recursions)."""
+    if not method.differentiable and has_box((lam, w0)):
+        raise TypeError(
+            f"hypergrad is not differentiable with method {method!r} (autograd is tracing lam "
+            "or w0, e.g. a second derivative through res.grad); use Reverse() or Forward(), "
+            "whose unrolled computation autograd differentiates exactly"
+        )
+
+
+def _bad_inputs(problem: BilevelProblem, lam: Any, w0: Any) -> list[str]:
+    """Names of the inputs holding NaN or inf: ``lam``, ``w0``, ``data[...]`` entries."""
+    bad = [name for name, x in (("lam", lam), ("w0", w0)) if not all_finite(x)]
+    return bad + _bad_data(problem.data, "data")
+
+
+def _bad_data(data: Any, name: str) -> list[str]:
+    """Entries of a data pytree (arrays in dicts, tuples, lists, dataclasses) with NaN or inf."""
+    children = _children(data, name)
+    if children is not None:
+        return [bad for label, value in children for bad in _bad_data(value, label)]
+    kind = getattr(getattr(unbox(data), "dtype", None), "kind", None)
+    return [name] if kind in ("f", "c") and not all_finite(data) else []
+
+
+def _children(data: Any, name: str) -> list[tuple[str, Any]] | None:
+    """``(label, value)`` of the entries of a container, ``None`` for a leaf."""
+    if isinstance(data, dict):
+        return [(f"{name}[{k!r}]", v) for k, v in data.items()]
+    fields = getattr(data, "_fields", None)  # a named tuple
+    if fields is None and dataclasses.is_dataclass(data) and not isinstance(data, type):
+        fields = [f.name for f in dataclasses.fields(data)]  # e.g. a meta-learning Episode
+    if fields is not None:
+        return [(f"{name}.{k}", getattr(data, k)) for k in fields]
+    if isinstance(data, (tuple, list)):
+        return [(f"{name}[{i}]", v) for i, v in enumerate(data)]
+    return None
+
+
+def _nonfinite_failure(err: NonFiniteError, problem: BilevelProblem, lam: Any,
+                       w0: Any) -> HypergradResult:
+    """The failed result of a NaN/inf: the inputs that hold one, else the step it came from."""
+    step = getattr(err, "step", None)
+    bad = _bad_inputs(problem, lam, w0)
+    if bad:
+        return failure_result(
+            lam, f"the input {', '.join(bad)} contains NaN or inf (before any inner step): "
+            "fix the input; the objectives and step size are not the cause",
+            nonfinite_step=step, nonfinite_inputs=bad)
+    where = f" at inner step {step}" if step is not None else ""
+    return failure_result(lam, f"non-finite {err.what}{where}: {err}", nonfinite_step=step)
+
+
+def _require_traced(res: HypergradResult, problem: BilevelProblem, lam: Any, w0: Any) -> None:
+    """Raise :class:`TracingError` for an exactly zero hypergradient that is a cut trace:
+    ∇_w g, f or the init map changes with λ, but not through traced operations (an
+    objective used NumPy on a traced value). Costs nothing unless the gradient is all zero;
+    then about two gradients of g and four evaluations of f."""
+    if not res.success or problem.oracles or has_box((lam, w0)):
+        return
+    grad = res.grad
+    if bool(namespace(grad).any(grad != 0)):
+        return
+    w = res.get("w")
+    cut = problem.untraced_lam(w0 if w is None else w, lam)
+    if cut:
+        raise TracingError(
+            f"the hypergradient is exactly zero because λ was cut out of autograd's trace: "
+            f"{' and '.join(cut)} change(s) with lam, but not through traced operations. "
+            + TRACE_ADVICE
+        )
 
 
 def _check_arguments(
@@ -171,7 +260,7 @@ def _starting_point(
 
 
 def _finish(
-    res: HypergradResult, problem: BilevelProblem, lam: Any, method: Method,
+    res: HypergradResult, problem: BilevelProblem, lam: Any, w0: Any, method: Method,
     before: dict, t0: float,
 ) -> None:
     """Add the shared diagnostics: status defaults, inner residual, work counts, time."""
@@ -188,6 +277,9 @@ def _finish(
     if res.success and not _finite(res.grad):
         res.success = False
         res.message = "the hypergradient contains NaN or inf"
+        bad = _bad_inputs(problem, lam, w0)
+        if bad:
+            res.message += f": the input {', '.join(bad)} contains NaN or inf"
 
 
 def _carry_state(res: HypergradResult, problem: BilevelProblem,

@@ -1,19 +1,32 @@
-"""Non-finite values: the error raised for NaN/inf and the tag of the step it came from.
+"""What can silently go wrong evaluating an objective: non-finite values and cut traces.
 
 Every oracle of a problem built with ``check_finite=True`` checks its result with
 :func:`all_finite` and raises :class:`NonFiniteError`; loops over inner steps wrap each step
-in :func:`at_step` so the error says where it happened.
+in :func:`at_step` so the error says where it happened. An objective that takes w or λ out
+of autograd's trace (NumPy on a traced value, ``float()``) would make a derivative silently
+zero: :func:`traced_vjp` sees it and :class:`TracingError` says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from autograd.core import VJPNode, backward_pass
+from autograd.tracer import isbox, trace
 
 from .backend import namespace, unbox
 
-__all__ = ["NonFiniteError", "all_finite", "at_step"]
+__all__ = [
+    "TRACE_ADVICE",
+    "NonFiniteError",
+    "TracingError",
+    "all_finite",
+    "at_step",
+    "has_box",
+    "traced_vjp",
+]
 
 
 class NonFiniteError(FloatingPointError):
@@ -63,3 +76,44 @@ def all_finite(x: Any) -> bool:
         return bool(np.isfinite(x).all())
     xp = namespace(x)
     return bool(xp.all(xp.isfinite(x)))
+
+
+TRACE_ADVICE = (
+    "Write objectives with autograd.numpy (import autograd.numpy as anp) or bilevel.numpy "
+    "(bnp) functions: np.asarray, other NumPy (np.) functions, float(x) or x.item() on w or "
+    "lam take the value out of autograd's trace, so its derivative silently becomes zero."
+)
+
+
+class TracingError(TypeError):
+    """An objective cut w or λ out of autograd's trace (a NumPy call or a float conversion
+    on a traced value), which would make a derivative silently zero."""
+
+
+def traced_vjp(fun: Callable, x: Any) -> tuple[Callable | None, Any]:
+    """``(vjp, fun(x))`` like autograd's ``make_vjp``, with ``vjp = None`` when the output
+    does not depend on ``x`` through traced operations (a structural zero derivative),
+    which autograd itself only warns about. Cost: one traced evaluation of ``fun``."""
+    end_value, end_node = trace(VJPNode.new_root(), fun, x)
+    if end_node is None:
+        return None, end_value
+
+    def vjp(g: Any) -> Any:
+        try:
+            return backward_pass(g, end_node)
+        except TypeError as err:  # e.g. object arrays of boxes made by a NumPy function
+            raise TracingError(
+                f"autograd's reverse pass failed ({type(err).__name__}: {err}); most likely "
+                f"an objective applied a NumPy function to a traced value. {TRACE_ADVICE}"
+            ) from err
+
+    return vjp, end_value
+
+
+def has_box(data: Any) -> bool:
+    """Whether ``data`` (an array or a nested tuple/list/dict of them) holds an autograd box."""
+    if isinstance(data, (tuple, list)):
+        return any(has_box(x) for x in data)
+    if isinstance(data, dict):
+        return any(has_box(x) for x in data.values())
+    return isbox(data)

@@ -27,6 +27,7 @@ counts its products in :class:`OracleCounts`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,14 +38,25 @@ from autograd.differential_operators import make_jvp
 from autograd.tracer import isbox, primitive
 
 from .backend import is_array, namespace, unbox
-from .nonfinite import NonFiniteError, all_finite
+from .nonfinite import (
+    TRACE_ADVICE,
+    NonFiniteError,
+    TracingError,
+    all_finite,
+    has_box,
+    traced_vjp,
+)
 
 __all__ = [
     "ORACLE_NAMES",
     "DerivedOracles",
     "Linearization",
     "OracleCounts",
+    "TRACE_ADVICE",
+    "TracingError",
     "check_user_output",
+    "has_box",
+    "traced_vjp",
 ]
 
 ORACLE_NAMES = (
@@ -71,14 +83,6 @@ def check_user_output(name: str, out: Any, like: Any, arg: str) -> Any:
 def one_like(w: Any) -> Any:
     """The scalar 1 in the dtype and namespace of ``w`` (the seed of a reverse pass)."""
     return namespace(w).asarray(1.0, dtype=unbox(w).dtype)
-
-
-def _has_box(data: Any) -> bool:
-    if isinstance(data, (tuple, list)):
-        return any(_has_box(x) for x in data)
-    if isinstance(data, dict):
-        return any(_has_box(x) for x in data.values())
-    return isbox(data)
 
 
 def _zero_if_none(t: Any, like: Any) -> Any:
@@ -167,7 +171,7 @@ class Linearization:
         if self._vjp_wl is None:
             data = self.data
             point = (self.w, self.lam)
-            self._vjp_wl, _ = make_vjp(lambda wl: p.grad_map(wl[0], wl[1], data), point)
+            self._vjp_wl, _ = traced_vjp(lambda wl: p.grad_map(wl[0], wl[1], data), point)
         p.counts.hvp += 1
         return self._vjp_wl(u)
 
@@ -263,8 +267,38 @@ class DerivedOracles:
             val = self.evaluate("inner", w_, lam, data)
             return val if len(w_.shape) == 1 else val.sum()
 
-        vjp, _ = make_vjp(g_sum, w)
+        vjp, _ = traced_vjp(g_sum, w)
+        if vjp is None:
+            raise TracingError(
+                f"the inner objective of problem {self.name!r} does not depend on w through "
+                f"traced operations, so its gradient would be exactly zero. {TRACE_ADVICE}"
+            )
         return vjp(one_like(w))
+
+    def untraced_lam(self, w: Any, lam: Any, data: Any = None) -> list[str]:
+        """Which of ∇_w g, f and the init map change with λ but not through traced operations.
+
+        A map whose value moves when λ does, while autograd's trace of it holds no λ (a
+        NumPy call, ``float()`` or an unboxing on λ), has a derivative that is silently
+        zero. Cost: one traced and one plain evaluation of each map (one gradient of g
+        for ∇_w g) along a fixed random direction of λ; no reverse pass.
+        """
+        xp = namespace(lam)
+        rng = np.random.default_rng(0)
+        shift = xp.asarray(rng.standard_normal(tuple(lam.shape)), dtype=unbox(lam).dtype)
+        moved = lam + 1e-3 * (1.0 + xp.abs(lam)) * shift
+        probes = {"the inner gradient ∇_w g": lambda l_: self.grad_map(w, l_, data),
+                  "the outer objective f": lambda l_: self.evaluate("outer", w, l_, data)}
+        if self.init is not None:
+            probes["the init map"] = self.init
+        cut = []
+        with warnings.catch_warnings():  # autograd warns "Output seems independent of input"
+            warnings.simplefilter("ignore")
+            for name, probe in probes.items():
+                vjp, value = traced_vjp(probe, lam)
+                if vjp is None and not bool(xp.all(probe(moved) == value)):
+                    cut.append(name)
+        return cut
 
     # ------------------------------------------------------------------ oracles
     def inner_grad(self, w: Any, lam: Any, data: Any = None) -> Any:
@@ -273,7 +307,7 @@ class DerivedOracles:
         Differentiable by autograd through the oracles: its VJP is ``(H u, Mᵀu)`` (one HVP),
         its JVP ``H z + M e`` (one JVP).
         """
-        if (isbox(w) or isbox(lam)) and not _has_box(data):
+        if (isbox(w) or isbox(lam)) and not has_box(data):
             return _inner_grad(self, w, lam, data)
         self.check_point(w, lam)
         self.counts.grad += 1

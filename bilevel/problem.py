@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .backend import is_array, namespace, unbox
-from .nonfinite import NonFiniteError, at_step
+from .nonfinite import TRACE_ADVICE, NonFiniteError, TracingError, at_step, has_box
 from .oracle_checks import OracleReport, check_oracles
 from .oracles import ORACLE_NAMES, DerivedOracles, Linearization, OracleCounts
 
@@ -29,6 +29,7 @@ __all__ = [
     "OracleCounts",
     "OracleReport",
     "ORACLE_NAMES",
+    "TracingError",
     "at_step",
 ]
 
@@ -151,20 +152,37 @@ class BilevelProblem(DerivedOracles):
         """g (``which="inner"``) or f (``"outer"``) at (w, λ), shape-checked, uncounted.
 
         Returns a scalar, or ``(B,)`` with a batch axis; traceable by autograd. Raises a
-        ``ValueError`` naming the shapes when the objective fails or returns the wrong shape.
+        ``ValueError`` naming the shapes when the objective fails or returns the wrong shape,
+        and a :class:`TracingError` when it fails on traced values only (``float(x)`` or a
+        NumPy function on a traced ``w`` or λ).
         """
         fn = self.inner if which == "inner" else self.outer
         data = self.resolve_data(data)
         wshape = tuple(w.shape)
         try:
             val = fn(w, lam, data) if self._takes_data[which] else fn(w, lam)
+        except TypeError as err:
+            if not has_box((w, lam, data)):
+                raise
+            raise TracingError(
+                f"the {which} objective of problem {self.name!r} failed while autograd traced "
+                f"it ({type(err).__name__}: {err}): it converted a traced value to a Python "
+                f"float or passed it to a NumPy function. {TRACE_ADVICE}"
+            ) from err
         except (ValueError, IndexError) as err:
             raise ValueError(
                 f"the {which} objective of problem {self.name!r} failed for w of shape {wshape} "
                 f"and lam of shape {tuple(getattr(lam, 'shape', ()))}: {err}. Check that w and "
                 "lam have the sizes the objective expects (w is (n,) or (B, n) with lam (B, m) "
                 "for a batch of problems)."
+                + (f" If it runs on plain arrays: {TRACE_ADVICE}" if has_box((w, lam)) else "")
             ) from err
+        if getattr(getattr(unbox(val), "dtype", None), "kind", None) == "O":
+            raise TracingError(
+                f"the {which} objective of problem {self.name!r} returned an array of Python "
+                "objects: a NumPy function turned traced values into an object array. "
+                + TRACE_ADVICE
+            )
         shape = tuple(getattr(val, "shape", ()))
         expected = () if len(wshape) == 1 else (wshape[0],)
         if shape != expected:

@@ -22,6 +22,7 @@ from .base import Dynamics, State, run
 from .descent import GradientDescent, Momentum
 from .flow import GradientFlow
 from .schedules import MinibatchIndices, PerStep, StepSize, minibatch_indices, step_size
+from .watch import StabilityWatch
 
 __all__ = [
     "Dynamics",
@@ -30,6 +31,7 @@ __all__ = [
     "MinibatchIndices",
     "Momentum",
     "PerStep",
+    "StabilityWatch",
     "State",
     "StepSize",
     "minibatch_indices",

@@ -83,6 +83,24 @@ class Dynamics:
         """The next state ``s_{k+1} = Φ_k(s_k, λ)``."""
         raise NotImplementedError(f"{type(self).__name__} must implement step")
 
+    #: Bound on ``α_k·λ_max(H)`` beyond which a step expands (see :meth:`step_curvature`).
+    stability_bound: ClassVar[float] = float("inf")
+
+    def step_curvature(self, cot: State, cot_prev: State, k: int) -> tuple[Any, Any] | None:
+        """``(num, den)`` with ``α_k·⟨u, Hu⟩/‖u‖² = num/den`` per problem, read from a backward
+        step ``cot_prev = (∂Φ_k/∂s)ᵀ cot``; ``None`` (the default) when the dynamics has no
+        such test. Compared with :attr:`stability_bound` by
+        :class:`~bilevel.dynamics.watch.StabilityWatch`."""
+        return None
+
+    def instability_message(self, step: int, stiffness: float) -> str:
+        """What to say when step ``step`` had ``α_k·ρ_k = stiffness`` beyond the bound."""
+        return (
+            f"unrolled {type(self).__name__} is unstable from inner step {step}: the step "
+            f"size times the curvature, {stiffness:.4g}, exceeds {self.stability_bound:g}; "
+            "lower the step size"
+        )
+
     def _traced_step(self, problem: BilevelProblem, k: int) -> Callable:
         """``(s, λ) ↦ Φ_k(s, λ)`` on one argument pair, for autograd's operators."""
 

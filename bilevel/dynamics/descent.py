@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any, ClassVar
 
+from ..batch import dot_per_problem
 from ..problem import BilevelProblem
 from ..registry import register
 from ..validation import integer, option
@@ -61,6 +62,16 @@ class GradientDescent(StepSize, Dynamics):
         lr = self.lr_at(k)
         return (a - lr * hu,), -lr * mu
 
+    stability_bound: ClassVar[float] = 2.0
+
+    def step_curvature(self, cot: State, cot_prev: State, k: int) -> tuple[Any, Any]:
+        """``α_k⟨a, Ha⟩`` and ``‖a‖²`` from ``A_kᵀa = a − α_k H a``: two inner products."""
+        (a,), (a_prev,) = cot, cot_prev
+        return dot_per_problem(a, a - a_prev), dot_per_problem(a, a)
+
+    def instability_message(self, step: int, stiffness: float) -> str:
+        return _unstable(self, step, stiffness, "|1 − lr·λ|^K")
+
     def step_jvp(
         self, problem: BilevelProblem, state: State, lam: Any, k: int, tan: State, tan_lam: Any
     ) -> tuple[State, State]:
@@ -111,6 +122,21 @@ class Momentum(StepSize, Dynamics):
         hu, mu = problem.linearize(w, lam, data=self.data(problem, k), trace=False).vjp(u)
         return (aw + hu, self.beta * u), mu
 
+    @property
+    def stability_bound(self) -> float:  # type: ignore[override]
+        """Heavy ball contracts while ``α·λ_max(H) < 2(1 + β)``."""
+        return 2.0 * (1.0 + self.beta)
+
+    def step_curvature(self, cot: State, cot_prev: State, k: int) -> tuple[Any, Any]:
+        """``α_k⟨u, Hu⟩`` and ``‖u‖²`` with ``u = ā_v − α_k ā_w``, ``Hu = ā_w' − ā_w``."""
+        (aw, av), (aw_prev, _) = cot, cot_prev
+        lr = self.lr_at(k)
+        u = av - lr * aw
+        return lr * dot_per_problem(u, aw_prev - aw), dot_per_problem(u, u)
+
+    def instability_message(self, step: int, stiffness: float) -> str:
+        return _unstable(self, step, stiffness, "the heavy-ball growth factor")
+
     def step_jvp(
         self, problem: BilevelProblem, state: State, lam: Any, k: int, tan: State, tan_lam: Any
     ) -> tuple[State, State]:
@@ -121,3 +147,15 @@ class Momentum(StepSize, Dynamics):
         v = self.beta * v + gw
         zeta = self.beta * zeta + t
         return (w - lr * v, v), (z - lr * zeta, zeta)
+
+
+def _unstable(dynamics: Any, step: int, stiffness: float, growth: str) -> str:
+    """The failure sentence of an unrolled step beyond its stability bound, naming ``lr``."""
+    lr = dynamics.lr_at(step)
+    bound = dynamics.stability_bound
+    return (
+        f"unrolled {type(dynamics).__name__} is unstable from inner step {step}: "
+        f"lr·λ_max(H) ≥ {stiffness:.4g} exceeds {bound:g} (step size lr={lr:g}), so the "
+        f"derivative of the unrolled map grows like {growth} and the hypergradient is "
+        f"meaningless; lower the step size below {bound:g}/λ_max(H) ≤ {lr * bound / stiffness:.3g}"
+    )

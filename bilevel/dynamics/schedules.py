@@ -63,7 +63,14 @@ def step_size(name: str, value: Any) -> float | Callable[[int], float]:
         if not (value > 0 and np.isfinite(value)):
             raise ValueError(f"the step size {name} must be positive, got {value!r}")
         return float(value)
-    return PerStep(tuple(float(x) for x in np.asarray(value, dtype=float).ravel()))
+    values = np.asarray(value, dtype=float).ravel()
+    bad = np.flatnonzero(~(np.isfinite(values) & (values > 0)))
+    if bad.size:
+        raise ValueError(
+            f"every per-step step size in {name} must be positive and finite; entry "
+            f"{int(bad[0])} is {values[bad[0]]!r}"
+        )
+    return PerStep(tuple(float(x) for x in values))
 
 
 class StepSize(Validated):

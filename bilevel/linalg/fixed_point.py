@@ -24,12 +24,21 @@ from bilevel.linalg.system import (
 from bilevel.registry import register
 from bilevel.validation import integer, nonnegative, option, positive
 
-__all__ = ["DIVERGENCE_FACTOR", "FixedPoint", "Neumann", "fixed_point", "neumann"]
+__all__ = ["DIVERGENCE_FACTOR", "GROWTH_FACTOR", "FixedPoint", "Neumann", "fixed_point", "neumann"]
 
 Array = Any
 
 DIVERGENCE_FACTOR = 1e6
 """A residual beyond this factor times ``max(‖b‖, ‖r₀‖)`` counts as divergence."""
+
+GROWTH_FACTOR = 2.0
+"""A residual beyond this factor times the smallest residual so far counts as divergence.
+
+For symmetric ``A + δI ≻ 0`` and ``α·λ_max < 2`` the residual ``rⱼ = (I − α(A + δI))ʲ r₀``
+never grows (``‖I − α(A + δI)‖₂ < 1``); it grows geometrically, by ``|1 − α·λ_max|`` per
+update, once ``α·λ_max > 2`` (or ``A + δI`` has a negative eigenvalue). Growth below
+``√ε·max(‖b‖, ‖r₀‖)`` is rounding and does not count.
+"""
 
 
 @register("solver")
@@ -39,9 +48,10 @@ class FixedPoint(LinearSolver):
 
     The map is a contraction, and the iteration converges at rate ``q = ‖I − α(A + δI)‖``,
     when ``A + δI ≻ 0`` and ``α·λ_max(A + δI) < 2``. Each problem stops once
-    ``‖(A + δI)vⱼ − b‖ ≤ tol·‖b‖`` (``tol=0`` disables the test). A residual beyond
-    ``1e6·max(‖b‖, ‖r₀‖)`` or a non-finite one is reported as divergence: that problem
-    stops at its last finite iterate with ``converged=False``.
+    ``‖(A + δI)vⱼ − b‖ ≤ tol·‖b‖`` (``tol=0`` disables the test). A residual that grows
+    beyond twice its smallest value so far (a series that does not contract:
+    ``α·λ_max ≥ 2``), beyond ``1e6·max(‖b‖, ‖r₀‖)``, or a non-finite one is reported as
+    divergence: that problem stops at its last finite iterate with ``converged=False``.
 
     Parameters
     ----------
@@ -164,6 +174,8 @@ class _Series:
         self.converged = xp.zeros(b_norm.shape, dtype=xp.bool)
         self.r_norm = b_norm
         self.limit: Array | None = None
+        self.smallest: Array | None = None
+        self.floor: Array | None = None
         self.history: list[float] = []
         self.n_matvec = 0
         self.iterations = 0
@@ -205,14 +217,21 @@ class _Series:
         self.history.append(max_ratio(self.r_norm, self.b_norm))
 
     def diverging(self, new_norm: Array) -> Array:
-        """Per-problem divergence test: a non-finite residual or one beyond ``1e6·max(‖b‖, ‖r₀‖)``.
+        """Per-problem divergence test of the series (the one place that decides it).
 
-        The one place that decides divergence, so a sharper test of the series (a residual
-        that grows over several iterations, an estimate of ``ρ(I − α(A + δI))``) goes here.
+        Diverging: a non-finite residual, one beyond ``1e6·max(‖b‖, ‖r₀‖)``, or one beyond
+        ``2·min_{i<j} ‖rᵢ‖ + √ε·max(‖b‖, ‖r₀‖)`` (the series stopped contracting, see
+        :data:`GROWTH_FACTOR`). Cost: elementwise operations on the per-problem norms.
         """
+        xp = self.xp
         if self.limit is None:
-            self.limit = DIVERGENCE_FACTOR * self.xp.maximum(self.b_norm, new_norm)
-        return ~(new_norm <= self.limit)  # also catches NaN/inf
+            scale = xp.maximum(self.b_norm, new_norm)
+            self.limit = DIVERGENCE_FACTOR * scale
+            self.floor = float(xp.finfo(self.b.dtype).eps) ** 0.5 * scale
+            self.smallest = new_norm
+        grown = new_norm > GROWTH_FACTOR * self.smallest + self.floor
+        self.smallest = xp.minimum(self.smallest, new_norm)
+        return ~(new_norm <= self.limit) | grown  # also catches NaN/inf
 
     def result(self, message: str) -> SolveResult:
         """The :class:`SolveResult` of the solve so far."""
@@ -236,9 +255,11 @@ def _message(
     n = series.iterations
     if bool(series.xp.any(series.diverged)):
         return (
-            f"{label} diverged after {n} iterations (residual beyond "
-            f"{DIVERGENCE_FACTOR:.0e}·‖b‖ or non-finite): alpha*lambda_max(A) must be < 2 "
-            f"and A positive definite; alpha={alpha:g}, damping={damping:g}"
+            f"{label} diverged after {n} iterations (the residual grew beyond "
+            f"{GROWTH_FACTOR:g}× its smallest value, beyond {DIVERGENCE_FACTOR:.0e}·‖b‖, or "
+            "became non-finite): alpha*lambda_max(A) must be < 2 "
+            f"and A positive definite; lower alpha (alpha={alpha:g}, damping={damping:g}) or "
+            "use CG"
         )
     if budget:
         return f"{label}: {n} terms summed (fixed budget, tol=0), relative residual {rel:.2e}"

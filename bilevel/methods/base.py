@@ -150,6 +150,9 @@ class Method(abc.ABC):
 
     name = "method"
     _repr_always: tuple[str, ...] = ()
+    #: Whether autograd can differentiate :func:`~bilevel.api.hypergrad` with this method
+    #: (a function of ``res.grad`` differentiated with respect to λ or ``w0``).
+    differentiable = False
 
     @abc.abstractmethod
     def compute(

@@ -50,6 +50,7 @@ class Forward(Validated, Method):
     warn_ratio: float = option(1.0, check=_ratio)
 
     name = "forward"
+    differentiable = True  # every step is traced by autograd through the oracles
 
     def compute(
         self,

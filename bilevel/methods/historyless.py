@@ -36,22 +36,27 @@ from .base import (
 __all__ = ["Historyless"]
 
 _DIVERGENCE_FACTOR = 1e6
+DEFAULT_TOL = 1e-2
+"""Default bound on the final relative residual ``‖(H + δI)v − ∇_w f‖ / ‖∇_w f‖``."""
 
 
 class _Divergence:
     """Per-problem divergence test of the ``v`` recursion: a residual beyond
-    ``1e6 × max(‖r_0‖, ‖∇_w f(w_0)‖)`` or non-finite marks that problem diverged (and
-    frozen); the first such step is kept. One host read per step."""
+    ``1e6 × max(‖r_0‖, max_{j≤k} ‖∇_w f(w_j)‖)`` or non-finite marks that problem diverged
+    (and frozen); the first such step is kept. The scale grows with ``∇_w f`` along the run,
+    so a zero ``∇_w f(w_0)`` (``w_0`` optimal for f) does not make every later residual a
+    divergence. One host read per step."""
 
     def __init__(self) -> None:
-        self.limit = self.diverged = self.step = None
+        self.scale = self.diverged = self.step = None
 
     def update(self, k: int, r_norm: Any, b: Any) -> Any:
         xp = namespace(r_norm)
-        if self.limit is None:
-            self.limit = _DIVERGENCE_FACTOR * xp.maximum(r_norm, norm_per_problem(b))
+        if self.scale is None:
+            self.scale = r_norm
             self.diverged = xp.zeros(r_norm.shape, dtype=xp.bool)
-        blown = ~(r_norm <= self.limit) & ~self.diverged  # also NaN
+        self.scale = xp.maximum(self.scale, norm_per_problem(b))
+        blown = ~(r_norm <= _DIVERGENCE_FACTOR * self.scale) & ~self.diverged  # also NaN
         if bool(xp.any(blown)):
             self.diverged = self.diverged | blown
             self.step = k if self.step is None else self.step
@@ -91,8 +96,9 @@ class Historyless(Validated, Method):
     damping : float
         ``δ ≥ 0``: track ``(H + δI)⁻¹∇_w f`` instead.
     tol : float, optional
-        When given, ``success=False`` if the final relative residual
-        ``‖(H + δI)v − ∇_w f‖ / ‖∇_w f‖`` exceeds ``tol``.
+        ``success=False`` if the final relative residual ``‖(H + δI)v − ∇_w f‖ / ‖∇_w f‖``
+        (the relative error of ``v`` is at most ``κ(H + δI)`` times it) exceeds ``tol``;
+        default ``1e-2``. ``None`` turns the test off.
     warm_start : bool
         Start ``v`` from ``state.v`` when available (default).
 
@@ -109,7 +115,7 @@ class Historyless(Validated, Method):
 
     beta: float | None = option(None, check=optional(positive))
     damping: float = option(0.0, check=nonnegative)
-    tol: float | None = option(None, check=optional(positive), kw_only=True)
+    tol: float | None = option(DEFAULT_TOL, check=optional(positive), kw_only=True)
     warm_start: bool = option(True, check=flag, kw_only=True)
 
     name = "historyless"

@@ -14,12 +14,12 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from ..backend import namespace
-from ..dynamics import Dynamics, run
+from ..dynamics import Dynamics, StabilityWatch, run
 from ..problem import BilevelProblem
 from ..recompute import reverse_sweep
 from ..registry import register
 from ..validation import Validated, integer, option, optional
-from .base import HypergradResult, HypergradState, Method, at_step
+from .base import HypergradResult, HypergradState, Method, at_step, outcome
 
 __all__ = ["Reverse", "Sweep", "unrolled_vjp"]
 
@@ -44,6 +44,7 @@ def unrolled_vjp(
     sweep: Callable = reverse_sweep,
     step: Callable | None = None,
     step_vjp: Callable | None = None,
+    watch: StabilityWatch | None = None,
 ) -> Sweep:
     """The reverse recursion over steps ``start … K−1`` of the dynamics from ``s_start``::
 
@@ -53,8 +54,10 @@ def unrolled_vjp(
     ``sweep(advance, backward, s_start, K − start, on_final=...)`` orders the work
     (:func:`bilevel.recompute.reverse_sweep`: store or binomial recomputation; the adjoint's
     backward reconstruction); ``step(s, k)`` and ``step_vjp(s, k, a) -> (a_prev, b)``
-    default to the dynamics' own. Raises ``ValueError`` when a truncated sweep drops the
-    whole hypergradient (λ only in the init map). Cost: one ``step_vjp`` per step.
+    default to the dynamics' own; ``watch.record(k, a_{k+1}, a_k)`` sees every backward
+    step (a free stability test, :class:`~bilevel.dynamics.StabilityWatch`). Raises
+    ``ValueError`` when a truncated sweep drops the whole hypergradient (λ only in the
+    init map). Cost: one ``step_vjp`` per step.
     """
     K = dynamics.steps
     step = step or (lambda s, k: dynamics.step(problem, s, lam, k))
@@ -74,6 +77,8 @@ def unrolled_vjp(
     def backward(s: Any, j: int) -> None:
         with at_step(start + j):
             a, b = step_vjp(s, start + j, out["a"])
+        if watch is not None:
+            watch.record(start + j, out["a"], a)
         out.update(a=a, grad=out["grad"] + b, mixed=out["mixed"] + b)
 
     stats = sweep(advance, backward, s_start, K - start, on_final=on_final)
@@ -127,12 +132,20 @@ class Reverse(Validated, Method):
     Notes
     -----
     Memory O(K·n) (O(T·n) truncated, O(c·n) checkpointed); time K gradients + K HVPs.
+
+    Stability: each backward step gives the Rayleigh quotient ``α_k⟨a, Ha⟩/‖a‖²`` for two
+    inner products (:class:`~bilevel.dynamics.StabilityWatch`, kept on the device and read
+    once). Beyond the dynamics' bound (``α·λ_max < 2`` for gradient descent, ``2(1 + β)``
+    for momentum) the unrolled derivative grows geometrically: ``success=False`` with a
+    message naming the step size; ``step_stiffness``, ``stability_bound`` and
+    ``unstable_step`` are reported.
     """
 
     truncate: int | None = option(None, check=optional(integer(1)))
     checkpoints: int | None = option(None, check=optional(integer(1)))
 
     name = "reverse"
+    differentiable = True  # every step is traced by autograd through the oracles
 
     def compute(
         self,
@@ -146,15 +159,18 @@ class Reverse(Validated, Method):
         start = 0 if self.truncate is None else max(K - self.truncate, 0)
         s = run(problem, dynamics, w0, lam, stop=start)  # untaped steps of K-RMD
         schedule = partial(reverse_sweep, checkpoints=self.checkpoints)
-        sweep = unrolled_vjp(problem, lam, s, dynamics, start=start, sweep=schedule)
+        watch = StabilityWatch(dynamics)
+        sweep = unrolled_vjp(problem, lam, s, dynamics, start=start, sweep=schedule,
+                             watch=watch)
+        stability, unstable = watch.report()
         return HypergradResult(
             grad=sweep.grad,
             w=sweep.w,
             value=sweep.value,
-            success=True,
-            message="ok",
+            **outcome([unstable] if unstable else []),
             truncated_steps=start,
             steps_recomputed=sweep.stats.steps_recomputed,
             max_states_held=sweep.stats.max_states_held,
+            **stability,
         )
 
