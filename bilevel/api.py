@@ -30,6 +30,7 @@ from .methods.base import (
 )
 from .nonfinite import TRACE_ADVICE, TracingError, all_finite, has_box
 from .problem import BilevelProblem, NonFiniteError
+from .validation import boolean
 
 __all__ = [
     "ON_FAILURE",
@@ -121,6 +122,11 @@ def hypergrad(
     dynamics = resolve_dynamics(dynamics, inner)
     method = Reverse() if method is None else method
     on_failure = _check_arguments(problem, dynamics, method, strict, on_failure)
+    if state is not None and not isinstance(state, HypergradState):
+        raise TypeError(
+            f"state must be a HypergradState (state=HypergradState()) or None, got "
+            f"{type(state).__name__}"
+        )
     w0 = _starting_point(problem, lam, w0, state)
     _require_differentiable(method, lam, w0)
     problem.check_inputs(w0, lam)
@@ -240,7 +246,7 @@ def _check_arguments(
             f"Implicit(CG()), got {type(method).__name__}"
         )
     method.check_dynamics(dynamics)
-    return "raise" if strict else on_failure
+    return "raise" if boolean("strict", strict) else on_failure
 
 
 def _starting_point(

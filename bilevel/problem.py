@@ -12,7 +12,7 @@ compares them against references.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from .backend import is_array, namespace, unbox
 from .nonfinite import TRACE_ADVICE, NonFiniteError, TracingError, at_step, has_box
 from .oracle_checks import OracleReport, check_oracles
 from .oracles import ORACLE_NAMES, DerivedOracles, Linearization, OracleCounts
+from .validation import boolean
 
 __all__ = [
     "BilevelProblem",
@@ -121,8 +122,14 @@ class BilevelProblem(DerivedOracles):
         check_finite: bool = True,
         name: str | None = None,
     ):
+        if oracles is not None and not isinstance(oracles, Mapping):
+            raise TypeError(
+                f"oracles must be a dict of oracle name -> function (names: "
+                f"{', '.join(ORACLE_NAMES)}), got {type(oracles).__name__}"
+            )
         oracles = dict(oracles or {})
         _check_callables(inner, outer, init, oracles)
+        check_finite = boolean("check_finite", check_finite)
         self.inner = inner
         self.outer = outer
         self.data = data

@@ -24,6 +24,8 @@ from typing import Any
 __all__ = [
     "Check",
     "Validated",
+    "boolean",
+    "function",
     "integer",
     "nonnegative",
     "number",
@@ -69,6 +71,20 @@ def positive(name: str, value: Any) -> float:
 def nonnegative(name: str, value: Any) -> float:
     """Check: a finite number ``≥ 0``; returns it as ``float``."""
     return number(0)(name, value)
+
+
+def boolean(name: str, value: Any) -> bool:
+    """Check: ``True`` or ``False`` (NumPy booleans accepted); a ``TypeError`` otherwise."""
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def function(name: str, value: Any) -> Any:
+    """Check: a callable, returned as given; a ``TypeError`` otherwise."""
+    if not callable(value):
+        raise TypeError(f"{name} must be a function, got {type(value).__name__} {value!r}")
+    return value
 
 
 def integer(minimum: int = 1) -> Check:

@@ -127,7 +127,7 @@ def test_batched_cg_breakdown_flags_only_the_bad_problem():
     assert "1 of 2 problems" in res.message
 
 
-@given(J=st.integers(0, 15), seed=st.integers(0, 2**16))
+@given(J=st.integers(1, 15), seed=st.integers(0, 2**16))
 def test_neumann_equals_fixed_point_and_partial_sums(J, seed):
     n = 5
     A = spd(n, seed, cond=4.0)
@@ -327,3 +327,9 @@ def test_cg_non_finite_warm_start_is_a_breakdown_not_convergence():
     res = linalg.cg(matvec_of(A), np.ones(3), x0=np.array([np.nan, 0.0, 0.0]))
     assert res.breakdown and not res.converged
     assert "non-finite initial residual" in res.message
+
+
+def test_neumann_needs_at_least_one_term():
+    """Zero terms would return x = 0 as if solved: refused at construction."""
+    with pytest.raises(ValueError, match="maxiter must be an integer >= 1, got 0"):
+        linalg.Neumann(maxiter=0)

@@ -213,8 +213,10 @@ def test_the_stability_test_is_the_same_under_checkpointing_and_truncation():
     ck = quiet(problem, lam, w0, dynamics=dyn, method=Reverse(checkpoints=2))
     assert (ck.success, ck.unstable_step, ck.step_stiffness) == (
         full.success, full.unstable_step, full.step_stiffness)
-    short = quiet(problem, lam, w0, dynamics=dyn, method=Reverse(truncate=3))
-    assert not short.success and short.unstable_step == 9  # the first swept step
+    # six swept steps at |1 − lr·λ| = 1.5 amplify by 11 > GROWTH_LIMIT; three (3.4×) do not
+    short = quiet(problem, lam, w0, dynamics=dyn, method=Reverse(truncate=6))
+    assert not short.success and short.unstable_step == 6  # the first swept step
+    assert quiet(problem, lam, w0, dynamics=dyn, method=Reverse(truncate=3)).success
 
 
 def test_a_stable_run_reports_its_stiffness():
@@ -244,3 +246,20 @@ def test_float32_and_a_zero_cotangent_are_no_false_alarm():
     assert res.success and res.step_stiffness == 0.0  # a_K = ∇_w f = 0: nothing to judge
     res = hypergrad(BilevelProblem(g, f), 0 * ones, ones, dynamics=GradientDescent(0.5, 5))
     assert res.success and res.step_stiffness == pytest.approx(0.5)
+
+
+def test_one_overshooting_maml_step_is_not_a_failure():
+    """K = 1 with lr·λ_max ≈ 3.6: the derivative is amplified 2.6×, exact, not diverging."""
+    def g1(w, lam):
+        return 0.5 * 180.0 * anp.sum((w - lam) ** 2)
+
+    def f1(w, lam):
+        return 0.5 * anp.sum((w - 1.0) ** 2)
+
+    res = quiet(BilevelProblem(g1, f1, init=lambda lam: lam), np.zeros(3), None,
+                dynamics=GradientDescent(0.02, 1))
+    assert res.success and res.unstable_step is None and res.step_stiffness > 2
+    # the same step size for 10 steps multiplies errors by 2.6^10: a failure naming lr
+    res = quiet(BilevelProblem(g1, f1, init=lambda lam: lam), np.zeros(3), None,
+                dynamics=GradientDescent(0.02, 10))
+    assert not res.success and "lr=0.02" in res.message

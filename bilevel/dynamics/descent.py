@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from ..batch import dot_per_problem
 from ..problem import BilevelProblem
 from ..registry import register
-from ..validation import integer, option
+from ..validation import function, integer, option, optional
 from .base import Dynamics, State
 from .schedules import StepSize, step_size
 
@@ -47,7 +47,7 @@ class GradientDescent(StepSize, Dynamics):
     name: ClassVar[str] = "gradient-descent"
     lr: Any = option(check=step_size)
     steps: int = option(check=integer(1))
-    batches: Callable[[int], Any] | None = option(None, repr=False)
+    batches: Callable[[int], Any] | None = option(None, check=optional(function), repr=False)
 
     def step(self, problem: BilevelProblem, state: State, lam: Any, k: int) -> State:
         (w,) = state
@@ -103,7 +103,7 @@ class Momentum(StepSize, Dynamics):
     lr: Any = option(check=step_size)
     beta: float = option(check=_unit_interval)
     steps: int = option(check=integer(1))
-    batches: Callable[[int], Any] | None = option(None, repr=False)
+    batches: Callable[[int], Any] | None = option(None, check=optional(function), repr=False)
 
     def init(self, w0: Any) -> State:
         return (w0, 0 * w0)

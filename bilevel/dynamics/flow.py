@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from ..ode import get_scheme, rk_step, rk_step_jvp, rk_step_vjp
 from ..problem import BilevelProblem
 from ..registry import register
-from ..validation import Validated, integer, option, positive
+from ..validation import Validated, function, integer, option, optional, positive
 from .base import Dynamics, State
 
 __all__ = ["GradientFlow"]
@@ -41,7 +41,7 @@ class GradientFlow(Validated, Dynamics):
     horizon: float = option(check=positive)
     steps: int = option(check=integer(1))
     scheme: Any = option("rk4", check=lambda name, value: get_scheme(value))
-    batches: Callable[[int], Any] | None = option(None, repr=False)
+    batches: Callable[[int], Any] | None = option(None, check=optional(function), repr=False)
 
     @property
     def h(self) -> float:

@@ -63,7 +63,13 @@ def step_size(name: str, value: Any) -> float | Callable[[int], float]:
         if not (value > 0 and np.isfinite(value)):
             raise ValueError(f"the step size {name} must be positive, got {value!r}")
         return float(value)
-    values = np.asarray(value, dtype=float).ravel()
+    try:
+        values = np.asarray(value, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"the step size {name} must be a positive number, a sequence of them (one per "
+            f"step) or a function k -> step size, got {value!r}"
+        ) from None
     bad = np.flatnonzero(~(np.isfinite(values) & (values > 0)))
     if bad.size:
         raise ValueError(

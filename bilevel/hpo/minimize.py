@@ -20,6 +20,7 @@ import numpy as np
 from ..api import ON_FAILURE, HypergradResult, HypergradState, Method, failure_result, hypergrad
 from ..backend import is_array, name_of, namespace
 from ..dynamics import Dynamics
+from ..nonfinite import all_finite
 from ..optim import SGD, Adam, Optimizer
 from ..outer import (
     Checkpointing,
@@ -146,6 +147,8 @@ def _as_lam(lam0: Any) -> Any:
             raise TypeError(f"lam0 must be an array of floats, got {type(lam0).__name__}") from err
     if getattr(lam0.dtype, "kind", "f") != "f":
         raise TypeError(f"lam0 must have a floating dtype, got {lam0.dtype}")
+    if not all_finite(lam0):
+        raise ValueError("lam0 contains NaN or inf: pass finite starting hyperparameters")
     return lam0
 
 

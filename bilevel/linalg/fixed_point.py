@@ -106,7 +106,7 @@ class Neumann(LinearSolver):
     alpha
         Step ``α > 0`` (the series scale).
     maxiter
-        Number of terms ``J``.
+        Number of terms ``J ≥ 1`` (zero terms would give the silent answer ``x = 0``).
 
     Notes
     -----
@@ -122,7 +122,7 @@ class Neumann(LinearSolver):
     name: ClassVar[str] = "neumann"
 
     alpha: float = option(1.0, check=positive)
-    maxiter: int = option(100, check=integer(minimum=0))
+    maxiter: int = option(100, check=integer(minimum=1))
 
     def __call__(
         self, matvec: Matvec, b: Array, x0: Array | None = None, damping: float = 0.0

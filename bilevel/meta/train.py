@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import name_of, namespace
+from ..nonfinite import all_finite
 from ..optim import Adam, Optimizer
 from ..outer import (
     Checkpointing,
@@ -231,7 +232,7 @@ class _MetaStep:
         if grad is None and apply:
             raise MetaTrainingError(f"meta-gradient failed at iteration {it}: "
                                     f"{info['message']}; on_failure='apply' cannot apply it")
-        if (apply or not masked) and grad is not None and not _finite(grad):
+        if apply and grad is not None and not _finite(grad):
             raise MetaTrainingError(
                 f"non-finite meta-gradient at iteration {it}: {info.get('message')}; lower "
                 "the inner or outer step size, or add damping"
@@ -386,6 +387,9 @@ def train(
     optimizer = Adam(1e-3) if optimizer is None else optimizer
     backend = getattr(sampler, "backend", None) or "numpy"
     config = fingerprint(algorithm, sampler, optimizer, seed, meta_batch, theta0)
+    if theta0 is not None and not all_finite(theta0):
+        raise ValueError("theta0 contains NaN or inf: pass finite initial meta-parameters "
+                         "(or theta0=None for the algorithm's initialisation)")
     params = algorithm.init(np.random.default_rng([int(seed), 1]), backend) \
         if theta0 is None else theta0
     state = LoopState(params=params, optimizer_state=optimizer.init(params),

@@ -20,6 +20,7 @@ from ..batch import largest, norm_per_problem, per_problem
 from ..dynamics import Dynamics
 from ..nonfinite import at_step
 from ..problem import BilevelProblem
+from ..validation import boolean
 
 __all__ = [
     "ON_FAILURE",
@@ -179,11 +180,7 @@ class Method(abc.ABC):
         return f"{type(self).__name__}({', '.join(args)})"
 
 
-def flag(name: str, value: Any) -> bool:
-    """Check for an option field: ``True`` or ``False`` (a ``TypeError`` otherwise)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
+flag = boolean  # the option check of boolean fields (bilevel.validation.boolean)
 
 
 def failure_result(lam: Any, message: str, **diagnostics: Any) -> HypergradResult:
