@@ -162,12 +162,14 @@ class StabilityMonitor:
         bad = f[f >= 0]
         return float(b.max()), (int(bad.min()) if bad.size else None)
 
-    def report(self, continuous: bool, problems: list[str]) -> dict[str, Any]:
+    def report(self, continuous: bool, problems: list[str],
+               backward_step: str | None = None) -> dict[str, Any]:
         """Judge the recorded curvatures against the step conditions.
 
         Appends a sentence per violated condition (forward scheme; with ``continuous``
         also the explicit Euler/Heun backward step, bound 2, and the Lanczos estimate
-        ``top``) to ``problems``; returns ``forward_stability_bound``,
+        ``top``; ``backward_step`` names that step, by default Euler after an Euler
+        forward pass and Heun otherwise) to ``problems``; returns ``forward_stability_bound``,
         ``backward_stability_bound`` (continuous only), ``step_stiffness`` (largest
         ``h·λ`` seen) and ``unstable_step`` (first offending step or ``None``).
         """
@@ -191,7 +193,7 @@ class StabilityMonitor:
                 bwd_k = K - 1
             if bwd_k is not None:
                 worst = max(bwd, top)
-                step_name = "Euler" if self.scheme.order == 1 else "Heun"
+                step_name = backward_step or ("Euler" if self.scheme.order == 1 else "Heun")
                 problems.append(
                     f"continuous adjoint unstable from step {bwd_k}: h·λ_max(H) ≥ "
                     f"{worst:.4g} exceeds 2, the stability bound of the explicit {step_name} "

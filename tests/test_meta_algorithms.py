@@ -11,7 +11,15 @@ import pytest
 import scipy.linalg
 from autograd.core import make_vjp
 
-from bilevel import BilevelProblem, GradientDescent, HypergradWarning, Reverse, hypergrad
+from bilevel import (
+    CG,
+    Adjoint,
+    BilevelProblem,
+    GradientDescent,
+    HypergradWarning,
+    Reverse,
+    hypergrad,
+)
 from bilevel.dynamics import run
 from bilevel.meta import Episode, QuadraticTasks, Sinusoid
 from bilevel.meta.algorithms import (
@@ -73,8 +81,8 @@ def configured(model, colearner):
     return {
         "maml": MAML(model, 0.05, 3),
         "anil": ANIL(model, 0.3, 3),
-        "amaml": AMAML(model, horizon=0.2, steps=4, scheme="rk4", reg=0.5),
-        "amaml_euler": AMAML(model, horizon=0.2, steps=4, scheme="euler"),
+        "amaml": AMAML(model, horizon=0.2, steps=4, scheme="rk4", reg=0.5, method=Adjoint()),
+        "amaml_euler": AMAML(model, horizon=0.2, steps=4, scheme="euler", method=Adjoint()),
         "cml": CML(MAML(model, 0.05, 2), colearner, weight=0.7),
         "cml_anil": CML(ANIL(model, 0.3, 2), colearner, weight=0.4),
     }
@@ -133,7 +141,7 @@ def test_memory_reduced_cg_path_needs_no_tape_through_steps(model, episode):
 
 def test_imaml_meta_gradient_matches_finite_differences_at_convergence(model):
     ep = Sinusoid(n_shot=6, n_query=4).sample(2, np.random.default_rng(5))
-    alg = IMAML(model, reg=5.0, inner_lr=0.03, steps=300, damping=0.0)
+    alg = IMAML(model, reg=5.0, inner_lr=0.03, steps=300, damping=0.0, solver=CG(tol=1e-12))
     params = theta_of(alg, seed=2)
     grad, info = alg.meta_gradient(params, ep)
     assert info["success"], info["message"]
@@ -167,12 +175,8 @@ def test_imaml_closed_form_quadratic_v8():
     assert rel(grad, np.mean(want, axis=0)) < 1e-9
 
 
-def test_amaml_closed_form_quadratic_v9():
-    ep, model, theta = quadratic_setup(seed=3)
-    r, T = 0.7, 1.3
-    alg = AMAML(model, horizon=T, steps=60, scheme="rk4", reg=r)
-    grad, info = alg.meta_gradient(theta, ep)
-    assert info["success"], info["message"]
+def amaml_closed_form(ep, theta, r, T):
+    """A-MAML's meta-gradient of the exact flow on quadratic tasks (matrix exponentials)."""
     P, a, Q, b = (ep.info[k] for k in ("P", "a", "Q", "b"))
     eye = np.eye(theta.size)
     want = []
@@ -183,7 +187,32 @@ def test_amaml_closed_form_quadratic_v9():
         u = E @ theta + (eye - E) @ Sinv @ (P[i] @ a[i] + r * theta)
         du = E + r * Sinv @ (eye - E)
         want.append(du.T @ (Q[i] @ (u - b[i]) + r * (u - theta)) - r * (u - theta))
-    assert rel(grad, np.mean(want, axis=0)) < 1e-7
+    return np.mean(want, axis=0)
+
+
+def test_amaml_closed_form_quadratic_v9():
+    ep, model, theta = quadratic_setup(seed=3)
+    r, T = 0.7, 1.3
+    alg = AMAML(model, horizon=T, steps=60, scheme="rk4", reg=r, method=Adjoint())
+    grad, info = alg.meta_gradient(theta, ep)
+    assert info["success"], info["message"]
+    assert rel(grad, amaml_closed_form(ep, theta, r, T)) < 1e-7
+
+
+def test_amaml_default_is_the_papers_continuous_adjoint_first_order_in_h():
+    """RK4 forward, explicit-Euler adjoint with H at the later state: error O(h)."""
+    ep, model, theta = quadratic_setup(seed=3)
+    r, T = 0.7, 1.3
+    assert AMAML(model).method == Adjoint.paper()
+    want = amaml_closed_form(ep, theta, r, T)
+    errors = []
+    for K in (30, 60, 120):
+        grad, info = AMAML(model, horizon=T, steps=K, reg=r).meta_gradient(theta, ep)
+        assert info["success"], info["message"]
+        assert info.result["discrete"] is False and info.result["trajectory"] == "store"
+        errors.append(rel(grad, want))
+    assert errors[0] < 0.05
+    assert 1.8 < errors[0] / errors[1] < 2.2 and 1.8 < errors[1] / errors[2] < 2.2
 
 
 def test_maml_closed_form_quadratic_and_one_step_v10(model, episode):

@@ -29,6 +29,16 @@ LOSSES = ("mse", "cross_entropy")
 ACTIVATIONS = ("relu", "tanh")
 
 
+def truncated_normal(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> Any:
+    """``N(0, std²)`` truncated to ``±2·std`` (redrawn outside), as TensorFlow's initializer."""
+    out = rng.standard_normal(shape)
+    bad = np.abs(out) > 2.0
+    while bad.any():
+        out[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(out) > 2.0
+    return out * std
+
+
 def _shape(x: Any) -> tuple[int, ...]:
     return tuple(bnp._core.getval(x).shape)
 
@@ -190,8 +200,12 @@ class MLP(Model):
         activation: str = "relu",
         loss: str = "mse",
         dtype: Any = "float64",
+        init_std: float | None = None,
     ):
         sizes = tuple(sizes)
+        if init_std is not None and not (isinstance(init_std, (int, float)) and init_std > 0):
+            raise ValueError(f"init_std must be None or a positive number, got {init_std!r}")
+        self.init_std = None if init_std is None else float(init_std)
         if len(sizes) < 2:
             raise ValueError(f"sizes must list at least input and output widths, got {sizes}")
         self.sizes = tuple(check_count(f"sizes[{i}]", s) for i, s in enumerate(sizes))
@@ -212,6 +226,8 @@ class MLP(Model):
     def _init_leaf(self, name: str, shape: tuple[int, ...], rng: np.random.Generator) -> Any:
         if name.startswith("b"):
             return np.zeros(shape)
+        if self.init_std is not None:
+            return truncated_normal(rng, shape, self.init_std)
         gain = 2.0 if self.activation == "relu" else 1.0
         return rng.standard_normal(shape) * math.sqrt(gain / shape[0])
 
