@@ -41,7 +41,10 @@ class MemoryReduced(Validated, Specified):
     model
         A model with ``split["backbone"]``, ``split["head"]``, ``features`` and ``head``.
     inner_lr, steps
-        Head gradient descent (the paper: 20 steps).
+        Head gradient descent (default 20 steps of 0.02; the paper: 20 steps of 0.1 on a
+        cross-entropy head). An MSE head is stiffer (``λ_max ≈ 2‖F‖²/N`` for features
+        ``F``): 0.1 diverges on the sinusoid MLP, 0.02 trains (held-out MSE 3.91 against
+        4.05 at random initialization after 300 iterations, tanh 1-20-20-1).
     solver
         Default ``CG.fixed(20)``: exactly 20 CG iterations, no damping, the result
         accepted (the released code disables CG's stopping test). The CE head Hessian is
@@ -66,7 +69,7 @@ class MemoryReduced(Validated, Specified):
 
     name = "memory-reduced"
     model: Any = option(MISSING, check=head_model, repr=False)
-    inner_lr: float = option(0.1, check=positive)
+    inner_lr: float = option(0.02, check=positive)
     steps: int = option(20, check=integer(1))
     solver: Any = None
     damping: float = option(0.0, check=nonnegative)
