@@ -38,7 +38,7 @@ def algorithms(model, hidden, steps):
         "Reptile": Reptile(model, lr, max(steps, 5)),
         "iMAML": IMAML(model, reg=2.0, inner_lr=lr, steps=max(steps, 20)),
         "A-MAML": AMAML(model, horizon=lr * steps, steps=steps, scheme="euler"),
-        "MemoryReduced": MemoryReduced(model, lr, max(steps, 5), head_reg=0.1),
+        "MemoryReduced": MemoryReduced(model, lr, max(steps, 5)),
         "CML(MAML)": CML(MAML(model, lr, steps), colearner, 1.0),
     }
 
@@ -66,7 +66,11 @@ def main(argv=None):
         args.steps, args.hidden, args.meta_batch, args.eval_tasks = 5, 8, 4, 20
         args.shots = [5]
     warnings.simplefilter("ignore", HypergradWarning)
-    model = MLP((1, args.hidden, args.hidden, 1), activation=args.activation)
+    # MAML's reference code: truncated-normal weights of std 0.01, zero biases (He
+    # initialization makes the ReLU network's inner steps diverge)
+    init_std = 0.01 if args.activation == "relu" else None
+    model = MLP((1, args.hidden, args.hidden, 1), activation=args.activation,
+                init_std=init_std)
     for shot in args.shots:
         sampler = Sinusoid(n_shot=shot, n_query=10)
         kw = dict(steps=args.steps, meta_batch=args.meta_batch, optimizer=Adam(args.lr),

@@ -187,3 +187,13 @@ def test_models_on_cupy_match_numpy(name):
     assert backend.name_of(out) == "cupy"
     np.testing.assert_allclose(backend.to_numpy(out), ref, rtol=1e-10, atol=1e-12)
     assert backend.name_of(model.init(rng(0), backend="cupy")) == "cupy"
+
+
+def test_mlp_truncated_normal_init_as_maml_reference_code():
+    model = MLP((1, 40, 40, 1), init_std=0.01)
+    theta = model.init(np.random.default_rng(0))
+    w = theta[model.split["backbone"]][:40]  # first-layer weights
+    assert np.all(np.abs(w) <= 0.02) and 0.005 < np.std(w) < 0.015
+    assert np.all(theta[40:80] == 0.0)  # first-layer biases
+    with pytest.raises(ValueError, match="init_std"):
+        MLP(init_std=0)

@@ -192,6 +192,13 @@ class MLP(Model):
         ``"mse"`` (regression) or ``"cross_entropy"`` (classification).
     dtype
         Default dtype of :meth:`init`.
+    init_std
+        ``None`` (default): the fan-in scaling above. A number: every weight from a normal
+        of that standard deviation truncated at two deviations, as MAML's reference code
+        (``0.01`` for the sinusoid network). With ReLU and MAML's protocol (inner step
+        0.01, 10 shots, meta-batch 25, Adam 1e-3) the held-out MSE after 750
+        meta-iterations was 6.76 with He initialization and 3.28 with 0.01, 1.23 after
+        3000 (tanh with the fan-in scaling: 1.21 and 0.57; seed 0, 600 tasks).
     """
 
     def __init__(
