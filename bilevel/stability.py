@@ -98,7 +98,7 @@ class StabilityMonitor:
 
     def _record(self, kind: str, num: Any, den: Any, valid: Any, k: int, bound: float) -> None:
         """``s = h·num/den`` per problem where ``valid``; a non-finite ``s`` counts as > bound."""
-        if isinstance(num, (np.generic, np.ndarray)):
+        if isinstance(num, np.generic):
             self._record_host(kind, num, den, valid, k, bound)
             return
         entry = self.state[kind]
@@ -161,6 +161,23 @@ class StabilityMonitor:
         b, f = to_host(first[0]), to_host(first[1])
         bad = f[f >= 0]
         return float(b.max()), (int(bad.min()) if bad.size else None)
+
+    def problem_stable(self, continuous: bool) -> Any:
+        """Per-problem flags ``(B,)``: no step condition violated (``None`` unbatched).
+
+        The forward test, and with ``continuous`` the backward test and the Lanczos
+        estimate ``h·top ≤ 2``.
+        """
+        kinds = ("forward", "backward") if continuous else ("forward",)
+        entries = [self.state[kind][1] for kind in kinds]
+        if not all(isinstance(e, list) for e in entries):
+            return None
+        ok = to_host(entries[0][1]) < 0
+        for entry in entries[1:]:
+            ok = ok & (to_host(entry[1]) < 0)
+        if continuous and self.top is not None and np.ndim(self.top) == 1:
+            ok = ok & ~(np.asarray(self.top) * self.h > 2.0)
+        return ok
 
     def report(self, continuous: bool, problems: list[str],
                backward_step: str | None = None) -> dict[str, Any]:

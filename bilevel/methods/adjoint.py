@@ -184,7 +184,9 @@ class Adjoint(Validated, Method):
     -----
     Step conditions (:mod:`bilevel.stability`) are checked for free along the way: a
     violation gives ``success=False`` with the first offending step in ``unstable_step``
-    and the largest ``h·λ_max(H)`` seen in ``step_stiffness``. Memory: O(K·n) stored,
+    and the largest ``h·λ_max(H)`` seen in ``step_stiffness``. For a batch of problems,
+    ``problem_success`` (``(B,)``) flags the problems whose steps met every condition
+    (meta-learning averages the meta-gradient over those tasks). Memory: O(K·n) stored,
     O(c·n) checkpointed, O(n) reconstructed; costs per scheme and trajectory are listed on
     :doc:`/methods/adjoint`.
 
@@ -272,6 +274,7 @@ class Adjoint(Validated, Method):
                           max_states_held=sweep.stats.max_states_held)
         return HypergradResult(grad=sweep.grad, w=sweep.w, value=sweep.value,
                                adjoint_initial=sweep.cotangent[0], **outcome(problems),
+                               problem_success=monitor.problem_stable(not self.discrete),
                                **self._keys(dynamics), **report)
 
     def _sweep(self, problem: BilevelProblem, lam: Any, flow: GradientFlow) -> Any:
