@@ -140,7 +140,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--scheme", default="rk4",
                    help="A-MAML integrator; horizon = inner-lr × inner-steps")
     p.add_argument("--damping", type=float, default=None,
-                   help="CG damping δ (iMAML: default reg + 20; MemoryReduced: default 0)")
+                   help="CG damping δ (iMAML: default 1; MemoryReduced: default 0)")
     p.add_argument("--head-reg", type=float, default=0.0, help="MemoryReduced head ridge")
     p.add_argument("--cml-base", type=_algorithm, default="maml",
                    help="algorithm whose meta-objective CML augments (not cml)")
