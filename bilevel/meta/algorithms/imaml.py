@@ -62,6 +62,10 @@ class IMAML(Validated, Specified):
         (default, the paper's estimator: accept it and report its residual as
         ``step["linear_residual"]``) or ``"drop"`` (average the meta-gradient over the
         tasks whose solve converged).
+    dynamics
+        The inner solver (default ``GradientDescent(inner_lr, steps)``, iMAML-GD);
+        ``NewtonCG(steps)`` of :mod:`bilevel.dynamics` gives iMAML-HF, the paper's
+        Hessian-free inner solver (Newton-CG with a line search).
     method
         Overrides ``Implicit(solver, damping, inner_tol=inner_tol,
         on_unconverged=on_unconverged)``, e.g. ``Historyless()``.
@@ -83,11 +87,13 @@ class IMAML(Validated, Specified):
     _: KW_ONLY
     inner_tol: float | None = option(10.0, check=optional(positive))
     on_unconverged: str = option("keep", check=one_of(("keep", "drop")))
+    dynamics: Any = None
     method: Any = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._complete(damping=1.0, solver=CG.fixed(5))
+        self._complete(damping=1.0, solver=CG.fixed(5),
+                       dynamics=GradientDescent(self.inner_lr, self.steps))
         self._complete(method=Implicit(self.solver, self.damping, inner_tol=self.inner_tol,
                                        on_unconverged=self.on_unconverged))
 
@@ -96,7 +102,7 @@ class IMAML(Validated, Specified):
         return Specification(
             inner=penalized(partial(weights_loss, self.model, "support"), self.reg),
             outer=partial(weights_loss, self.model, "query"),
-            dynamics=GradientDescent(self.inner_lr, self.steps),
+            dynamics=self.dynamics,
             method=self.method,
             n_params=int(self.model.n_params),
         )
