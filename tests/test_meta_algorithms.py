@@ -614,3 +614,21 @@ def test_cg_fixed_budget_runs_exactly_j_steps_and_accepts():
         CG(tol=None)
     capped = CG(tol=1e-12, maxiter=3)(lambda v: v @ A, b)
     assert not capped.converged and "CG.fixed(3)" in capped.message
+
+
+def test_cml_with_the_papers_conv_colearner_matches_finite_differences():
+    from bilevel.meta.models import Conv4, ConvCoLearner
+
+    model = Conv4(in_channels=1, hidden=3, ways=2, image_size=8, dtype="float64")
+    rng = np.random.default_rng(0)
+    ep = Episode(rng.standard_normal((2, 4, 1, 8, 8)), rng.integers(0, 2, (2, 4)),
+                 rng.standard_normal((2, 4, 1, 8, 8)), rng.integers(0, 2, (2, 4)))
+    alg = CML(MAML(model, 0.1, 1), ConvCoLearner.for_model(model, hidden=2), weight=0.5)
+    params = theta_of(alg)
+    grad, info = alg.meta_gradient(params, ep)
+    assert info["success"], info["message"]
+    for d in rng.standard_normal((2, params.size)):
+        eps = 1e-6
+        want = (meta_objective(alg, params + eps * d, ep)
+                - meta_objective(alg, params - eps * d, ep)) / (2 * eps)
+        assert grad @ d == pytest.approx(want, rel=1e-6)

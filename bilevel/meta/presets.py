@@ -112,7 +112,9 @@ _PRESETS = (
              n_query=15, hidden=64, inner_lr=0.4, inner_steps=1, meta_batch=32,
              optimizer="adam", lr=1e-3, steps=60000),
         "CML over MAML (co-learner weight 1). The paper's co-learner is a convolutional "
-        "block on the last feature map before pooling; here an MLP on the pooled features.",
+        "block on the last feature map before pooling; the command line uses an MLP on the "
+        "pooled features (in Python, CML(MAML(model, 0.4, 1), "
+        "ConvCoLearner.for_model(model)) is the paper's).",
         data="omniglot",
     ),
 )
