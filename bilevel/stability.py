@@ -98,7 +98,7 @@ class StabilityMonitor:
 
     def _record(self, kind: str, num: Any, den: Any, valid: Any, k: int, bound: float) -> None:
         """``s = h·num/den`` per problem where ``valid``; a non-finite ``s`` counts as > bound."""
-        if isinstance(num, (np.generic, np.ndarray)):
+        if isinstance(num, np.generic):
             self._record_host(kind, num, den, valid, k, bound)
             return
         entry = self.state[kind]
@@ -162,12 +162,31 @@ class StabilityMonitor:
         bad = f[f >= 0]
         return float(b.max()), (int(bad.min()) if bad.size else None)
 
-    def report(self, continuous: bool, problems: list[str]) -> dict[str, Any]:
+    def problem_stable(self, continuous: bool) -> Any:
+        """Per-problem flags ``(B,)``: no step condition violated (``None`` unbatched).
+
+        The forward test, and with ``continuous`` the backward test and the Lanczos
+        estimate ``h·top ≤ 2``.
+        """
+        kinds = ("forward", "backward") if continuous else ("forward",)
+        entries = [self.state[kind][1] for kind in kinds]
+        if not all(isinstance(e, list) for e in entries):
+            return None
+        ok = to_host(entries[0][1]) < 0
+        for entry in entries[1:]:
+            ok = ok & (to_host(entry[1]) < 0)
+        if continuous and self.top is not None and np.ndim(self.top) == 1:
+            ok = ok & ~(np.asarray(self.top) * self.h > 2.0)
+        return ok
+
+    def report(self, continuous: bool, problems: list[str],
+               backward_step: str | None = None) -> dict[str, Any]:
         """Judge the recorded curvatures against the step conditions.
 
         Appends a sentence per violated condition (forward scheme; with ``continuous``
         also the explicit Euler/Heun backward step, bound 2, and the Lanczos estimate
-        ``top``) to ``problems``; returns ``forward_stability_bound``,
+        ``top``; ``backward_step`` names that step, by default Euler after an Euler
+        forward pass and Heun otherwise) to ``problems``; returns ``forward_stability_bound``,
         ``backward_stability_bound`` (continuous only), ``step_stiffness`` (largest
         ``h·λ`` seen) and ``unstable_step`` (first offending step or ``None``).
         """
@@ -191,7 +210,7 @@ class StabilityMonitor:
                 bwd_k = K - 1
             if bwd_k is not None:
                 worst = max(bwd, top)
-                step_name = "Euler" if self.scheme.order == 1 else "Heun"
+                step_name = backward_step or ("Euler" if self.scheme.order == 1 else "Heun")
                 problems.append(
                     f"continuous adjoint unstable from step {bwd_k}: h·λ_max(H) ≥ "
                     f"{worst:.4g} exceeds 2, the stability bound of the explicit {step_name} "

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bilevel import backend
-from bilevel.meta.models import MLP, Conv4, QuadraticModel
+from bilevel.meta.models import MLP, Conv4, ConvCoLearner, QuadraticModel
 
 
 def rng(seed=0):
@@ -29,6 +29,8 @@ CASES = {
     "conv4": (tiny_conv, (3, 4, 1, 8, 8)),
     "conv4-no-norm": (lambda: tiny_conv(norm=False), (2, 3, 1, 8, 8)),
     "quadratic": (lambda: QuadraticModel(4), (3, 4, 4)),
+    "conv-colearner": (lambda: ConvCoLearner(3, 4, hidden=2, ways=3, dtype="float64"),
+                       (3, 4, 3, 4, 4)),
 }
 
 
@@ -187,3 +189,26 @@ def test_models_on_cupy_match_numpy(name):
     assert backend.name_of(out) == "cupy"
     np.testing.assert_allclose(backend.to_numpy(out), ref, rtol=1e-10, atol=1e-12)
     assert backend.name_of(model.init(rng(0), backend="cupy")) == "cupy"
+
+
+def test_mlp_truncated_normal_init_as_maml_reference_code():
+    model = MLP((1, 40, 40, 1), init_std=0.01)
+    theta = model.init(np.random.default_rng(0))
+    w = theta[model.split["backbone"]][:40]  # first-layer weights
+    assert np.all(np.abs(w) <= 0.02) and 0.005 < np.std(w) < 0.015
+    assert np.all(theta[40:80] == 0.0)  # first-layer biases
+    with pytest.raises(ValueError, match="init_std"):
+        MLP(init_std=0)
+
+
+def test_conv4_feature_map_is_the_block4_map_before_pooling():
+    model = Conv4(in_channels=1, hidden=4, ways=3, image_size=28, dtype="float64")
+    theta = model.init(rng(0))
+    x = rng(1).standard_normal((2, 3, 1, 28, 28))
+    fmap = model.feature_map(theta[model.split["backbone"]], x)
+    assert fmap.shape == (2, 3, 4, 3, 3)  # 28 -> 14 -> 7 -> 3, block 4 unpooled
+    pooled = fmap[..., :2, :2].max(axis=(-2, -1)).reshape(2, 3, -1)
+    np.testing.assert_allclose(model.features(theta[model.split["backbone"]], x), pooled)
+    co = ConvCoLearner.for_model(model)
+    assert (co.channels, co.side, co.ways, co.n_features) == (4, 3, 3, 4)
+    assert co.apply(co.init(rng(2)), fmap).shape == (2, 3, 3)

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from bilevel import HypergradWarning
+from bilevel import Adjoint, HypergradWarning
 from bilevel.linalg import CG
 from bilevel.meta import Sinusoid
 from bilevel.meta.algorithms import (
@@ -141,7 +141,8 @@ def test_history_and_memory_measurement(small):
 def test_failed_diagnostics_skip_or_raise(small):
     sampler, model = small
     # a 1-iteration CG cannot converge: the step is skipped (default) or raises
-    alg = IMAML(model, reg=1.0, inner_lr=0.02, steps=2, solver=CG(tol=1e-14, maxiter=1))
+    alg = IMAML(model, reg=1.0, inner_lr=0.02, steps=2, solver=CG(tol=1e-14, maxiter=1),
+                on_unconverged="drop")
     theta0 = alg.init(np.random.default_rng(0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HypergradWarning)
@@ -193,7 +194,7 @@ def make(name, model):
         "anil": lambda: ANIL(model, 0.02, 5),
         "reptile": lambda: Reptile(model, 0.01, 5),
         "imaml": lambda: IMAML(model),
-        "amaml": lambda: AMAML(model, horizon=0.05, steps=5, scheme="euler"),
+        "amaml": lambda: AMAML(model, horizon=0.05, steps=5, scheme="euler", method=Adjoint()),
         "memory_reduced": lambda: MemoryReduced(model, 0.02, 5, head_reg=0.1),
         "cml": lambda: CML(MAML(model, 0.05, 3), colearner, 1.0),
     }[name]()
@@ -332,7 +333,7 @@ def test_imaml_drops_failing_tasks_exactly():
     ep = Sinusoid(n_shot=10, n_query=10).sample(6, np.random.default_rng(0))
     # no damping: H + reg·I is indefinite in some tasks of this tanh net -> CG breakdown
     alg = IMAML(model, reg=3.0, inner_lr=0.01, steps=5, damping=0.0,
-                solver=CG(tol=1e-10, maxiter=200))
+                solver=CG(tol=1e-10, maxiter=200), on_unconverged="drop")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HypergradWarning)
         res = alg.hypergradient(theta, ep)

@@ -21,6 +21,7 @@ pass sees exactly the batches of the forward pass.
 from .base import Dynamics, State, run
 from .descent import GradientDescent, Momentum
 from .flow import GradientFlow
+from .newton_cg import NewtonCG
 from .schedules import MinibatchIndices, PerStep, StepSize, minibatch_indices, step_size
 from .watch import StabilityWatch
 
@@ -30,6 +31,7 @@ __all__ = [
     "GradientFlow",
     "MinibatchIndices",
     "Momentum",
+    "NewtonCG",
     "PerStep",
     "StabilityWatch",
     "State",

@@ -43,13 +43,21 @@ class CG(LinearSolver):
     finite iterate and is reported with ``breakdown=True``, ``converged=False`` and a
     message that suggests a damping large enough to restore positive curvature.
 
+    *Fixed budget* (``tol=None``, or :meth:`CG.fixed`): exactly ``maxiter`` iterations
+    (fewer only where the residual is exactly 0 or at a breakdown), and the iterate is
+    accepted: every problem that did not break down is reported converged, with its
+    residual in ``residual_norm``. This is the estimator of iMAML (5 steps) and of
+    memory-reduced meta-learning (20 steps), whose released code runs a set number of CG
+    steps with no stopping test; a truncated solve is then not a failure.
+
     Parameters
     ----------
     tol, atol
-        Relative and absolute residual tolerances.
+        Relative and absolute residual tolerances; ``tol=None`` selects the fixed budget
+        (``atol`` is then ignored).
     maxiter
         Iteration cap; ``10·n`` by default. In exact arithmetic CG solves an SPD system in
-        ``n`` iterations.
+        ``n`` iterations. Required with ``tol=None``.
 
     Notes
     -----
@@ -65,9 +73,27 @@ class CG(LinearSolver):
 
     name: ClassVar[str] = "cg"
 
-    tol: float = option(1e-10, check=nonnegative)
+    tol: float | None = option(1e-10, check=optional(nonnegative))
     atol: float = option(0.0, check=nonnegative)
     maxiter: int | None = option(None, check=optional(integer(minimum=0)))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tol is None and self.maxiter is None:
+            raise ValueError(
+                "CG(tol=None) runs a fixed budget of iterations and needs maxiter; "
+                "write CG.fixed(J) or CG(tol=None, maxiter=J)"
+            )
+
+    @classmethod
+    def fixed(cls, iterations: int) -> CG:
+        """``CG(tol=None, maxiter=iterations)``: exactly ``iterations`` steps, accepted."""
+        return cls(tol=None, maxiter=iterations)
+
+    @property
+    def fixed_budget(self) -> bool:
+        """Whether this solver runs a fixed budget (``tol=None``)."""
+        return self.tol is None
 
     def __call__(
         self, matvec: Matvec, b: Array, x0: Array | None = None, damping: float = 0.0
@@ -79,9 +105,14 @@ class CG(LinearSolver):
         if not bool(xp.any(b_norm > 0)):
             return zero_solution(xp, b, b_norm, "CG")
         maxiter = 10 * b.shape[-1] if self.maxiter is None else self.maxiter
-        threshold = xp.maximum(self.tol * b_norm, xp.full_like(b_norm, self.atol))
+        if self.fixed_budget:
+            threshold = xp.zeros_like(b_norm)
+        else:
+            threshold = xp.maximum(self.tol * b_norm, xp.full_like(b_norm, self.atol))
         run = _Run(xp, op, b, b_norm, start(xp, b, b_norm, x0), x0 is not None, damping)
         run.iterate(threshold, maxiter)
+        if self.fixed_budget:
+            return run.accepted()
         return run.result(self.tol)
 
 
@@ -101,6 +132,7 @@ class _Run:
         self.rr = dot(xp, self.r, self.r)
         self.r_norm = xp.sqrt(self.rr)
         self.broken = ~xp.isfinite(self.rr)
+        self.nonfinite = self.broken
         self.failure = ""
         if bool(xp.any(self.broken)):
             self.failure = "CG breakdown: non-finite initial residual (check b, x0 and matvec)"
@@ -131,6 +163,7 @@ class _Run:
         if bool(xp.any(bad)) and not self.failure:
             self.failure = _curvature_message(xp, self.p, pAp, bad, self.iterations, self.damping)
         self.broken = self.broken | bad
+        self.nonfinite = self.nonfinite | (bad & ~xp.isfinite(pAp))
         active = active & ~bad
         safe_pAp = xp.where(active, pAp, xp.ones_like(pAp))
         alpha = xp.where(active, self.rr / safe_pAp, xp.zeros_like(self.rr))
@@ -140,6 +173,7 @@ class _Run:
         nonfinite = active & ~(xp.isfinite(rr_new) & xp.all(xp.isfinite(x_new), axis=-1))
         if bool(xp.any(nonfinite)):
             self.broken = self.broken | nonfinite
+            self.nonfinite = self.nonfinite | nonfinite
             active = active & ~nonfinite
             if not self.failure:
                 self.failure = f"CG breakdown: non-finite iterate at iteration {self.iterations}"
@@ -152,6 +186,20 @@ class _Run:
         self.rr = xp.where(active, rr_new, self.rr)
         self.r_norm = xp.sqrt(self.rr)
         return active
+
+    def accepted(self) -> SolveResult:
+        """The fixed-budget result: every problem with a finite iterate is accepted.
+
+        A problem stopped by negative curvature keeps its last iterate, as truncated CG
+        does (the message says so); only a non-finite value fails a problem.
+        """
+        xp = self.xp
+        rel = max_ratio(self.r_norm, self.b_norm)
+        message = (f"CG ran its fixed budget of {self.iterations} iterations "
+                   f"(largest relative residual {rel:.2e}, accepted)")
+        if bool(xp.any(self.broken)):
+            message += f"; stopped early on some problems: {self.failure}"
+        return self._result(~self.nonfinite, message, self.nonfinite)
 
     def result(self, tol: float) -> SolveResult:
         """The :class:`SolveResult` with a message for success, breakdown or the iteration cap."""
@@ -168,15 +216,19 @@ class _Run:
         else:
             message = (
                 f"CG did not converge in {self.iterations} iterations: relative residual "
-                f"{rel:.2e} > tol={tol:g} (raise maxiter, add damping, or precondition)"
+                f"{rel:.2e} > tol={tol:g} (raise maxiter, add damping, or precondition; "
+                f"CG.fixed({self.iterations}) accepts a fixed budget)"
             )
+        return self._result(self.converged, message, self.broken)
+
+    def _result(self, mask: Array, message: str, broken: Array) -> SolveResult:
         return SolveResult.of(
             self.x,
-            self.converged,
+            mask,
             iterations=self.iterations,
             residual_norm=self.r_norm,
             b_norm=self.b_norm,
-            breakdown=any_broken,
+            breakdown=bool(self.xp.any(broken)),
             residual_history=self.history,
             message=message,
             n_matvec=self.n_matvec,
@@ -210,7 +262,7 @@ def cg(
     b: Array,
     x0: Array | None = None,
     *,
-    tol: float = 1e-10,
+    tol: float | None = 1e-10,
     atol: float = 0.0,
     maxiter: int | None = None,
     damping: float = 0.0,
@@ -228,7 +280,8 @@ def cg(
     x0
         Initial guess (warm start); zero by default.
     tol, atol
-        Relative and absolute residual tolerances.
+        Relative and absolute residual tolerances (``tol=None``: fixed budget of
+        ``maxiter`` iterations, accepted; see :class:`CG`).
     maxiter
         Iteration cap; ``10·n`` by default.
     damping

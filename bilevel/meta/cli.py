@@ -48,6 +48,7 @@ from .algorithms import (
     Pretrain,
     Reptile,
 )
+from .presets import PRESETS, apply_preset
 from .train import Evaluation, evaluate, fingerprint, load_checkpoint, train
 
 __all__ = ["build", "meta_eval_main", "meta_train_main", "plot_curve", "results_table"]
@@ -99,12 +100,19 @@ def _model(spec: str, args: argparse.Namespace) -> Any:
     from .models import MLP, Conv4
 
     if spec == "sinusoid":
-        return MLP((1, args.hidden, args.hidden, 1), activation=args.activation)
+        return MLP((1, args.hidden, args.hidden, 1), activation=args.activation,
+                   init_std=getattr(args, "init_std", None))
     return Conv4(hidden=args.hidden, ways=args.ways, dtype="float32")
 
 
 def build(args: argparse.Namespace) -> tuple[MetaAlgorithm, Any]:
-    """The algorithm and the model described by parsed ``meta-train`` arguments."""
+    """The algorithm and the model described by parsed ``meta-train`` arguments.
+
+    With ``args.preset`` the preset's options (:mod:`bilevel.meta.presets`) are first set
+    on ``args`` where an option still has its default.
+    """
+    if getattr(args, "preset", None):
+        apply_preset(args, vars(_parser("bilevel meta-train").parse_args([])))
     model = _model(args.tasks, args)
     lr, k = args.inner_lr, args.inner_steps
     makers = {  # keyed by registry.spelling(name)
@@ -140,6 +148,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--algorithm", type=_algorithm, default="maml",
                    metavar="{" + ",".join(choices) + "}",
                    help="meta-learning algorithm (any spelling: A-MAML, memory-reduced)")
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                   help="a paper's protocol (bilevel.meta.presets); explicit options win")
     p.add_argument("--tasks", default="sinusoid", help="'sinusoid' or 'omniglot:PATH'")
     p.add_argument("--ways", type=int, default=5, help="classes per task (Omniglot)")
     p.add_argument("--n-shot", type=int, default=10, help="support examples per class/task")
@@ -157,7 +167,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--scheme", default="rk4",
                    help="A-MAML integrator; horizon = inner-lr × inner-steps")
     p.add_argument("--damping", type=float, default=None,
-                   help="CG damping δ (iMAML: default reg + 20; MemoryReduced: default 0)")
+                   help="CG damping δ (iMAML: default 1; MemoryReduced: default 0)")
     p.add_argument("--head-reg", type=float, default=0.0, help="MemoryReduced head ridge")
     p.add_argument("--cml-base", type=_algorithm, default="maml",
                    help="algorithm whose meta-objective CML augments (not cml)")

@@ -58,17 +58,20 @@ class ContinuousAdjointStep:
     discretize), as a ``step_vjp(state_k, k, (a,)) -> ((a_k,), b_k)`` for
     :func:`~bilevel.methods.reverse.unrolled_vjp`.
 
-    Euler forward: explicit Euler with ``H`` at the later state, ``a_k = a − h H(u_{k+1}) a``,
-    ``b_k = −h M(u_{k+1})ᵀ a``. Heun/RK4 forward: Heun's step, ``ã = a − h H(u_{k+1}) a``,
-    ``a_k = a − (h/2)(H(u_{k+1}) a + H(u_k) ã)``, ``b_k = −(h/2)(M(u_{k+1})ᵀ a + M(u_k)ᵀ ã)``.
+    ``euler=True``: explicit Euler with ``H`` at the later state, ``a_k = a − h H(u_{k+1}) a``,
+    ``b_k = −h M(u_{k+1})ᵀ a`` (one HVP per step; A-MAML's released code pairs it with an
+    RK4 forward pass). ``euler=False``: Heun's step, ``ã = a − h H(u_{k+1}) a``,
+    ``a_k = a − (h/2)(H(u_{k+1}) a + H(u_k) ã)``, ``b_k = −(h/2)(M(u_{k+1})ᵀ a + M(u_k)ᵀ ã)``
+    (two HVPs per step, second order).
     ``u_next`` must hold ``u_K`` before the first call; each call moves it to ``u_k``.
     Each HVP's Rayleigh quotient goes to the monitor; at ``k = K − 1`` ``stiffness_iters``
     Lanczos steps estimate ``λ_max(H(u_K))``.
     """
 
     def __init__(self, problem: BilevelProblem, lam: Any, flow: GradientFlow,
-                 monitor: StabilityMonitor, stiffness_iters: int):
+                 monitor: StabilityMonitor, stiffness_iters: int, euler: bool | None = None):
         self.problem, self.lam, self.flow = problem, lam, flow
+        self.euler = flow.scheme.order == 1 if euler is None else euler
         self.monitor, self.stiffness_iters = monitor, stiffness_iters
         self.u_next: Any = None
         self.cached: tuple[int, Any] | None = None  # (k, trace of ∇g at u_k) for Heun
@@ -84,7 +87,7 @@ class ContinuousAdjointStep:
         hu1, mu1 = lin_next.vjp(a)
         self.monitor.backward(k, a, hu1)
         self.u_next, self.cached = s[0], None
-        if self.flow.scheme.order == 1:
+        if self.euler:
             return (a - h * hu1,), -h * mu1
         a_pred = a - h * hu1
         lin_k = self.problem.linearize(s[0], self.lam, data=data)
@@ -164,6 +167,11 @@ class Adjoint(Validated, Method):
         through gradient descent with ``lr = h``). ``False``: the continuous adjoint
         (optimize-then-discretize, as in A-MAML, :class:`ContinuousAdjointStep`), O(h)
         from the discrete gradient with Euler, O(h²) with the Heun-type backward step.
+        :meth:`Adjoint.paper` is A-MAML's pairing.
+    backward : {"euler", "heun"}, optional
+        The backward step of the continuous adjoint (``discrete=False`` only): explicit
+        Euler with the Hessian at the later state (one HVP per step), or Heun's step (two).
+        Default: Euler after an Euler forward pass, Heun after Heun or RK4.
     checkpoints : int, optional
         Snapshots for ``trajectory="checkpoint"``.
     reconstruct_warn, reconstruct_tol : float
@@ -176,7 +184,9 @@ class Adjoint(Validated, Method):
     -----
     Step conditions (:mod:`bilevel.stability`) are checked for free along the way: a
     violation gives ``success=False`` with the first offending step in ``unstable_step``
-    and the largest ``h·λ_max(H)`` seen in ``step_stiffness``. Memory: O(K·n) stored,
+    and the largest ``h·λ_max(H)`` seen in ``step_stiffness``. For a batch of problems,
+    ``problem_success`` (``(B,)``) flags the problems whose steps met every condition
+    (meta-learning averages the meta-gradient over those tasks). Memory: O(K·n) stored,
     O(c·n) checkpointed, O(n) reconstructed; costs per scheme and trajectory are listed on
     :doc:`/methods/adjoint`.
 
@@ -192,12 +202,31 @@ class Adjoint(Validated, Method):
     reconstruct_warn: float = option(1e-8, check=positive, kw_only=True)
     reconstruct_tol: float = option(1e-4, check=positive, kw_only=True)
     stiffness_iters: int = option(8, check=integer(0), kw_only=True)
+    backward: str | None = option(None, check=optional(one_of(("euler", "heun"))),
+                                  kw_only=True)
 
     name = "adjoint"
     _repr_always = ("trajectory", "discrete")
 
+    @classmethod
+    def paper(cls) -> Adjoint:
+        """A-MAML's continuous adjoint (Li et al., 2023, and its released code).
+
+        ``Adjoint("store", discrete=False, backward="euler")``: the forward states on the
+        grid are stored, the adjoint ODE is integrated backwards by explicit Euler with the
+        Hessian at the later state. With an RK4 forward pass the gradient is O(h) from
+        the exact derivative of the discretized flow; ``Adjoint()`` (the discrete adjoint)
+        is exact.
+        """
+        return cls("store", discrete=False, backward="euler")
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.backward is not None and self.discrete:
+            raise ValueError(
+                f"backward={self.backward!r} chooses the step of the continuous adjoint; "
+                "pass discrete=False with it (the discrete adjoint follows the forward scheme)"
+            )
         if self.checkpoints is not None and self.trajectory != "checkpoint":
             raise ValueError(
                 f"checkpoints={self.checkpoints!r} applies to trajectory='checkpoint' only, "
@@ -222,8 +251,9 @@ class Adjoint(Validated, Method):
     ) -> HypergradResult:
         self.check_dynamics(dynamics)
         monitor = StabilityMonitor(dynamics.scheme, dynamics.h, dynamics.steps)
+        euler = None if self.backward is None else self.backward == "euler"
         vjp = None if self.discrete else ContinuousAdjointStep(
-            problem, lam, dynamics, monitor, self.stiffness_iters)
+            problem, lam, dynamics, monitor, self.stiffness_iters, euler)
         step = _monitored_step(problem, lam, dynamics, monitor, vjp)
         try:  # the discrete adjoint is reverse mode over the monitored scheme step
             sweep = unrolled_vjp(problem, lam, dynamics.init(w0), dynamics,
@@ -236,7 +266,7 @@ class Adjoint(Validated, Method):
         except _ReconstructionFailed as fail:
             return self._reconstruction_failed(fail, problem, lam, dynamics, monitor)
         problems: list[str] = []
-        report = monitor.report(not self.discrete, problems)
+        report = monitor.report(not self.discrete, problems, self._backward_name(dynamics))
         if self.trajectory == "reconstruct":
             report["reconstruction_error"] = self._judge_reconstruction(sweep.stats, problems)
         else:
@@ -244,6 +274,7 @@ class Adjoint(Validated, Method):
                           max_states_held=sweep.stats.max_states_held)
         return HypergradResult(grad=sweep.grad, w=sweep.w, value=sweep.value,
                                adjoint_initial=sweep.cotangent[0], **outcome(problems),
+                               problem_success=monitor.problem_stable(not self.discrete),
                                **self._keys(dynamics), **report)
 
     def _sweep(self, problem: BilevelProblem, lam: Any, flow: GradientFlow) -> Any:
@@ -255,6 +286,12 @@ class Adjoint(Validated, Method):
             c = self.checkpoints if self.checkpoints is not None else default_checkpoints(
                 flow.steps)
         return partial(reverse_sweep, checkpoints=c)
+
+    def _backward_name(self, flow: GradientFlow) -> str:
+        """``"Euler"`` or ``"Heun"``: the continuous adjoint's backward step."""
+        if self.backward is not None:
+            return self.backward.capitalize()
+        return "Euler" if flow.scheme.order == 1 else "Heun"
 
     def _keys(self, flow: GradientFlow) -> dict[str, Any]:
         return dict(trajectory=self.trajectory, discrete=self.discrete, scheme=flow.scheme.name)
@@ -287,7 +324,7 @@ class Adjoint(Validated, Method):
             "amplifies errors like e^(λ_max(H)·T); use trajectory='checkpoint' "
             "(O(log K) states) or 'store'"
         ]
-        report = monitor.report(not self.discrete, problems)
+        report = monitor.report(not self.discrete, problems, self._backward_name(flow))
         return failure_result(
             lam, "; ".join(problems), w=fail.w, value=problem.outer_value(fail.w, lam),
             inner_residual=norm_per_problem(problem.inner_grad(fail.w, lam)),

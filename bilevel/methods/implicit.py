@@ -23,7 +23,7 @@ from ..dynamics import Dynamics, run
 from ..linalg import CG
 from ..problem import BilevelProblem
 from ..registry import register
-from ..validation import Validated, nonnegative, option, optional, positive
+from ..validation import Validated, nonnegative, one_of, option, optional, positive
 from .base import (
     HypergradResult,
     HypergradState,
@@ -64,14 +64,19 @@ def implicit_vjp(
     return ImplicitVJP(grad, value, sol.x, sol, norm_per_problem(lin.grad))
 
 
-def implicit_diagnostics(ift: ImplicitVJP, g0_norm: Any, inner_tol: float | None) -> dict:
+def implicit_diagnostics(ift: ImplicitVJP, g0_norm: Any, inner_tol: float | None,
+                         on_unconverged: str = "drop") -> dict:
     """``success``, ``message``, ``inner_converged`` and ``problem_success`` of a result.
 
     A problem passes when its linear solve converged (no CG breakdown) and, with
-    ``inner_tol``, ``‖∇_w g(w_K)‖ ≤ inner_tol · max(1, ‖∇_w g(w_0)‖)``.
+    ``inner_tol``, ``‖∇_w g(w_K)‖ ≤ inner_tol · max(1, ‖∇_w g(w_0)‖)``. With
+    ``on_unconverged="keep"`` an unconverged or broken-down linear solve is accepted (its
+    residual is reported); only a non-finite solution fails.
     """
     xp = namespace(ift.v)
     sol, problems, inner_ok = ift.solve, [], None
+    if on_unconverged == "keep":
+        sol = _kept(xp, sol, ift.v)
     if inner_tol is not None:
         threshold = inner_tol * xp.maximum(g0_norm, xp.ones_like(g0_norm))
         inner_ok = ift.inner_residual <= threshold
@@ -91,6 +96,16 @@ def implicit_diagnostics(ift: ImplicitVJP, g0_norm: Any, inner_tol: float | None
         problems.append(f"{n_ok} of {per_problem.shape[0]} problems passed")
     return dict(outcome(problems), problem_success=per_problem,
                 inner_converged=inner_ok is None or bool(xp.all(inner_ok)))
+
+
+def _kept(xp: Any, sol: Any, v: Any) -> Any:
+    """``sol`` judged by finiteness only (``on_unconverged="keep"``)."""
+    finite = xp.all(xp.isfinite(v), axis=-1)
+    return dataclasses.replace(
+        sol, converged=bool(xp.all(finite)), breakdown=False,
+        converged_mask=finite if len(v.shape) == 2 else None,
+        message=f"{sol.message} (kept: on_unconverged='keep')",
+    )
 
 
 def _problem_success(xp: Any, sol: Any, inner_ok: Any, v: Any) -> Any:
@@ -170,6 +185,12 @@ class Implicit(Validated, Method):
     warm_start : bool
         Start the solver from ``state.v`` when a state with a ``v`` of the right shape is
         passed.
+    on_unconverged : {"drop", "keep"}
+        What an unconverged (or broken-down) linear solve means. ``"drop"`` (default): the
+        problem fails (``success=False``; meta-learning drops the task from the meta-batch).
+        ``"keep"``: the approximate solution is accepted and its residual reported; only a
+        non-finite solution fails. A fixed-budget solver (``CG.fixed(J)``) never reports
+        an unconverged solve, so it drops nothing under either policy.
 
     Notes
     -----
@@ -197,6 +218,7 @@ class Implicit(Validated, Method):
     inner_tol: float | None = option(1e-6, check=optional(positive), kw_only=True)
     tol_schedule: Callable[[int], float] | None = option(None, check=_schedule, kw_only=True)
     warm_start: bool = option(True, check=flag, kw_only=True)
+    on_unconverged: str = option("drop", check=one_of(("drop", "keep")), kw_only=True)
 
     name = "implicit"
 
@@ -231,7 +253,7 @@ class Implicit(Validated, Method):
             inner_residual=ift.inner_residual,
             warm_started=x0 is not None,
             tol=getattr(solver, "tol", None),
-            **implicit_diagnostics(ift, g0_norm, inner_tol),
+            **implicit_diagnostics(ift, g0_norm, inner_tol, self.on_unconverged),
         )
 
     def _solver_and_tol(self, state: HypergradState | None) -> tuple[Callable, float | None]:

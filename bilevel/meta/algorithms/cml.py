@@ -44,7 +44,9 @@ class CoLearnerTerm:
         m = int(lam.shape[1]) - int(self.colearner.n_params)
         main = self.outer(w, lam, data)
         theta = self.adapted(w, lam)
-        feats = self.model.features(theta[:, self.model.split["backbone"]], data.x_query)
+        reads = getattr(self.colearner, "input", "features")  # or "feature_map" (conv)
+        feats = getattr(self.model, reads)(theta[:, self.model.split["backbone"]],
+                                           data.x_query)
         co = self.model.loss(self.colearner.apply(lam[:, m:], feats), data.y_query)
         return main + self.weight * co
 
@@ -91,6 +93,10 @@ class CML(Validated, Specified):
         An object with ``init(rng, backend) -> ψ`` (flat), ``n_params`` and
         ``apply(ψ, features) -> predictions`` for ``ψ`` of shape ``(T, p)`` and features
         ``(T, N, ...)`` (a :mod:`bilevel.meta.models` model on feature inputs works).
+        A co-learner with ``input = "feature_map"`` reads the model's
+        ``feature_map`` instead of its pooled ``features``: the paper's convolutional
+        co-learner on a :class:`~bilevel.meta.models.Conv4` is
+        ``ConvCoLearner.for_model(model)``.
     weight : float
         γ ≥ 0 (1.0 in the paper's code).
     """

@@ -15,7 +15,15 @@ from ...dynamics import GradientDescent
 from ...linalg import CG
 from ...methods import Implicit
 from ...registry import register
-from ...validation import Validated, integer, nonnegative, option, optional, positive
+from ...validation import (
+    Validated,
+    integer,
+    nonnegative,
+    one_of,
+    option,
+    optional,
+    positive,
+)
 from .base import Specified, meta_model
 from .objectives import penalized, weights_loss
 from .specification import Specification
@@ -37,18 +45,30 @@ class IMAML(Validated, Specified):
     inner_lr, steps
         Gradient descent on ``G_i`` (the paper: 16 steps on 5-way Omniglot).
     solver
-        Linear solver of :mod:`bilevel.linalg` (default ``CG(tol=1e-6, maxiter=50)``;
-        the paper uses 5 CG steps).
+        Linear solver of :mod:`bilevel.linalg` (default ``CG.fixed(5)``: exactly 5 CG
+        steps, accepted, as the paper and its released code).
     damping
-        ``δ ≥ 0`` added to ``H_i + reg·I`` in the solve (default ``reg + 20``: non-convex
-        networks can make it indefinite; the released code effectively damps heavily).
+        ``δ ≥ 0`` added to ``H_i + reg·I`` in the solve (default 1.0: non-convex networks
+        can make ``H_i + reg·I`` indefinite; the fixed-budget CG stops at negative
+        curvature and keeps its iterate). The earlier default ``reg + 20`` shrinks the
+        meta-gradient about twelvefold and trained worse on sinusoids (held-out MSE 2.42
+        against 1.63 with 1.0 after 120 iterations, tanh 1-20-20-1, seed 0).
     inner_tol
         Stationarity test of :class:`bilevel.Implicit` (default 10: flags a diverging inner
         loop only; a few inner steps are the algorithm, not an error). The residual is
         reported as ``step["inner_residual"]``.
+    on_unconverged : {"keep", "drop"}
+        A linear solve that stops at its iteration cap above its tolerance: ``"keep"``
+        (default, the paper's estimator: accept it and report its residual as
+        ``step["linear_residual"]``) or ``"drop"`` (average the meta-gradient over the
+        tasks whose solve converged).
+    dynamics
+        The inner solver (default ``GradientDescent(inner_lr, steps)``, iMAML-GD);
+        ``NewtonCG(steps)`` of :mod:`bilevel.dynamics` gives iMAML-HF, the paper's
+        Hessian-free inner solver (Newton-CG with a line search).
     method
-        Overrides ``Implicit(solver, damping, inner_tol=inner_tol)``, e.g.
-        ``Historyless()``.
+        Overrides ``Implicit(solver, damping, inner_tol=inner_tol,
+        on_unconverged=on_unconverged)``, e.g. ``Historyless()``.
 
     Notes
     -----
@@ -66,19 +86,23 @@ class IMAML(Validated, Specified):
     damping: float | None = option(None, check=optional(nonnegative))
     _: KW_ONLY
     inner_tol: float | None = option(10.0, check=optional(positive))
+    on_unconverged: str = option("keep", check=one_of(("keep", "drop")))
+    dynamics: Any = None
     method: Any = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._complete(damping=self.reg + 20.0, solver=CG(tol=1e-6, maxiter=50))
-        self._complete(method=Implicit(self.solver, self.damping, inner_tol=self.inner_tol))
+        self._complete(damping=1.0, solver=CG.fixed(5),
+                       dynamics=GradientDescent(self.inner_lr, self.steps))
+        self._complete(method=Implicit(self.solver, self.damping, inner_tol=self.inner_tol,
+                                       on_unconverged=self.on_unconverged))
 
     def specification(self) -> Specification:
         """Proximal support loss, ``w₀ = θ``, gradient descent, implicit differentiation."""
         return Specification(
             inner=penalized(partial(weights_loss, self.model, "support"), self.reg),
             outer=partial(weights_loss, self.model, "query"),
-            dynamics=GradientDescent(self.inner_lr, self.steps),
+            dynamics=self.dynamics,
             method=self.method,
             n_params=int(self.model.n_params),
         )

@@ -20,7 +20,7 @@ from ...dynamics import GradientDescent
 from ...linalg import CG
 from ...methods import Implicit
 from ...registry import register
-from ...validation import Validated, integer, nonnegative, option, positive
+from ...validation import Validated, integer, nonnegative, one_of, option, positive
 from .base import Specified, head_model
 from .objectives import cache_features, cached_head_grad, head_loss, penalized, with_backbone
 from .specification import Part, Specification
@@ -41,16 +41,25 @@ class MemoryReduced(Validated, Specified):
     model
         A model with ``split["backbone"]``, ``split["head"]``, ``features`` and ``head``.
     inner_lr, steps
-        Head gradient descent (the paper: 20 steps).
+        Head gradient descent (default 20 steps of 0.02; the paper: 20 steps of 0.1 on a
+        cross-entropy head). An MSE head is stiffer (``λ_max ≈ 2‖F‖²/N`` for features
+        ``F``): 0.1 diverges on the sinusoid MLP, 0.02 trains (held-out MSE 3.91 against
+        4.05 at random initialization after 300 iterations, tanh 1-20-20-1).
     solver
-        Default ``CG(tol=1e-8, maxiter=20)`` (the paper: 20 CG iterations, no damping).
+        Default ``CG.fixed(20)``: exactly 20 CG iterations, no damping, the result
+        accepted (the released code disables CG's stopping test). The CE head Hessian is
+        singular along row-constant logit shifts, so a tolerance is in general never met.
     damping
         ``δ ≥ 0`` (the CE head Hessian is singular along row-constant logit shifts).
     head_reg
         ``ρ ≥ 0``: adds ``(ρ/2)‖y‖²`` to the inner objective, making the head problem
         strongly convex (0 reproduces the paper).
+    on_unconverged : {"keep", "drop"}
+        A tolerance-based solve that stops at its cap: ``"keep"`` (default: accept it,
+        report its residual) or ``"drop"`` (leave the task out of the meta-gradient).
     method
-        Overrides ``Implicit(solver, damping, inner_tol=None)``.
+        Overrides ``Implicit(solver, damping, inner_tol=None,
+        on_unconverged=on_unconverged)``.
 
     Notes
     -----
@@ -60,18 +69,20 @@ class MemoryReduced(Validated, Specified):
 
     name = "memory-reduced"
     model: Any = option(MISSING, check=head_model, repr=False)
-    inner_lr: float = option(0.1, check=positive)
+    inner_lr: float = option(0.02, check=positive)
     steps: int = option(20, check=integer(1))
     solver: Any = None
     damping: float = option(0.0, check=nonnegative)
     head_reg: float = option(0.0, check=nonnegative)
     _: KW_ONLY
+    on_unconverged: str = option("keep", check=one_of(("keep", "drop")))
     method: Any = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._complete(solver=CG(tol=1e-8, maxiter=20))
-        self._complete(method=Implicit(self.solver, self.damping, inner_tol=None))
+        self._complete(solver=CG.fixed(20))
+        self._complete(method=Implicit(self.solver, self.damping, inner_tol=None,
+                                       on_unconverged=self.on_unconverged))
 
     def specification(self) -> Specification:
         """Ridge head loss on cached features from ``θ_head``; ``λ = θ_backbone``."""
