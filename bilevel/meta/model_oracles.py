@@ -79,28 +79,36 @@ def act_d2(name: str, z: Any, h: Any) -> Any | None:
 
 
 def affine(h: Any, W: Any, b: Any) -> Any:
-    return h @ W + b[:, None, :]
+    """``h W + b`` per task (the bias added in place into the fresh product)."""
+    z = h @ W
+    z += b[:, None, :]
+    return z
 
 
 # ------------------------------------------------------------------ stacks of layers
 @dataclass
 class Trace:
-    """Activations of one forward pass: inputs ``h_l``, pre-activations ``z_l``, output."""
+    """One forward pass: inputs ``h_l``, pre-activations ``z_l``, output, ``σ'(z_l)``."""
 
     hs: list[Any]
     zs: list[Any]
     out: Any
+    d1s: list[Any]
 
 
 def forward(layers: Layers, x: Any, activation: str, last: bool) -> Trace:
     """Forward pass; ``last``: apply ``σ`` after the last layer too (a backbone)."""
-    hs, zs, h = [], [], x
+    hs, zs, d1s, h = [], [], [], x
     for li, (W, b) in enumerate(layers):
         hs.append(h)
         z = affine(h, W, b)
         zs.append(z)
-        h = act(activation, z) if (last or li < len(layers) - 1) else z
-    return Trace(hs, zs, h)
+        if last or li < len(layers) - 1:
+            h = act(activation, z)
+            d1s.append(act_d1(activation, z, h))
+        else:
+            h = z
+    return Trace(hs, zs, h, d1s)
 
 
 def _outputs(tr: Trace, last: bool) -> list[Any]:
@@ -111,16 +119,15 @@ def _outputs(tr: Trace, last: bool) -> list[Any]:
 def backward(layers: Layers, tr: Trace, activation: str, last: bool, d_out: Any,
              need_input: bool = False) -> tuple[Layers, Any]:
     """``([(∇W_l, ∇b_l)], ∂/∂x)`` for the cotangent ``d_out`` of the stack's output."""
-    outs = _outputs(tr, last)
     grads: Layers = [None] * len(layers)
-    d = d_out * act_d1(activation, tr.zs[-1], tr.out) if last else d_out
+    d = d_out * tr.d1s[-1] if last else d_out
     for li in range(len(layers) - 1, -1, -1):
         W, _ = layers[li]
         grads[li] = (tr.hs[li].swapaxes(1, 2) @ d, d.sum(axis=1))
         if li or need_input:
             d = d @ W.swapaxes(1, 2)
             if li:
-                d = d * act_d1(activation, tr.zs[li - 1], outs[li - 1])
+                d = d * tr.d1s[li - 1]
     return grads, (d if need_input else None)
 
 
@@ -128,14 +135,14 @@ def r_forward(layers: Layers, dirs: Layers | None, tr: Trace, activation: str, l
               r_in: Any = None) -> list[Any]:
     """``R{z_l}`` per layer along the parameter direction ``dirs`` (``None``: zero) and the
     input direction ``r_in`` (``None``: the input is fixed)."""
-    outs, rzs, rh = _outputs(tr, last), [], r_in
+    rzs, rh = [], r_in
     for li, (W, _) in enumerate(layers):
         rz = None if dirs is None else affine(tr.hs[li], *dirs[li])
         if rh is not None:
             rz = rh @ W if rz is None else rz + rh @ W
         rzs.append(rz)
         if last or li < len(layers) - 1:
-            rh = act_d1(activation, tr.zs[li], outs[li]) * rz
+            rh = tr.d1s[li] * rz
     return rzs
 
 
@@ -150,9 +157,9 @@ def r_backward(layers: Layers, dirs: Layers | None, tr: Trace, rzs: list[Any], a
     n = len(layers)
     d, rd = d_out, rd_out
     if last:
-        d, rd = _through_act(activation, tr.zs[-1], outs[-1], d, rd, rzs[-1])
+        d, rd = _through_act(activation, tr, n - 1, outs[-1], d, rd, rzs[-1])
     grads: Layers = [None] * n
-    rhs = [r_in] + [act_d1(activation, tr.zs[i], outs[i]) * rzs[i] for i in range(n - 1)]
+    rhs = [r_in] + [tr.d1s[i] * rzs[i] for i in range(n - 1)]
     for li in range(n - 1, -1, -1):
         W = layers[li][0]
         gW = tr.hs[li].swapaxes(1, 2) @ rd
@@ -165,13 +172,14 @@ def r_backward(layers: Layers, dirs: Layers | None, tr: Trace, rzs: list[Any], a
                 rd = rd + d @ dirs[li][0].swapaxes(1, 2)
             d = d @ W.swapaxes(1, 2)
             if li:
-                d, rd = _through_act(activation, tr.zs[li - 1], outs[li - 1], d, rd, rzs[li - 1])
+                d, rd = _through_act(activation, tr, li - 1, outs[li - 1], d, rd, rzs[li - 1])
     return grads, (rd if need_input else None)
 
 
-def _through_act(activation: str, z: Any, h: Any, d: Any, rd: Any, rz: Any) -> tuple[Any, Any]:
-    """``(d ⊙ σ'(z), R{d} ⊙ σ'(z) + d ⊙ σ''(z) ⊙ R{z})``."""
-    d1, d2 = act_d1(activation, z, h), act_d2(activation, z, h)
+def _through_act(activation: str, tr: Trace, li: int, h: Any, d: Any, rd: Any, rz: Any
+                 ) -> tuple[Any, Any]:
+    """``(d ⊙ σ'(z_l), R{d} ⊙ σ'(z_l) + d ⊙ σ''(z_l) ⊙ R{z_l})``."""
+    d1, d2 = tr.d1s[li], act_d2(activation, tr.zs[li], h)
     rd = rd * d1 if d2 is None else rd * d1 + d * d2 * rz
     return d * d1, rd
 
@@ -233,7 +241,7 @@ class MLPOracles:
             return unpack(w, self._shapes("backbone") + self._shapes("head")), x, None
         lam_bb = lam if self.backbone is None else lam[:, self.backbone]
         bb = unpack(lam_bb, self._shapes("backbone"))
-        tr = forward(bb, x, self.model.activation, last=True) if bb else Trace([], [], x)
+        tr = forward(bb, x, self.model.activation, last=True) if bb else Trace([], [], x, [])
         return unpack(w, self._shapes("head")), tr.out, (bb, tr)
 
     def _grads(self, w: Any, lam: Any, x: Any, y: Any, need_input: bool):
@@ -302,7 +310,7 @@ class MLPOracles:
         e_bb = e if self.backbone is None else e[:, self.backbone]
         name, loss = self.model.activation, self.model.loss_name
         brz = r_forward(bb, unpack(e_bb, self._shapes("backbone")), btr, name, last=True)
-        r_h = act_d1(name, btr.zs[-1], btr.out) * brz[-1]
+        r_h = btr.d1s[-1] * brz[-1]
         tr = forward(layers, h, name, last=False)
         rzs = r_forward(layers, None, tr, name, last=False, r_in=r_h)
         d_out = loss_grad(loss, tr.out, y)
