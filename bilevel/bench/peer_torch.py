@@ -5,7 +5,9 @@ returns a function of no arguments computing the same hypergradient as bilevel, 
 array. The code is what a PyTorch user writes: parameters as separate tensors, the inner
 loop differentiated with ``torch.autograd.grad(..., create_graph=True)`` (MAML,
 hyper-cleaning), and for ridge one traced gradient with ``retain_graph=True`` products
-inside conjugate gradients. Only imported when PyTorch is installed.
+inside conjugate gradients. Only imported when PyTorch is installed. Builders set one
+intra-op thread (:data:`THREADS`): on a loaded two-core machine PyTorch's thread pool
+spin-waits and made the small MAML rows 10–100× slower than single-threaded.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["cleaning", "maml", "ridge"]
+__all__ = ["THREADS", "cleaning", "maml", "ridge"]
+
+THREADS = 1
 
 
 
 def _t(a: Any) -> Any:
+    torch.set_num_threads(THREADS)
     return torch.as_tensor(np.asarray(a))
 
 
