@@ -43,6 +43,7 @@ BENCHMARKS = {
     "speed": "hypergradient time / inner-solve time per method; HVP / gradient time; "
              "bilevel.numpy overhead per primitive",
     "meta": "seconds and peak memory per meta-iteration of each meta-learning algorithm",
+    "peers": "bilevel against PyTorch eager and JAX jit (when installed), same hypergradients",
 }
 _OWN_ROWS = ("speed", "meta")  # modules taking a RowLog; the others are run per method
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from autograd.core import make_vjp
@@ -17,12 +18,14 @@ from autograd.core import make_vjp
 import bilevel.numpy as bnp
 
 from ...backend import namespace
+from .. import model_oracles
 
 __all__ = [
     "Penalized",
     "cache_features",
     "cached_head_grad",
     "columns",
+    "fast_oracles",
     "head_loss",
     "sqnorm",
     "weights_loss",
@@ -121,3 +124,38 @@ def cached_head_grad(model: Any, head_reg: float, w: Any, lam: Any, data: Any) -
 
     vjp, _ = make_vjp(loss, w)
     return vjp(namespace(w).asarray(1.0, dtype=w.dtype))
+
+
+# ------------------------------------------------------------------ analytic oracles
+def _loss_of(fn: Any, which: str) -> tuple[Any, float, bool]:
+    """``(partial, ρ, proximal)`` of ``fn = partial(…, which)`` or its :class:`Penalized`."""
+    rho, proximal = 0.0, True
+    if isinstance(fn, Penalized):
+        fn, rho, proximal = fn.fn, float(fn.rho), fn.proximal
+    if not (isinstance(fn, partial) and fn.args and fn.args[-1] == which and not fn.keywords):
+        return None, rho, proximal
+    return fn, rho, proximal
+
+
+def fast_oracles(inner: Any, outer: Any) -> dict[str, Callable[..., Any]] | None:
+    """Analytic oracles (:mod:`bilevel.meta.model_oracles`) for ``(g, f)``, or ``None``.
+
+    Recognized: :func:`weights_loss` on the support and query sets of a supported model
+    (MAML, A-MAML), each optionally :class:`Penalized` with a proximal term (iMAML,
+    A-MAML), and :func:`head_loss` on both sets (ANIL). Anything else (another model, a
+    ridge term, appended parameters) returns ``None`` and the problem derives its oracles
+    by autograd.
+    """
+    g, rho_g, prox_g = _loss_of(inner, "support")
+    f, rho_f, prox_f = _loss_of(outer, "query")
+    if g is None or f is None or not (prox_g and prox_f) or g.func is not f.func:
+        return None
+    if g.args[:-1] != f.args[:-1] or not model_oracles.supports(g.args[0]):
+        return None
+    model = g.args[0]
+    if g.func is weights_loss:
+        return model_oracles.MLPOracles(model, rho=rho_g, rho_outer=rho_f).table()
+    if g.func is head_loss and not rho_g and not rho_f:
+        backbone = g.args[1]
+        return model_oracles.MLPOracles(model, head=True, backbone=backbone).table()
+    return None

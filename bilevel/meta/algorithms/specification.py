@@ -27,7 +27,7 @@ from ...backend import namespace
 from ...dynamics import Dynamics, run
 from ...problem import BilevelProblem
 from ..tasks import Episode
-from .objectives import identity, inner_weights
+from .objectives import fast_oracles, identity, inner_weights
 
 __all__ = ["Appended", "Part", "Specification", "append_parameters", "batched_problem",
            "check_params", "tile", "unroll"]
@@ -100,6 +100,11 @@ class Specification:
         ``(λ, data) ↦ data``: per-batch precomputation (cached support features).
     oracles : mapping or None
         User oracles of the problem (:class:`bilevel.BilevelProblem`).
+    fast_oracles : bool
+        When ``oracles`` is None and the objectives are a built-in model's losses that
+        :mod:`bilevel.meta.model_oracles` covers, use its analytic oracles (backpropagation
+        and the R-operator, no tracing; equal to autograd's to rounding, not bitwise).
+        Default ``False``: autograd's oracles, the reference.
     """
 
     inner: Callable[..., Any]
@@ -113,6 +118,13 @@ class Specification:
     adapted: Callable[..., Any] = inner_weights
     prepare: Callable[..., Any] | None = None
     oracles: Mapping[str, Callable[..., Any]] | None = None
+    fast_oracles: bool = False
+
+    def problem_oracles(self) -> dict[str, Callable[..., Any]] | None:
+        """The ``oracles=`` of the batched problem: the user's, else the analytic ones."""
+        if self.oracles:
+            return dict(self.oracles)
+        return fast_oracles(self.inner, self.outer) if self.fast_oracles else None
 
 
 def check_params(params: Any, n: int) -> None:
@@ -134,7 +146,7 @@ def batched_problem(spec: Specification, params: Any, data: Episode,
     if spec.prepare is not None:
         data = spec.prepare(lam, data)
     problem = BilevelProblem(spec.inner, spec.outer, data=data, init=spec.init,
-                             oracles=dict(spec.oracles) if spec.oracles else None, name=name)
+                             oracles=spec.problem_oracles(), name=name)
     w0 = None if spec.init is not None else tile(spec.start(params), T)
     return problem, lam, w0
 

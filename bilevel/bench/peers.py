@@ -1,0 +1,284 @@
+"""bilevel against PyTorch eager and JAX jit on the same hypergradients, in one process.
+
+Rows (float64, CPU, the same inputs for every framework):
+
+``MAML K=k``
+    Sinusoid regression, 25 tasks × 10 support and 10 query points, ReLU MLP 1-40-40-1,
+    inner step 0.003, full second order (reverse mode through ``k`` inner steps), the
+    meta-gradient of the mean query loss. bilevel runs its analytic MLP oracles
+    (:mod:`bilevel.meta.model_oracles`, ``fast_oracles=True``) and, as the reference and
+    the "before" of the speed-up, autograd's (``bilevel (autograd)``).
+``hyper-cleaning``
+    Data hyper-cleaning (:func:`bilevel.hpo.problems.hyper_cleaning`, 1000 examples of 30
+    features, 5 classes, 30 % of the labels flipped): ``Reverse()`` through 500 gradient
+    steps, the gradient in the 1000 example weights.
+``ridge CG100``
+    Ridge with one log-penalty per feature (:func:`bilevel.hpo.problems.ridge`, 2000 × 1000):
+    the implicit hypergradient with 100 conjugate-gradient steps at the exact solution
+    (BLAS-bound: two matrix-vector products per step).
+
+The peers (:mod:`bilevel.bench.peer_torch`, :mod:`bilevel.bench.peer_jax`) run when
+installed (``pip install bilevel[peers]``) and are skipped otherwise. Times are the best of
+``repeats`` calls after one warm-up call (JAX compiles there), the variants interleaved
+within each repeat so that the machine's load hits them alike; ``agree`` is the largest
+relative difference of a peer's hypergradient from bilevel's (checksums). Peak memory is
+tracemalloc's, for bilevel only (the peers allocate outside Python's allocator).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..dynamics import GradientDescent
+from ..hpo.problems import hyper_cleaning, ridge
+from ..linalg import CG
+from ..meta import MAML, MLP, Sinusoid
+from ..methods import Reverse
+from ..methods.implicit import implicit_vjp
+from . import quiet_hypergrad
+from .report import RowLog, figure, format_bytes, markdown_table, peak_memory, save_figure
+
+__all__ = ["PEERS", "available_peers", "measure", "plot", "run", "to_markdown", "workloads"]
+
+PEERS = ("torch", "jax")
+"""Peer frameworks, each measured when its package is importable."""
+
+_SIZES = {
+    "quick": dict(K=(1, 2), tasks=4, cleaning=(60, 8, 3, 10), ridge=(80, 40, 10), repeats=1),
+    "full": dict(K=(1, 5, 25, 800), tasks=25, cleaning=(1000, 30, 5, 500),
+                 ridge=(2000, 1000, 100), repeats=3),
+}
+_AUTOGRAD_MAX_K = 25  # the autograd reference is skipped above this (minutes at K = 800)
+
+
+def available_peers() -> list[str]:
+    """The peers of :data:`PEERS` whose package is installed."""
+    return [p for p in PEERS if importlib.util.find_spec(p) is not None]
+
+
+def _peer(name: str) -> Any:
+    """The module of peer ``name`` (imports the framework)."""
+    return importlib.import_module(f".peer_{name}", __package__)
+
+
+# ------------------------------------------------------------------ workloads
+def _maml(K: int, tasks: int, seed: int) -> tuple[dict, dict[str, Callable[[], Any]]]:
+    """Inputs of the peers and bilevel's variants for MAML with ``K`` inner steps."""
+    model = MLP((1, 40, 40, 1), activation="relu")
+    ep = Sinusoid(n_shot=10, n_query=10).sample(tasks, np.random.default_rng([seed, 0]))
+    alg = MAML(model, inner_lr=0.003, steps=K)
+    theta = alg.init(np.random.default_rng([seed, 1]))
+    spec = alg.specification()
+    variants = {"bilevel": replace(spec, fast_oracles=True)}
+    if K <= _AUTOGRAD_MAX_K:
+        variants["bilevel (autograd)"] = spec
+
+    def meta_gradient(s: Any) -> Callable[[], Any]:
+        return lambda: alg._hypergradient(s, theta, ep).grad.mean(axis=0)
+
+    shapes = [s for g in ("backbone", "head") for _, s in model._layout[g]]
+    parts, start = [], 0
+    for s in shapes:
+        parts.append(theta[start:start + math.prod(s)].reshape(s))
+        start += math.prod(s)
+    data = dict(x_support=ep.x_support, y_support=ep.y_support, x_query=ep.x_query,
+                y_query=ep.y_query, layers=list(zip(parts[::2], parts[1::2], strict=True)),
+                lr=0.003, steps=K)
+    return data, {k: meta_gradient(s) for k, s in variants.items()}
+
+
+def _cleaning(N: int, d: int, C: int, K: int, seed: int
+              ) -> tuple[dict, dict[str, Callable[[], Any]]]:
+    """Hyper-cleaning with ``N`` examples of ``d`` features, ``C`` classes, ``K`` steps."""
+    rng = np.random.default_rng([seed, 2])
+    W = rng.standard_normal((d, C))
+    X = rng.standard_normal((N, d)) / math.sqrt(d)
+    Xv = rng.standard_normal((N // 2, d)) / math.sqrt(d)
+    y, yv = np.argmax(X @ W, axis=1), np.argmax(Xv @ W, axis=1)
+    flip = rng.random(N) < 0.3
+    y = np.where(flip, rng.integers(0, C, N), y)
+    l2, lr = 1e-3, 0.5
+    problem = hyper_cleaning(X, y, Xv, yv, n_classes=C, l2=l2)
+    lam, w0 = np.zeros(N), np.zeros((d + 1) * C)
+    dyn, method = GradientDescent(lr, K), Reverse()
+    ones = np.ones((N, 1))
+    data = dict(X=np.concatenate([X, ones], axis=1), y=y,
+                X_val=np.concatenate([Xv, ones[: N // 2]], axis=1), y_val=yv,
+                w0=w0, lam=lam, lr=lr, steps=K, l2=l2, classes=C)
+    return data, {"bilevel": lambda: quiet_hypergrad(problem, lam, w0, dyn, method).grad}
+
+
+def _ridge(N: int, d: int, iters: int, seed: int) -> tuple[dict, dict[str, Callable[[], Any]]]:
+    """Per-feature ridge ``N × d``: the implicit hypergradient with ``iters`` CG steps."""
+    rng = np.random.default_rng([seed, 3])
+    X, Xv = rng.standard_normal((N, d)), rng.standard_normal((N, d))
+    wt = rng.standard_normal(d)
+    y, yv = X @ wt + rng.standard_normal(N), Xv @ wt + rng.standard_normal(N)
+    lam = np.full(d, -1.0)
+    w = np.linalg.solve(X.T @ X / N + np.diag(np.exp(lam)), X.T @ y / N)
+    problem = ridge(X, y, Xv, yv)
+    solver = CG(tol=0.0, maxiter=iters)
+    data = dict(X=X, y=y, X_val=Xv, y_val=yv, w=w, lam=lam, iters=iters)
+    return data, {"bilevel": lambda: implicit_vjp(problem, w, lam, solver).grad}
+
+
+def workloads(quick: bool = False, seed: int = 0) -> list[tuple[str, str, tuple]]:
+    """``(row label, peer builder name, arguments of the bilevel builder)`` per row."""
+    size = _SIZES["quick" if quick else "full"]
+    rows = [(f"MAML K={K}", "maml", (K, size["tasks"], seed)) for K in size["K"]]
+    N, d, C, K = size["cleaning"]
+    rows.append((f"hyper-cleaning, {K} GD steps", "cleaning", (N, d, C, K, seed)))
+    N, d, iters = size["ridge"]
+    rows.append((f"ridge CG{iters}", "ridge", (N, d, iters, seed)))
+    return rows
+
+
+_BUILDERS = {"maml": _maml, "cleaning": _cleaning, "ridge": _ridge}
+
+
+# ------------------------------------------------------------------ measurement
+def _best_times(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Best wall time of each function over ``repeats`` rounds, interleaved."""
+    best = dict.fromkeys(fns, math.inf)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def _rel(a: Any, b: Any) -> float:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-300))
+
+
+def measure(label: str, kind: str, args: tuple, peers: Sequence[str], repeats: int) -> dict:
+    """One row: seconds of every variant, bilevel's peak memory, agreement of the peers."""
+    data, fns = _BUILDERS[kind](*args)
+    for p in peers:
+        fns[p] = getattr(_peer(p), kind)(data)
+    grads = {name: np.asarray(fn()) for name, fn in fns.items()}  # warm-up (JAX compiles)
+    seconds = _best_times(fns, repeats)
+    peaks = {name: int(peak_memory(fns[name])[1]) for name in fns if name.startswith("bilevel")}
+    ref = grads["bilevel"]
+    return dict(row=label, seconds=seconds, peak_bytes=peaks,
+                agree={k: _rel(g, ref) for k, g in grads.items() if k != "bilevel"},
+                checksum={k: float(np.sum(g)) for k, g in grads.items()})
+
+
+def run(quick: bool = False, backend: str = "numpy", methods: Sequence[str] | None = None, *,
+        seed: int = 0, log: RowLog | None = None, progress: bool = False) -> dict:
+    """Every row of :func:`workloads` with bilevel and the installed peers.
+
+    Parameters
+    ----------
+    quick
+        Small sizes (seconds in all), one repeat.
+    backend
+        ``"numpy"`` only (the peers run on the CPU).
+    methods
+        Frameworks to compare with among :data:`PEERS` (default: every installed one;
+        one that is not installed is skipped and listed under ``skipped``).
+    seed
+        Seeds the data and the parameters.
+    log
+        Row log for interrupt/resume (default in memory).
+    progress
+        tqdm bar over the rows.
+
+    Returns
+    -------
+    dict
+        ``rows``: ``{row, seconds: {variant: s}, peak_bytes: {variant: bytes}, agree:
+        {variant: max rel. difference from bilevel}, checksum: {variant: Σ grad}}``;
+        ``peers``, ``skipped``, ``quick``, ``backend``.
+    """
+    from tqdm.auto import tqdm
+
+    if backend != "numpy":
+        raise ValueError(f"bench peers runs on the CPU (backend 'numpy'), got {backend!r}")
+    wanted = list(PEERS) if methods is None else [m.lower() for m in methods]
+    unknown = sorted(set(wanted) - set(PEERS))
+    if unknown:
+        raise ValueError(f"unknown peer(s) {unknown}; choose from {list(PEERS)}")
+    installed = available_peers()
+    peers = [p for p in wanted if p in installed]
+    log = RowLog(None, "peers", {}) if log is None else log
+    repeats = _SIZES["quick" if quick else "full"]["repeats"]
+    rows = []
+    for label, kind, args in tqdm(workloads(quick, seed), desc="bench peers",
+                                  disable=not progress):
+        row = log.compute([label], lambda la=label, k=kind, a=args:
+                          measure(la, k, a, peers, repeats))
+        rows.append({k: v for k, v in row.items() if k != "key"})
+    return dict(rows=rows, peers=peers, skipped=[p for p in wanted if p not in installed],
+                quick=quick, backend=backend)
+
+
+# ------------------------------------------------------------------ report
+def _ratio(row: dict, peer: str) -> str:
+    s = row["seconds"]
+    return f"{s['bilevel'] / s[peer]:.2f}×" if peer in s else "—"
+
+
+def _secs(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v * 1e3:.1f} ms" if v < 1 else f"{v:.2f} s"
+
+
+def to_markdown(result: dict) -> str:
+    """Markdown table: seconds per framework, ratios, bilevel's peak memory, agreement."""
+    peers = result["peers"]
+    cols = [("row", "row", None), ("bilevel", "bilevel", _secs),
+            ("bilevel (autograd)", "bilevel (autograd)", _secs)]
+    flat = []
+    for r in result["rows"]:
+        s = r["seconds"]
+        item = {"row": r["row"], "bilevel": s["bilevel"], "bilevel (autograd)":
+                s.get("bilevel (autograd)"), "peak": r["peak_bytes"]["bilevel"],
+                "agree": max(r["agree"].values(), default=0.0)}
+        for p in peers:
+            item[p], item[f"bilevel / {p}"] = s.get(p), _ratio(r, p)
+        flat.append(item)
+    cols += [(p, p, _secs) for p in peers] + [(f"bilevel / {p}", f"bilevel / {p}", None)
+                                              for p in peers]
+    cols += [("bilevel peak", "peak", format_bytes),
+             ("agree (max rel. diff.)", "agree", lambda v: f"{v:.1e}")]
+    skipped = result.get("skipped") or []
+    note = (f" Not installed, skipped: {', '.join(skipped)} (``pip install bilevel[peers]``)."
+            if skipped else "")
+    return ("bilevel (analytic MLP oracles where the model has them), bilevel through "
+            "autograd, PyTorch eager and JAX jit on the same float64 hypergradients, one "
+            f"process, variants interleaved; best of the repeats.{note}\n\n"
+            + markdown_table(flat, cols))
+
+
+def plot(result: dict, path: str) -> str:
+    """PNG: seconds per row and framework (log scale)."""
+    fig, axes = figure(1, 1, size=(8.0, 4.5))
+    ax = axes[0, 0]
+    rows = result["rows"]
+    variants = ["bilevel", "bilevel (autograd)"] + list(result["peers"])
+    width = 0.8 / len(variants)
+    for i, v in enumerate(variants):
+        xs = [j + i * width for j, r in enumerate(rows) if v in r["seconds"]]
+        ys = [r["seconds"][v] for r in rows if v in r["seconds"]]
+        ax.bar(xs, ys, width, label=v)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))])
+    ax.set_xticklabels([r["row"] for r in rows], rotation=20, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds")
+    ax.legend(fontsize=7)
+    ax.set_title("bilevel and its peers (float64, CPU)")
+    return save_figure(fig, path)
+
