@@ -10,23 +10,50 @@ from __future__ import annotations
 
 import abc
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from ...api import HypergradResult, hypergrad
-from ...backend import to_numpy
+from ...backend import is_array, to_numpy
 from ...problem import BilevelProblem
+from ...validation import integer
 from ..tasks import Episode
 from .specification import Specification, batched_problem, unroll
-from .step import MetaStep, mean_tasks
+from .step import MetaStep, join_results, mean_tasks
 
-__all__ = ["MetaAlgorithm", "Specified", "head_model", "meta_model", "specified", "split_part"]
+__all__ = ["CHUNKS", "MetaAlgorithm", "Specified", "head_model", "meta_model", "micro_batches",
+           "specified", "split_part"]
 
 PROTOCOL = ("init", "apply", "loss", "n_params")
 OLD_HOOKS = {"inner_objective": "inner", "outer_objective": "outer", "init_map": "init",
              "adapted": "adapted"}
+
+
+#: Default micro-batch size of the meta-gradients, in tasks: memory stays flat in ``T``.
+CHUNKS = 4
+
+
+def micro_batches(episode: Episode, chunks: int | None) -> Iterator[Episode]:
+    """The episode's tasks in consecutive micro-batches of ``chunks`` tasks (views).
+
+    ``None`` (or a size of at least ``T``) gives the episode itself. Info arrays whose
+    leading axis is ``T`` are cut too; other entries are kept.
+    """
+    T = episode.n_tasks
+    size = T if chunks is None else integer(1)("chunks", chunks)
+    if size >= T:
+        yield episode
+        return
+    for start in range(0, T, size):
+        part = slice(start, min(start + size, T))
+        arrays = (None if a is None else a[part] for a in
+                  (episode.x_support, episode.y_support, episode.x_query, episode.y_query))
+        info = {k: v[part] if is_array(v) and len(v.shape) and int(v.shape[0]) == T else v
+                for k, v in episode.info.items()}
+        yield Episode(*arrays, info)
 
 
 def meta_model(name: str, model: Any) -> Any:
@@ -73,10 +100,12 @@ class MetaAlgorithm(abc.ABC):
     """Base class: a meta-learning algorithm over a model.
 
     * ``init(rng, backend)`` → initial meta-parameters;
-    * ``meta_gradient(params, episode, drop_failed=True)`` → ``(grad, step)``: the
-      meta-gradient (shape of ``params``) and a :class:`~bilevel.meta.algorithms.MetaStep`
-      (``step["loss"]``, ``step["success"]``, ``step["task_success"]``, work counts, ...);
-      with ``drop_failed`` the meta-gradient averages only the tasks that passed;
+    * ``meta_gradient(params, episode, drop_failed=True, chunks=CHUNKS)`` →
+      ``(grad, step)``: the meta-gradient (shape of ``params``) and a
+      :class:`~bilevel.meta.algorithms.MetaStep` (``step["loss"]``, ``step["success"]``,
+      ``step["task_success"]``, work counts, ...); with ``drop_failed`` the
+      meta-gradient averages only the tasks that passed; ``chunks`` tasks are
+      differentiated at a time (``None``: the whole meta-batch), with the same result;
     * ``adapt(params, x_support, y_support)`` → adapted model parameters ``(T, n)``;
     * ``evaluate(params, episode)`` → per-task post-adaptation query ``loss`` and
       ``accuracy`` (NumPy arrays of shape ``(T,)``).
@@ -102,8 +131,8 @@ class MetaAlgorithm(abc.ABC):
         return params[: int(self.model.n_params)]
 
     @abc.abstractmethod
-    def meta_gradient(self, params: Any, episode: Any,
-                      drop_failed: bool = True) -> tuple[Any, Any]:
+    def meta_gradient(self, params: Any, episode: Any, drop_failed: bool = True,
+                      chunks: int | None = CHUNKS) -> tuple[Any, Any]:
         """Meta-gradient of the mean query loss over the episode's tasks, and diagnostics."""
 
     @abc.abstractmethod
@@ -193,11 +222,23 @@ class Specified(MetaAlgorithm):
         """
         return self._hypergradient(self.specification(), params, episode)
 
-    def meta_gradient(self, params: Any, episode: Any,
-                      drop_failed: bool = True) -> tuple[Any, MetaStep]:
-        """Meta-gradient ``λ'(θ)ᵀ (1/|S|) Σ_{i∈S} ∇_{λ_i} f_i`` and its :class:`MetaStep`."""
+    def meta_gradient(self, params: Any, episode: Any, drop_failed: bool = True,
+                      chunks: int | None = CHUNKS) -> tuple[Any, MetaStep]:
+        """Meta-gradient ``λ'(θ)ᵀ (1/|S|) Σ_{i∈S} ∇_{λ_i} f_i`` and its :class:`MetaStep`.
+
+        The meta-batch runs in micro-batches of ``chunks`` tasks (``None``: all at once),
+        so the peak memory is one micro-batch's plus ``O(T·(m + n))`` for the per-task
+        results, whatever the meta-batch size ``T``. The per-task gradients are summed in
+        task order (:func:`~bilevel.meta.algorithms.step.sum_tasks`): the meta-gradient
+        is the same bit for bit for every ``chunks`` (a micro-batch that fails as a whole
+        fails only its own tasks).
+        """
         spec = self.specification()
-        step = MetaStep.of(self._hypergradient(spec, params, episode))
+        results, sizes = [], []
+        for part in micro_batches(episode, chunks):
+            results.append(self._hypergradient(spec, params, part))
+            sizes.append(part.n_tasks)
+        step = MetaStep.of(join_results(results, sizes))
         mask = step.task_success if drop_failed else None
         grad = spec.lam.pullback(mean_tasks(step.result.grad, mask), params)
         return grad, replace(step, grad=grad)
