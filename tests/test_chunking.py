@@ -16,8 +16,9 @@ from bilevel.meta.algorithms import (
     MemoryReduced,
     Pretrain,
     Reptile,
+    base,
 )
-from bilevel.meta.algorithms.base import CHUNKS, micro_batches
+from bilevel.meta.algorithms.base import AUTO_BYTES, CHUNKS, chunk_size, micro_batches
 from bilevel.meta.algorithms.step import join_results, mean_tasks, sum_tasks
 from bilevel.meta.models import MLP, Conv4
 
@@ -115,19 +116,36 @@ def _peak(fn):
     return peak
 
 
-def test_peak_memory_flat_in_meta_batch():
-    """Conv4 MAML with the default micro-batches: peak within 1.3x from T = 4 to 32."""
-    model = Conv4(hidden=8, image_size=16, ways=5)
-    alg = MAML(model, inner_lr=0.1, steps=3)
+def _images(T, rng, side=28, shots=1, queries=15, ways=5):
+    return Episode(rng.standard_normal((T, ways * shots, 1, side, side)).astype(np.float32),
+                   rng.integers(0, ways, (T, ways * shots)),
+                   rng.standard_normal((T, ways * queries, 1, side, side)).astype(np.float32),
+                   rng.integers(0, ways, (T, ways * queries)))
+
+
+def test_auto_chunks_sized_by_inputs(episode):
+    rng = np.random.default_rng(0)
+    assert CHUNKS == "auto"
+    assert chunk_size(_images(8, rng)) == 1  # 5-way 1-shot, 15 queries, 28x28: 251 kB
+    assert chunk_size(_images(8, rng, side=8)) == AUTO_BYTES // (80 * 8 * 8 * 4 + 80 * 8)
+    assert chunk_size(episode) >= episode.n_tasks  # sinusoids: one batch
+    assert chunk_size(episode, None) == episode.n_tasks and chunk_size(episode, 2) == 2
+    with pytest.raises(ValueError, match="chunks"):
+        chunk_size(episode, "many")
+
+
+def test_peak_memory_flat_in_meta_batch(monkeypatch):
+    """Conv4 MAML (4 channels, 5-way 1-shot, 15 queries) under ``chunks="auto"``: peak
+    memory within 1.3x from T = 4 to 32. Images of 8x8 keep it fast, with the input
+    budget scaled down to two such tasks (28x28 images: the budget itself, one task)."""
+    monkeypatch.setattr(base, "AUTO_BYTES", 2 * (80 * 8 * 8 * 4 + 80 * 8))
+    alg = MAML(Conv4(hidden=4, image_size=8), inner_lr=0.1, steps=2)
     theta = alg.init(np.random.default_rng(0))
     rng = np.random.default_rng(1)
     peaks = {}
     for T in (4, 32):
-        ep = Episode(rng.standard_normal((T, 5, 1, 16, 16)).astype(np.float32),
-                     rng.integers(0, 5, (T, 5)),
-                     rng.standard_normal((T, 5, 1, 16, 16)).astype(np.float32),
-                     rng.integers(0, 5, (T, 5)))
+        ep = _images(T, rng, side=8)
+        assert chunk_size(ep) == 2
         alg.meta_gradient(theta, ep)
         peaks[T] = _peak(lambda ep=ep: alg.meta_gradient(theta, ep))
-    assert CHUNKS <= 4
     assert peaks[32] <= 1.3 * peaks[4], peaks

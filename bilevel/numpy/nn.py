@@ -35,6 +35,7 @@ __all__ = [
     "block_sum",
     "columns",
     "conv2d",
+    "correlate",
     "log_softmax",
     "max_pool2d",
     "patches",
@@ -272,18 +273,48 @@ def conv2d(x: Any, w: Any, bias: Any = None, stride: int = 1, padding: int = 0) 
     h, wd = sx[-2:]
     if kh > h + 2 * padding or kw > wd + 2 * padding:
         raise ValueError(f"conv2d: kernel {kh}x{kw} exceeds the padded image {h}x{wd}+{padding}")
-    ho, wo = _out_size(h, kh, stride, padding), _out_size(wd, kw, stride, padding)
-    ckk, n = c * kh * kw, sx[-4]
-    cols = reshape(columns(x, kh, kw, stride, padding), sx[:-4] + (ckk, n * ho * wo))
-    # (O, CKK) or per task (T, O, CKK) filters @ (CKK, N·P) or (T, CKK, N·P) columns
-    filt = reshape(w, sw[:-4] + (o, ckk))
-    y = matmul(filt, cols)  # (..., O, N·P)
-    y = reshape(y, shape_of(y)[:-1] + (n, ho, wo))
-    y = swapaxes(y, -4, -3)  # (..., N, O, Ho, Wo)
+    y = correlate(x, w, stride, padding)
     if bias is not None:
         sb = shape_of(bias)
         y = add(y, reshape(bias, sb[:-1] + ((1,) if len(sb) == 2 else ()) + (sb[-1], 1, 1)))
     return y
+
+
+def flat_columns(x: Any, kh: int, kw: int, stride: int, padding: int) -> Any:
+    """:func:`columns` of ``x (..., N, C, H, W)`` as the GEMM operand
+    ``(..., C·kh·kw, N·Ho·Wo)`` (a view)."""
+    sx = shape_of(x)
+    ho, wo = _out_size(sx[-2], kh, stride, padding), _out_size(sx[-1], kw, stride, padding)
+    return reshape(columns(x, kh, kw, stride, padding),
+                   sx[:-4] + (sx[-3] * kh * kw, sx[-4] * ho * wo))
+
+
+def output_rows(g: Any) -> Any:
+    """``g (..., N, O, Ho, Wo)`` as the GEMM rows ``(..., O, N·Ho·Wo)`` (one copy)."""
+    sg = shape_of(g)
+    return reshape(swapaxes(g, -4, -3), sg[:-4] + (sg[-3], sg[-4] * sg[-2] * sg[-1]))
+
+
+@primitive
+def correlate(x: Any, w: Any, stride: int, padding: int) -> Any:
+    """The cross-correlation of :func:`conv2d` without bias, arguments checked.
+
+    ``x (..., N, C, H, W)``, ``w (..., O, C, kh, kw)`` → ``(..., N, O, Ho, Wo)``: im2col
+    (:func:`flat_columns`) and one GEMM per task. A primitive, so the columns (``kh·kw``
+    times the input) are freed after the call and rebuilt for the filter derivative
+    instead of being held by the graph: the graph keeps ``x`` and ``w`` only. Its
+    derivatives are compositions of the differentiable primitives (``matmul``,
+    :func:`columns`, :func:`uncolumns`), so it differentiates to any order; rules in
+    :mod:`bilevel.numpy.rules`.
+    """
+    sw = shape_of(w)
+    o, c, kh, kw = sw[-4:]
+    sx = shape_of(x)
+    ho, wo = _out_size(sx[-2], kh, stride, padding), _out_size(sx[-1], kw, stride, padding)
+    # (O, CKK) or per task (T, O, CKK) filters @ (CKK, N·P) or (T, CKK, N·P) columns
+    y = matmul(reshape(w, sw[:-4] + (o, c * kh * kw)), flat_columns(x, kh, kw, stride, padding))
+    y = reshape(y, shape_of(y)[:-1] + (sx[-4], ho, wo))
+    return swapaxes(y, -4, -3)  # (..., N, O, Ho, Wo), each image plane contiguous
 
 
 # ----------------------------------------------------------------- pooling

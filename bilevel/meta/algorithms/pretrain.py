@@ -52,7 +52,7 @@ class Pretrain(Validated, MetaAlgorithm):
     steps: int = option(1, check=integer(1))
 
     def meta_gradient(self, params: Any, episode: Any, drop_failed: bool = True,
-                      chunks: int | None = CHUNKS) -> tuple[Any, MetaStep]:
+                      chunks: int | str | None = CHUNKS) -> tuple[Any, MetaStep]:
         """Gradient of the joint loss over the meta-batch and its step (no per-task flags).
 
         The per-task gradients ``∇_θ ½(L̂_i + L_i)`` of ``chunks`` tasks at a time

@@ -44,7 +44,7 @@ class Reptile(Validated, MetaAlgorithm):
         return MAML(self.model, self.inner_lr, self.steps, first_order=True)
 
     def meta_gradient(self, params: Any, episode: Any, drop_failed: bool = True,
-                      chunks: int | None = CHUNKS) -> tuple[Any, MetaStep]:
+                      chunks: int | str | None = CHUNKS) -> tuple[Any, MetaStep]:
         """The Reptile direction ``θ − (1/T) Σ_i φ_i`` and its step (no per-task flags).
 
         ``chunks`` tasks are adapted at a time (``None``: all at once); the task sum runs

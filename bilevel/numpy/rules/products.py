@@ -23,6 +23,9 @@ from bilevel.numpy.nn import (
     block_max,
     block_sum,
     columns,
+    correlate,
+    flat_columns,
+    output_rows,
     patches,
     unblock,
     uncolumns,
@@ -124,6 +127,40 @@ def _block_max_jvp(t: Any, ans: Any, x: Any, s: int) -> Any:
     return divide(block_sum(multiply(t, hit), s), count)
 
 
+def _correlate_vjp_x(ans: Any, x: Any, w: Any, stride: int, padding: int) -> Any:
+    """``∂x = col2im(Wᵀ g)``: the filters' transpose times the output rows, scattered back."""
+    sx, sw = shape_of(x), shape_of(w)
+    o, c, kh, kw = sw[-4:]
+
+    def vjp(g: Any) -> Any:
+        sg = shape_of(g)
+        q = matmul(swapaxes(reshape(w, sw[:-4] + (o, c * kh * kw)), -1, -2), output_rows(g))
+        q = reshape(q, shape_of(q)[:-2] + (c, kh * kw, sg[-4], sg[-2], sg[-1]))
+        dx = uncolumns(q, kh, kw, stride, padding, shape_of(q)[:-5] + sx[-4:])
+        return unbroadcast(dx, sx)
+
+    return vjp
+
+
+def _correlate_vjp_w(ans: Any, x: Any, w: Any, stride: int, padding: int) -> Any:
+    """``∂W = g colsᵀ``, the columns of ``x`` rebuilt here (the graph does not keep them)."""
+    sw = shape_of(w)
+    kh, kw = sw[-2:]
+
+    def vjp(g: Any) -> Any:
+        cols = flat_columns(x, kh, kw, stride, padding)
+        dw = matmul(output_rows(g), swapaxes(cols, -1, -2))  # (..., O, C·kh·kw)
+        return unbroadcast(reshape(dw, shape_of(dw)[:-1] + sw[-3:]), sw)
+
+    return vjp
+
+
+defvjp(correlate, _correlate_vjp_x, _correlate_vjp_w)
+defjvp(
+    correlate,
+    lambda t, ans, x, w, stride, padding: correlate(t, w, stride, padding),
+    lambda t, ans, x, w, stride, padding: correlate(x, t, stride, padding),
+)
 defvjp(
     patches,
     lambda ans, x, kh, kw, stride=1, padding=0: (
