@@ -6,8 +6,11 @@ the operand of one GEMM per task in :func:`conv2d`) with its adjoint :func:`unco
 and :func:`patches` (windows of each image, ``(..., C, kh·kw, Ho, Wo)``, for overlapping
 pools) with its adjoint :func:`unpatches`. Each gathers the windows with one strided slice
 per kernel offset (never a loop over pixels; the zero padding is never materialized) and
-its adjoint adds them back. Non-overlapping pools use :func:`block_max` and the adjoint
-pair :func:`block_sum` / :func:`unblock` (strided slices of the image, no window copies).
+its adjoint adds them back. :func:`conv2d` is the primitive :func:`correlate` (columns
+and one GEMM per task; the graph keeps the image, not its columns). Non-overlapping pools
+use :func:`block_max` (its derivatives, the adjoint pair :func:`unpool_max` /
+:func:`pool_max`, keep one integer of maximizer bits per block) and the adjoint pair
+:func:`block_sum` / :func:`unblock` (strided slices of the image, no window copies).
 Each linear primitive's VJP is its adjoint and its JVP is itself (rules in
 :mod:`bilevel.numpy.rules`), so convolutions and pools differentiate to any order on any
 backend that has slicing and ``matmul``. Inputs
@@ -38,12 +41,15 @@ __all__ = [
     "correlate",
     "log_softmax",
     "max_pool2d",
+    "maximizers",
+    "pool_max",
     "patches",
     "softmax",
     "softmax_cross_entropy",
     "unblock",
     "uncolumns",
     "unpatches",
+    "unpool_max",
 ]
 
 
@@ -365,8 +371,10 @@ def block_max(x: Any, s: int) -> Any:
     """Max over non-overlapping ``s × s`` blocks: ``y[.., p, q] = max_{i,j<s} x[.., p·s+i, q·s+j]``.
 
     ``s² - 1`` elementwise maxima of strided slices. The gradient goes to the maximizers
-    of each block, split evenly among ties: VJP ``unblock(g / #ties) · 1[x = y]``,
-    JVP ``block_sum(t · 1[x = y]) / #ties``. Time O(x.size).
+    of each block, split evenly among ties. The derivatives keep one small integer per
+    block (:func:`maximizers`, the bits of the offsets that attain the maximum) instead
+    of full-size masks: VJP :func:`unpool_max`, JVP :func:`pool_max` (``s ≤ 8``).
+    Time O(x.size).
     """
     xp = namespace(x)
     parts = _block_slices(s)
@@ -374,6 +382,65 @@ def block_max(x: Any, s: int) -> Any:
     for idx in parts[1:]:
         y = np.maximum(y, x[idx]) if xp is np else xp.maximum(y, x[idx])
     return y
+
+
+def maximizers(x: Any, y: Any, s: int) -> Any:
+    """Per block, the bits ``Σ_k 2^k · 1[x_k = y]`` of the offsets ``k = i·s + j`` that
+    attain the block maximum ``y`` (unsigned integers of ``s²`` bits, one per block: 1/16
+    of the bytes of a float32 mask of ``x`` for ``s = 2``)."""
+    xp = namespace(x)
+    dtype = xp.uint8 if s * s <= 8 else xp.uint16 if s * s <= 16 else (
+        xp.uint32 if s * s <= 32 else xp.uint64)
+    code = zeros(xp, shape_of(y), dtype, like=y)
+    for k, idx in enumerate(_block_slices(s)):
+        code = code + xp.astype(x[idx] == y, dtype) * (1 << k)
+    return code
+
+
+def _shares(code: Any, s: int, dtype: Any) -> tuple[list[Any], Any]:
+    """The per-offset maximizer flags of ``code`` and their count per block (float)."""
+    xp = namespace(code)
+    hits = [xp.bitwise_and(code, 1 << k) != 0 for k in range(s * s)]
+    count = xp.astype(hits[0], dtype)
+    for hit in hits[1:]:
+        count = count + xp.astype(hit, dtype)
+    return hits, count
+
+
+@primitive
+def unpool_max(g: Any, code: Any, s: int) -> Any:
+    """The VJP of :func:`block_max`: ``x̄[.., p·s+i, q·s+j] = ḡ[.., p, q] · 1[k ∈ code] / #code``
+    (``k = i·s + j``), each block's cotangent shared among its maximizers.
+
+    Linear in ``g``; its adjoint is :func:`pool_max`. Time O(x.size), no full-size
+    temporary besides the result.
+    """
+    xp = namespace(g)
+    hits, count = _shares(code, s, g.dtype)
+    share = g / count
+    sg = shape_of(g)
+    out = zeros(xp, sg[:-2] + (sg[-2] * s, sg[-1] * s), g.dtype, like=g)
+    for hit, idx in zip(hits, _block_slices(s), strict=True):
+        if xp is np:
+            np.multiply(share, hit, out=out[idx])
+        else:
+            out[idx] = xp.where(hit, share, xp.zeros_like(share))
+    return out
+
+
+@primitive
+def pool_max(t: Any, code: Any, s: int) -> Any:
+    """The JVP of :func:`block_max`: ``Σ_{k ∈ code} t[.., p·s+i, q·s+j] / #code`` per block.
+
+    Linear in ``t``; its adjoint is :func:`unpool_max`. Time O(t.size).
+    """
+    xp = namespace(t)
+    hits, count = _shares(code, s, t.dtype)
+    total = None
+    for hit, idx in zip(hits, _block_slices(s), strict=True):
+        part = xp.where(hit, t[idx], xp.zeros_like(t[idx]))
+        total = part if total is None else total + part
+    return total / count
 
 
 def _pool_args(x: Any, size: int, stride: int | None, name: str) -> tuple[int, int]:
@@ -399,11 +466,11 @@ def max_pool2d(x: Any, size: int = 2, stride: int | None = None) -> Any:
     """Max over ``size × size`` windows (step ``stride``, default ``size``), NCHW.
 
     ``y[..., c, p, q] = max_{i,j} x[..., c, p·s + i, q·s + j]``; ties share the gradient.
-    Non-overlapping windows (``stride == size``) use :func:`block_max` (strided slices, no
-    window copies); overlapping ones the ``size²``-fold :func:`patches`.
+    Non-overlapping windows (``stride == size ≤ 8``) use :func:`block_max` (strided
+    slices, no window copies); others the ``size²``-fold :func:`patches`.
     """
     size, stride = _pool_args(x, size, stride, "max_pool2d")
-    if stride == size:
+    if stride == size and size <= 8:
         return block_max(_cropped(x, size), size)
     return max(patches(x, size, size, stride, 0), axis=-3)
 

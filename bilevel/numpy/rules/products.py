@@ -10,26 +10,27 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from autograd.core import defjvp_argnum, defvjp_argnum
 from autograd.extend import defjvp, defvjp
 from autograd.util import subval
 
-from bilevel.numpy._core import getval, namespace, shape_of
-from bilevel.numpy.elementwise import divide, multiply
+from bilevel.numpy._core import getval, shape_of
+from bilevel.numpy.elementwise import multiply
 from bilevel.numpy.linalg import _einsum, _parse, matmul
 from bilevel.numpy.nn import (
-    _block_slices,
     block_max,
     block_sum,
     columns,
     correlate,
     flat_columns,
+    maximizers,
     output_rows,
     patches,
+    pool_max,
     unblock,
     uncolumns,
     unpatches,
+    unpool_max,
 )
 from bilevel.numpy.reductions import unbroadcast
 from bilevel.numpy.shape import broadcast_to, expand_dims, reshape, swapaxes
@@ -103,28 +104,13 @@ defjvp_argnum(_einsum, lambda argnum, g, ans, args, kwargs: _einsum(*subval(args
 # ----------------------------------------------------------------- windows
 
 
-def _block_max_weights(x: Any, ans: Any, s: int) -> tuple[Any, Any]:
-    """Constants of the max-pool derivative: maximizer indicator ``1[x = y]`` (dtype of
-    ``x``) and the number of maximizers per block (ties share the gradient)."""
-    x, ans = getval(x), getval(ans)
-    xp = namespace(x)
-    if xp is np:  # compare block offset by block offset, writing the float indicator
-        hit = np.empty(x.shape, dtype=x.dtype)
-        for idx in _block_slices(s):
-            np.equal(x[idx], ans, out=hit[idx], casting="unsafe")
-    else:
-        hit = xp.astype(x == unblock(ans, s), x.dtype)
-    return hit, block_sum(hit, s)
-
-
 def _block_max_vjp(ans: Any, x: Any, s: int) -> Any:
-    hit, count = _block_max_weights(x, ans, s)
-    return lambda g: multiply(unblock(divide(g, count), s), hit)
+    code = maximizers(getval(x), getval(ans), s)  # held by the graph: one integer per block
+    return lambda g: unpool_max(g, code, s)
 
 
 def _block_max_jvp(t: Any, ans: Any, x: Any, s: int) -> Any:
-    hit, count = _block_max_weights(x, ans, s)
-    return divide(block_sum(multiply(t, hit), s), count)
+    return pool_max(t, maximizers(getval(x), getval(ans), s), s)
 
 
 def _correlate_vjp_x(ans: Any, x: Any, w: Any, stride: int, padding: int) -> Any:
@@ -191,3 +177,7 @@ defvjp(unblock, lambda ans, y, s: lambda g: block_sum(g, s))
 defjvp(unblock, "same")
 defvjp(block_max, _block_max_vjp)
 defjvp(block_max, _block_max_jvp)
+defvjp(unpool_max, lambda ans, g, code, s: lambda gg: pool_max(gg, code, s))
+defjvp(unpool_max, "same")
+defvjp(pool_max, lambda ans, t, code, s: lambda g: unpool_max(g, code, s))
+defjvp(pool_max, "same")
