@@ -135,7 +135,9 @@ def _correlate_vjp_w(ans: Any, x: Any, w: Any, stride: int, padding: int) -> Any
 
     def vjp(g: Any) -> Any:
         cols = flat_columns(x, kh, kw, stride, padding)
-        dw = matmul(output_rows(g), swapaxes(cols, -1, -2))  # (..., O, C·kh·kw)
+        # (cols rowsᵀ)ᵀ, not rows colsᵀ: BLAS is ~10x faster with the long N·Ho·Wo axis
+        # contiguous in both operands' rows (measured, OpenBLAS sgemm)
+        dw = swapaxes(matmul(cols, swapaxes(output_rows(g), -1, -2)), -1, -2)
         return unbroadcast(reshape(dw, shape_of(dw)[:-1] + sw[-3:]), sw)
 
     return vjp
