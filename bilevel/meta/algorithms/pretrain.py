@@ -66,7 +66,8 @@ class Pretrain(Validated, MetaAlgorithm):
             theta_t = tile(params, part.n_tasks)
             vjp, value = make_vjp(lambda th, part=part: task_losses(self.model, part, th),
                                   theta_t)
-            grads.append(vjp(xp.ones(tuple(value.shape), dtype=params.dtype)))
+            grads.append(vjp(xp.ones(tuple(value.shape), dtype=params.dtype,
+                                 device=getattr(params, "device", None))))
             values.append(value)
         grad = mean_tasks(xp.concat(grads, axis=0))
         loss = mean_tasks(xp.concat(values, axis=0))

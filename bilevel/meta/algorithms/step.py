@@ -45,7 +45,7 @@ def mean_tasks(x: Any, mask: Any = None) -> Any:
     T = int(x.shape[0])
     if mask is None:
         return sum_tasks(x) / T
-    mask = xp.asarray(mask)
+    mask = xp.asarray(mask, device=getattr(x, "device", None))
     count = int(xp.sum(xp.astype(mask, xp.int64)))
     if count == 0 or count == T:
         return sum_tasks(x) / T
@@ -64,9 +64,10 @@ def _fill(value: Any, like: Any, n: int) -> Any:
         return value
     xp = namespace(like)
     shape = (n,) + tuple(like.shape[1:])
+    device = getattr(like, "device", None)
     if like.dtype == xp.bool:
-        return xp.zeros(shape, dtype=xp.bool)
-    return xp.full(shape, float("nan"), dtype=like.dtype)
+        return xp.zeros(shape, dtype=xp.bool, device=device)
+    return xp.full(shape, float("nan"), dtype=like.dtype, device=device)
 
 
 def _join(key: str, values: list[Any], sizes: list[int]) -> Any:
