@@ -17,23 +17,25 @@ from autograd.util import subval
 from bilevel.numpy._core import getval, shape_of
 from bilevel.numpy.elementwise import multiply
 from bilevel.numpy.linalg import _einsum, _parse, matmul
-from bilevel.numpy.nn import (
+from bilevel.numpy.nn import correlate
+from bilevel.numpy.pooling import (
     block_max,
     block_sum,
-    columns,
-    correlate,
-    flat_columns,
     maximizers,
-    output_rows,
-    patches,
     pool_max,
     unblock,
-    uncolumns,
-    unpatches,
     unpool_max,
 )
 from bilevel.numpy.reductions import unbroadcast
 from bilevel.numpy.shape import broadcast_to, expand_dims, reshape, swapaxes
+from bilevel.numpy.windows import (
+    columns,
+    flat_columns,
+    output_rows,
+    patches,
+    uncolumns,
+    unpatches,
+)
 
 __all__: list[str] = []
 
