@@ -89,6 +89,17 @@ def test_conv2d_task_axis_equals_per_task_calls():
         np.testing.assert_allclose(g[t], gt, rtol=1e-12)
 
 
+def test_conv2d_shared_operand_derivatives_to_third_order():
+    """One operand with the task axis, the other shared: the derivative of the shared one
+    sums over tasks; forward and reverse to third order (the conv is a primitive)."""
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((2, 2, 2, 5, 5)), rng.standard_normal((2, 3, 2, 3, 3))
+    check_grads(lambda x, w: bnp.tanh(bnp.conv2d(x, w, padding=1)), modes=MODES, order=3,
+                argnum=(0, 1))(x[0], w)
+    check_grads(lambda x, w: bnp.tanh(bnp.conv2d(x, w, stride=2, padding=2)), modes=MODES,
+                order=2, argnum=(0, 1))(x, w[0])
+
+
 @pytest.mark.parametrize("size,stride", [(2, None), (3, 1), (2, 1)])
 def test_pools_match_loops(size, stride):
     rng = np.random.default_rng(2)

@@ -9,24 +9,78 @@ meta-gradient, the test-time adaptation and the batched problem follow from it.
 from __future__ import annotations
 
 import abc
+import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from ...api import HypergradResult, hypergrad
-from ...backend import to_numpy
+from ...backend import is_array, to_numpy
 from ...problem import BilevelProblem
+from ...validation import integer
 from ..tasks import Episode
 from .specification import Specification, batched_problem, unroll
-from .step import MetaStep, mean_tasks
+from .step import MetaStep, join_results, mean_tasks
 
-__all__ = ["MetaAlgorithm", "Specified", "head_model", "meta_model", "specified", "split_part"]
+__all__ = ["AUTO_BYTES", "CHUNKS", "MetaAlgorithm", "Specified", "chunk_size", "head_model",
+           "meta_model", "micro_batches", "specified", "split_part"]
 
 PROTOCOL = ("init", "apply", "loss", "n_params")
 OLD_HOOKS = {"inner_objective": "inner", "outer_objective": "outer", "init_map": "init",
              "adapted": "adapted"}
+
+
+#: Default micro-batching of the meta-gradients: sized by :data:`AUTO_BYTES`.
+CHUNKS = "auto"
+#: Input bytes (support and query sets) per micro-batch under ``chunks="auto"``.
+AUTO_BYTES = 256 * 1024
+
+
+def _nbytes(x: Any) -> int:
+    if x is None:
+        return 0
+    return math.prod(tuple(x.shape)) * int(getattr(x, "itemsize", 8))
+
+
+def chunk_size(episode: Episode, chunks: int | str | None = CHUNKS) -> int:
+    """Tasks per micro-batch: ``chunks`` itself, all ``T`` for ``None``, and for ``"auto"``
+    as many tasks as fit :data:`AUTO_BYTES` of inputs (at least one).
+
+    Activations grow with the inputs, so ``"auto"`` bounds the peak memory whatever ``T``
+    (a 5-way 1-shot task of 15 queries of 28×28 float32 images, 251 kB, runs alone) while
+    small tasks (sinusoids) still run in one batch.
+    """
+    T = episode.n_tasks
+    if chunks is None:
+        return T
+    if chunks == "auto":
+        arrays = (episode.x_support, episode.y_support, episode.x_query, episode.y_query)
+        per_task = max(1, sum(_nbytes(a) for a in arrays) // max(T, 1))
+        return max(1, AUTO_BYTES // per_task)
+    return integer(1)("chunks", chunks)
+
+
+def micro_batches(episode: Episode, chunks: int | str | None = CHUNKS) -> Iterator[Episode]:
+    """The episode's tasks in consecutive micro-batches of :func:`chunk_size` tasks (views).
+
+    One micro-batch is the episode itself. Info arrays whose leading axis is ``T`` are
+    cut too; other entries are kept.
+    """
+    T = episode.n_tasks
+    size = chunk_size(episode, chunks)
+    if size >= T:
+        yield episode
+        return
+    for start in range(0, T, size):
+        part = slice(start, min(start + size, T))
+        arrays = (None if a is None else a[part] for a in
+                  (episode.x_support, episode.y_support, episode.x_query, episode.y_query))
+        info = {k: v[part] if is_array(v) and len(v.shape) and int(v.shape[0]) == T else v
+                for k, v in episode.info.items()}
+        yield Episode(*arrays, info)
 
 
 def meta_model(name: str, model: Any) -> Any:
@@ -73,10 +127,13 @@ class MetaAlgorithm(abc.ABC):
     """Base class: a meta-learning algorithm over a model.
 
     * ``init(rng, backend)`` → initial meta-parameters;
-    * ``meta_gradient(params, episode, drop_failed=True)`` → ``(grad, step)``: the
-      meta-gradient (shape of ``params``) and a :class:`~bilevel.meta.algorithms.MetaStep`
-      (``step["loss"]``, ``step["success"]``, ``step["task_success"]``, work counts, ...);
-      with ``drop_failed`` the meta-gradient averages only the tasks that passed;
+    * ``meta_gradient(params, episode, drop_failed=True, chunks=CHUNKS)`` →
+      ``(grad, step)``: the meta-gradient (shape of ``params``) and a
+      :class:`~bilevel.meta.algorithms.MetaStep` (``step["loss"]``, ``step["success"]``,
+      ``step["task_success"]``, work counts, ...); with ``drop_failed`` the
+      meta-gradient averages only the tasks that passed; ``chunks`` tasks are
+      differentiated at a time (``None``: the whole meta-batch; ``"auto"``:
+      :func:`chunk_size`), with the same result;
     * ``adapt(params, x_support, y_support)`` → adapted model parameters ``(T, n)``;
     * ``evaluate(params, episode)`` → per-task post-adaptation query ``loss`` and
       ``accuracy`` (NumPy arrays of shape ``(T,)``).
@@ -102,8 +159,8 @@ class MetaAlgorithm(abc.ABC):
         return params[: int(self.model.n_params)]
 
     @abc.abstractmethod
-    def meta_gradient(self, params: Any, episode: Any,
-                      drop_failed: bool = True) -> tuple[Any, Any]:
+    def meta_gradient(self, params: Any, episode: Any, drop_failed: bool = True,
+                      chunks: int | str | None = CHUNKS) -> tuple[Any, Any]:
         """Meta-gradient of the mean query loss over the episode's tasks, and diagnostics."""
 
     @abc.abstractmethod
@@ -193,11 +250,24 @@ class Specified(MetaAlgorithm):
         """
         return self._hypergradient(self.specification(), params, episode)
 
-    def meta_gradient(self, params: Any, episode: Any,
-                      drop_failed: bool = True) -> tuple[Any, MetaStep]:
-        """Meta-gradient ``λ'(θ)ᵀ (1/|S|) Σ_{i∈S} ∇_{λ_i} f_i`` and its :class:`MetaStep`."""
+    def meta_gradient(self, params: Any, episode: Any, drop_failed: bool = True,
+                      chunks: int | str | None = CHUNKS) -> tuple[Any, MetaStep]:
+        """Meta-gradient ``λ'(θ)ᵀ (1/|S|) Σ_{i∈S} ∇_{λ_i} f_i`` and its :class:`MetaStep`.
+
+        The meta-batch runs in micro-batches of ``chunks`` tasks (``None``: all at once;
+        ``"auto"``: sized by the inputs, :func:`chunk_size`), so the peak memory is one
+        micro-batch's plus ``O(T·(m + n))`` for the per-task results, whatever the
+        meta-batch size ``T``. The per-task gradients are summed in
+        task order (:func:`~bilevel.meta.algorithms.step.sum_tasks`): the meta-gradient
+        is the same bit for bit for every ``chunks`` (a micro-batch that fails as a whole
+        fails only its own tasks).
+        """
         spec = self.specification()
-        step = MetaStep.of(self._hypergradient(spec, params, episode))
+        results, sizes = [], []
+        for part in micro_batches(episode, chunks):
+            results.append(self._hypergradient(spec, params, part))
+            sizes.append(part.n_tasks)
+        step = MetaStep.of(join_results(results, sizes))
         mask = step.task_success if drop_failed else None
         grad = spec.lam.pullback(mean_tasks(step.result.grad, mask), params)
         return grad, replace(step, grad=grad)

@@ -13,21 +13,26 @@ import bilevel.numpy as bnp
 from ...backend import namespace, to_numpy
 from ...registry import register
 from ...validation import Validated, integer, option, positive
-from .base import MetaAlgorithm, meta_model
+from .base import CHUNKS, MetaAlgorithm, meta_model, micro_batches
 from .maml import MAML
-from .specification import check_params
-from .step import MetaStep
+from .specification import check_params, tile
+from .step import MetaStep, mean_tasks
 
 __all__ = ["Pretrain"]
+
+
+def task_losses(model: Any, episode: Any, theta_t: Any) -> Any:
+    """``½(L̂_i(θ_i) + L_i(θ_i))`` per task ``(T,)``: the loss over support and query sets."""
+    ls = model.loss(model.apply(theta_t, episode.x_support), episode.y_support)
+    lq = model.loss(model.apply(theta_t, episode.x_query), episode.y_query)
+    return 0.5 * (ls + lq)
 
 
 def joint_loss(model: Any, episode: Any, theta: Any) -> Any:
     """``(1/T) Σ_i ½(L̂_i(θ) + L_i(θ))``: the mean loss over support and query sets."""
     T = int(episode.x_support.shape[0])
     th = bnp.broadcast_to(theta[None, :], (T, theta.shape[0]))
-    ls = model.loss(model.apply(th, episode.x_support), episode.y_support)
-    lq = model.loss(model.apply(th, episode.x_query), episode.y_query)
-    return bnp.mean(0.5 * (ls + lq))
+    return bnp.mean(task_losses(model, episode, th))
 
 
 @register("algorithm")
@@ -46,14 +51,28 @@ class Pretrain(Validated, MetaAlgorithm):
     inner_lr: float = option(0.01, check=positive)
     steps: int = option(1, check=integer(1))
 
-    def meta_gradient(self, params: Any, episode: Any,
-                      drop_failed: bool = True) -> tuple[Any, MetaStep]:
-        """Gradient of the joint loss over the meta-batch and its step (no per-task flags)."""
+    def meta_gradient(self, params: Any, episode: Any, drop_failed: bool = True,
+                      chunks: int | str | None = CHUNKS) -> tuple[Any, MetaStep]:
+        """Gradient of the joint loss over the meta-batch and its step (no per-task flags).
+
+        The per-task gradients ``∇_θ ½(L̂_i + L_i)`` of ``chunks`` tasks at a time
+        (``None``: all at once) are summed in task order, so the gradient does not depend
+        on ``chunks``.
+        """
         check_params(params, self.n_params)
-        vjp, value = make_vjp(lambda theta: joint_loss(self.model, episode, theta), params)
-        grad = vjp(namespace(params).asarray(1.0, dtype=params.dtype))
+        xp = namespace(params)
+        grads, values = [], []
+        for part in micro_batches(episode, chunks):
+            theta_t = tile(params, part.n_tasks)
+            vjp, value = make_vjp(lambda th, part=part: task_losses(self.model, part, th),
+                                  theta_t)
+            grads.append(vjp(xp.ones(tuple(value.shape), dtype=params.dtype,
+                                 device=getattr(params, "device", None))))
+            values.append(value)
+        grad = mean_tasks(xp.concat(grads, axis=0))
+        loss = mean_tasks(xp.concat(values, axis=0))
         ok = bool(np.all(np.isfinite(to_numpy(grad))))
-        return grad, MetaStep(grad=grad, loss=float(to_numpy(value)), success=ok,
+        return grad, MetaStep(grad=grad, loss=float(to_numpy(loss)), success=ok,
                               n_grad=1, method="joint")
 
     def adapt(self, params: Any, x_support: Any, y_support: Any) -> Any:

@@ -15,10 +15,10 @@ from ...api import HypergradResult, failure_result
 from ...problem import NonFiniteError
 from ...registry import register
 from ...validation import Validated, integer, option, positive
-from .base import MetaAlgorithm, meta_model
+from .base import CHUNKS, MetaAlgorithm, meta_model, micro_batches
 from .maml import MAML
 from .specification import unroll
-from .step import MetaStep, mean_tasks
+from .step import MetaStep, join_results, mean_tasks
 
 __all__ = ["Reptile"]
 
@@ -43,9 +43,25 @@ class Reptile(Validated, MetaAlgorithm):
         """First-order MAML with the same inner loop (its adaptation is Reptile's)."""
         return MAML(self.model, self.inner_lr, self.steps, first_order=True)
 
-    def meta_gradient(self, params: Any, episode: Any,
-                      drop_failed: bool = True) -> tuple[Any, MetaStep]:
-        """The Reptile direction ``θ − (1/T) Σ_i φ_i`` and its step (no per-task flags)."""
+    def meta_gradient(self, params: Any, episode: Any, drop_failed: bool = True,
+                      chunks: int | str | None = CHUNKS) -> tuple[Any, MetaStep]:
+        """The Reptile direction ``θ − (1/T) Σ_i φ_i`` and its step (no per-task flags).
+
+        ``chunks`` tasks are adapted at a time (``None``: all at once); the task sum runs
+        in task order, so the direction does not depend on ``chunks``.
+        """
+        results, sizes = [], []
+        for part in micro_batches(episode, chunks):
+            results.append(self._adapted(params, part))
+            sizes.append(part.n_tasks)
+        res = join_results(results, sizes)
+        grad = (params - mean_tasks(res.w) if res.success and res.get("w") is not None
+                else res.grad[0])
+        res.update(method="reptile", grad=grad)
+        return grad, MetaStep.of(res, grad)
+
+    def _adapted(self, params: Any, episode: Any) -> HypergradResult:
+        """The adapted ``φ_i`` of a micro-batch as a result (``w``, ``value``, counts)."""
         maml = self.maml
         spec = maml.specification()
         problem, lam, w0 = maml.problem(params, episode.x_support, episode.y_support,
@@ -55,13 +71,11 @@ class Reptile(Validated, MetaAlgorithm):
             w = unroll(spec, problem, lam, w0)
             res = HypergradResult(w=w, value=problem.outer_value(w, lam), success=True,
                                   message="ok")
-            grad = params - mean_tasks(w)
         except NonFiniteError as err:
             res = failure_result(lam, f"non-finite {err.what} at inner step "
                                       f"{getattr(err, 'step', None)}: lower inner_lr")
-            grad = res.grad[0]
-        res.update(n_grad=problem.counts.grad - before, method="reptile", grad=grad)
-        return grad, MetaStep.of(res, grad)
+        res.update(n_grad=problem.counts.grad - before)
+        return res
 
     def adapt(self, params: Any, x_support: Any, y_support: Any) -> Any:
         """``steps`` gradient steps on the support loss from ``θ`` (as first-order MAML)."""

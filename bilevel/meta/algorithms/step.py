@@ -15,27 +15,95 @@ from typing import Any
 import numpy as np
 
 from ...api import HypergradResult
-from ...backend import namespace, to_numpy
+from ...backend import is_array, namespace, to_numpy
 
-__all__ = ["MetaStep", "mean_tasks"]
+__all__ = ["MetaStep", "join_results", "mean_tasks", "sum_tasks"]
+
+
+def sum_tasks(x: Any) -> Any:
+    """``Σ_i x_i`` over the task axis, added one task at a time in task order.
+
+    ``((x_0 + x_1) + x_2) + …``: the same order whatever the batch or micro-batch sizes
+    behind ``x``, so meta-gradients from micro-batches equal the one-batch result bit for
+    bit. ``T − 1`` additions of one task's size (no ``(T, …)`` temporary).
+    """
+    total = x[0]
+    for i in range(1, int(x.shape[0])):
+        total = total + x[i]
+    return total
 
 
 def mean_tasks(x: Any, mask: Any = None) -> Any:
     """Mean over the task axis, over the tasks where ``mask`` is true when given.
 
-    Failed tasks enter through ``where`` (not a multiplication by 0), so a non-finite
-    gradient of a dropped task does not reach the mean. An all-false mask gives the plain
-    mean (the caller sees ``success_fraction = 0`` and skips the update).
+    The sum runs in task order (:func:`sum_tasks`). Failed tasks enter through ``where``
+    (not a multiplication by 0), so a non-finite gradient of a dropped task does not reach
+    the mean. An all-false mask gives the plain mean (the caller sees
+    ``success_fraction = 0`` and skips the update).
     """
     xp = namespace(x)
+    T = int(x.shape[0])
     if mask is None:
-        return xp.mean(x, axis=0)
-    mask = xp.asarray(mask)
+        return sum_tasks(x) / T
+    mask = xp.asarray(mask, device=getattr(x, "device", None))
     count = int(xp.sum(xp.astype(mask, xp.int64)))
-    if count == 0 or count == int(x.shape[0]):
-        return xp.mean(x, axis=0)
+    if count == 0 or count == T:
+        return sum_tasks(x) / T
     keep = xp.reshape(mask, (-1,) + (1,) * (len(x.shape) - 1))
-    return xp.sum(xp.where(keep, x, xp.zeros_like(x)), axis=0) / count
+    return sum_tasks(xp.where(keep, x, xp.zeros_like(x))) / count
+
+
+def _rows(value: Any, n: int) -> bool:
+    """``value`` is an array of ``n`` per-task rows."""
+    return is_array(value) and len(value.shape) > 0 and int(value.shape[0]) == n
+
+
+def _fill(value: Any, like: Any, n: int) -> Any:
+    """``value`` as ``n`` rows shaped like ``like``'s: itself, or NaN (False) rows."""
+    if _rows(value, n):
+        return value
+    xp = namespace(like)
+    shape = (n,) + tuple(like.shape[1:])
+    device = getattr(like, "device", None)
+    if like.dtype == xp.bool:
+        return xp.zeros(shape, dtype=xp.bool, device=device)
+    return xp.full(shape, float("nan"), dtype=like.dtype, device=device)
+
+
+def _join(key: str, values: list[Any], sizes: list[int]) -> Any:
+    pairs = list(zip(values, sizes, strict=True))
+    rows = [v for v, n in pairs if _rows(v, n)]
+    if rows:  # per-task entries; a failed micro-batch's rows are NaN (False)
+        return namespace(rows[0]).concat([_fill(v, rows[0], n) for v, n in pairs], axis=0)
+    if key == "time":
+        return sum(values)
+    if all(isinstance(v, (bool, np.bool_)) for v in values):
+        return all(values)
+    if all(isinstance(v, (int, np.integer)) for v in values):
+        return max(values)
+    if all(isinstance(v, (int, float, np.number)) for v in values):
+        return np.max(np.asarray(values, dtype=float)).item()  # the worst; NaN wins
+    return values[0]
+
+
+def join_results(results: list[HypergradResult], sizes: list[int]) -> HypergradResult:
+    """One batched result from the results of consecutive micro-batches of a meta-batch.
+
+    Per-task entries (``grad``, ``w``, ``value``, ``problem_success``, ...) are
+    concatenated in task order, with NaN (or False) rows for a micro-batch that failed as
+    a whole; times add up; ``success`` holds when every micro-batch succeeded; other
+    numbers report the worst micro-batch (so the counts ``n_grad``, ... are those of the
+    meta-batch's batched oracles, as in one batch); ``message`` is the first failure's.
+    """
+    if len(results) == 1:
+        return results[0]
+    keys = list(dict.fromkeys(k for res in results for k in res))
+    joined = HypergradResult({key: _join(key, [res.get(key) for res in results], sizes)
+                              for key in keys})
+    failed = [res for res in results if not res.get("success", True)]
+    if failed:
+        joined["message"] = str(failed[0].get("message"))
+    return joined
 
 
 def _task_success(res: HypergradResult) -> np.ndarray | None:
