@@ -56,10 +56,10 @@ def close(a, b, tol=1e-12):
 def test_fast_meta_gradient_equals_autograd(act, loss, name):
     model, ep = model_and_episode(act, loss)
     alg = algorithms(model)[name]
-    spec = alg.specification()
-    assert spec.problem_oracles() is None  # autograd by default (the reference)
-    fast_spec = replace(spec, fast_oracles=True)
-    assert fast_spec.problem_oracles() is not None
+    fast_spec = alg.specification()
+    assert fast_spec.problem_oracles() is not None  # the analytic oracles by default
+    spec = replace(fast_spec, fast_oracles=False)  # autograd: the reference
+    assert spec.problem_oracles() is None
     theta = alg.init(np.random.default_rng(1))
     fast = alg._hypergradient(fast_spec, theta, ep)
     ref = alg._hypergradient(spec, theta, ep)
@@ -99,7 +99,8 @@ def test_oracles_cover_only_what_they_know():
     cml = CML(MAML(model, 0.05, 2), MLP((4, 2, 1), activation="tanh"), weight=0.5)
     assert fast(cml) is None  # appended parameters: autograd
     assert fast(MAML(model, 0.05, 2)) is not None
-    assert MAML(model, 0.05, 2).specification().problem_oracles() is None
+    assert MAML(model, 0.05, 2).specification().problem_oracles() is not None
+    assert MAML(model, 0.05, 2, fast_oracles=False)._spec().problem_oracles() is None
 
 
 def test_oracle_table_pickles():

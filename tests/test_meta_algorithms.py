@@ -290,7 +290,7 @@ def test_maml_closed_form_quadratic_and_one_step_v10(model, episode):
 
 
 def test_maml_equals_reverse_directly(model, episode):
-    alg = MAML(model, 0.05, 4)
+    alg = MAML(model, 0.05, 4, fast_oracles=False)  # autograd, as the direct call below
     theta = theta_of(alg)
     grad, _ = alg.meta_gradient(theta, episode)
     T = episode.x_support.shape[0]
@@ -305,6 +305,9 @@ def test_maml_equals_reverse_directly(model, episode):
     lam = np.tile(theta, (T, 1))
     res = hypergrad(problem, lam, dynamics=GradientDescent(0.05, 4), method=Reverse())
     np.testing.assert_array_equal(grad, res.grad.mean(axis=0))
+    # the default analytic oracles give the same meta-gradient to rounding
+    fast, _ = MAML(model, 0.05, 4).meta_gradient(theta, episode)
+    assert rel(fast, grad) < 1e-13
     # a user-chosen method: checkpointed reverse gives the same gradient to rounding
     ck, _ = MAML(model, 0.05, 4, method=Reverse(checkpoints=1)).meta_gradient(theta, episode)
     assert rel(ck, grad) < 1e-13
@@ -362,8 +365,10 @@ def test_pretrain_gradient_matches_finite_differences(model, episode):
 
 @pytest.mark.parametrize("base_name", ["maml", "anil", "maml_fo"])
 def test_cml_weight_zero_reduces_to_base_v12(base_name, model, colearner, episode):
-    base = {"maml": MAML(model, 0.05, 2), "anil": ANIL(model, 0.2, 2),
-            "maml_fo": MAML(model, 0.05, 2, first_order=True)}[base_name]
+    # autograd oracles on the base too, so that the comparison below is bitwise
+    base = {"maml": MAML(model, 0.05, 2, fast_oracles=False),
+            "anil": ANIL(model, 0.2, 2, fast_oracles=False),
+            "maml_fo": MAML(model, 0.05, 2, first_order=True, fast_oracles=False)}[base_name]
     cml = CML(base, colearner, weight=0.0)
     params = theta_of(cml)
     n = model.n_params

@@ -12,7 +12,7 @@ import abc
 import math
 import warnings
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy as np
 from ...api import HypergradResult, hypergrad
 from ...backend import is_array, to_numpy
 from ...problem import BilevelProblem
-from ...validation import integer
+from ...validation import boolean, integer, option
 from ..tasks import Episode
 from .specification import Specification, batched_problem, unroll
 from .step import MetaStep, join_results, mean_tasks
@@ -182,8 +182,13 @@ class MetaAlgorithm(abc.ABC):
         return out
 
 
+@dataclass(frozen=True)
 class Specified(MetaAlgorithm):
     """A meta-algorithm defined by :meth:`specification`; the core does the rest.
+
+    ``fast_oracles`` (keyword only, default ``True``): use the built-in models' analytic
+    derivative oracles where they exist (:mod:`bilevel.meta.model_oracles`; equal to
+    autograd's to rounding, several times faster); ``False`` traces with autograd.
 
     The meta-gradient is ``λ'(θ)ᵀ (1/|S|) Σ_{i∈S} ∇_{λ_i} f_i`` from one batched
     :func:`bilevel.hypergrad` call with the specification's dynamics and method; ``S`` are
@@ -191,9 +196,18 @@ class Specified(MetaAlgorithm):
     per-task flags (``problem_success`` of :class:`bilevel.Implicit`), else all tasks.
     """
 
+    fast_oracles: bool = option(True, check=boolean, kw_only=True)
+
     @abc.abstractmethod
     def specification(self) -> Specification:
         """The algorithm as a specification of the core."""
+
+    def _spec(self) -> Specification:
+        """:meth:`specification` with this algorithm's choice of oracles."""
+        spec = self.specification()
+        if spec.fast_oracles == self.fast_oracles:
+            return spec
+        return replace(spec, fast_oracles=self.fast_oracles)
 
     def __getattr__(self, name: str) -> Any:
         """The hooks of the former base class, read from the specification (deprecated)."""
@@ -229,7 +243,7 @@ class Specified(MetaAlgorithm):
     def problem(self, params: Any, x_support: Any, y_support: Any, x_query: Any = None,
                 y_query: Any = None) -> tuple[BilevelProblem, Any, Any]:
         """The batched bilevel problem of a meta-batch: ``(problem, λ, w₀)``."""
-        return self._problem(self.specification(), params, x_support, y_support, x_query,
+        return self._problem(self._spec(), params, x_support, y_support, x_query,
                              y_query)
 
     def _problem(self, spec: Specification, params: Any,
@@ -248,7 +262,7 @@ class Specified(MetaAlgorithm):
         Failures are reported in the result (``success``, ``message``,
         ``problem_success``), not warned about.
         """
-        return self._hypergradient(self.specification(), params, episode)
+        return self._hypergradient(self._spec(), params, episode)
 
     def meta_gradient(self, params: Any, episode: Any, drop_failed: bool = True,
                       chunks: int | str | None = CHUNKS) -> tuple[Any, MetaStep]:
@@ -262,7 +276,7 @@ class Specified(MetaAlgorithm):
         is the same bit for bit for every ``chunks`` (a micro-batch that fails as a whole
         fails only its own tasks).
         """
-        spec = self.specification()
+        spec = self._spec()
         results, sizes = [], []
         for part in micro_batches(episode, chunks):
             results.append(self._hypergradient(spec, params, part))
@@ -274,6 +288,6 @@ class Specified(MetaAlgorithm):
 
     def adapt(self, params: Any, x_support: Any, y_support: Any) -> Any:
         """Test-time adaptation: the inner dynamics on the inner objective, ``(T, n)``."""
-        spec = self.specification()
+        spec = self._spec()
         problem, lam, w0 = self._problem(spec, params, x_support, y_support)
         return spec.adapted(unroll(spec, problem, lam, w0), lam)

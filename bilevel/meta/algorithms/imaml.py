@@ -41,7 +41,10 @@ class IMAML(Validated, Specified):
     model
         A model of :mod:`bilevel.meta.models`.
     reg : float
-        Proximal strength (the paper's λ; 2.0 on Omniglot).
+        Proximal strength, the paper's λ (default 0.5; the paper uses 2.0 on Omniglot, as the
+        ``imaml-omniglot`` preset does). On sinusoids (tanh 1-20-20-1, 300 meta-iterations,
+        Adam 1e-2, meta-batch 5) 0.5 reached held-out MSE 1.65 / 1.30 at seeds 0 / 1
+        against 4.17 / 2.19 with 2.0 (random initialisation: 3.84).
     inner_lr, steps
         Gradient descent on ``G_i`` (the paper: 16 steps on 5-way Omniglot).
     solver
@@ -79,7 +82,7 @@ class IMAML(Validated, Specified):
 
     name = "imaml"
     model: Any = option(MISSING, check=meta_model, repr=False)
-    reg: float = option(2.0, check=positive)
+    reg: float = option(0.5, check=positive)
     inner_lr: float = option(0.01, check=positive)
     steps: int = option(20, check=integer(1))
     solver: Any = None

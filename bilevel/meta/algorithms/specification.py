@@ -104,7 +104,7 @@ class Specification:
         When ``oracles`` is None and the objectives are a built-in model's losses that
         :mod:`bilevel.meta.model_oracles` covers, use its analytic oracles (backpropagation
         and the R-operator, no tracing; equal to autograd's to rounding, not bitwise).
-        Default ``False``: autograd's oracles, the reference.
+        Default ``True``; ``False`` traces the objectives with autograd (the reference).
     """
 
     inner: Callable[..., Any]
@@ -118,7 +118,7 @@ class Specification:
     adapted: Callable[..., Any] = inner_weights
     prepare: Callable[..., Any] | None = None
     oracles: Mapping[str, Callable[..., Any]] | None = None
-    fast_oracles: bool = False
+    fast_oracles: bool = True
 
     def problem_oracles(self) -> dict[str, Callable[..., Any]] | None:
         """The ``oracles=`` of the batched problem: the user's, else the analytic ones."""
