@@ -21,6 +21,7 @@ from .dynamics import GradientDescent, GradientFlow, Momentum, minibatch_indices
 from .linalg import CG, Direct, FixedPoint, Neumann
 from .methods import *  # noqa: F403
 from .methods import __all__ as _methods_all
+from .nonfinite import TracingError
 from .problem import BilevelProblem, NonFiniteError
 
 __version__ = "0.1.0"
@@ -39,6 +40,7 @@ __all__ = [
     "Momentum",
     "Neumann",
     "NonFiniteError",
+    "TracingError",
     "hypergrad",
     "minibatch_indices",
     "value_and_hypergrad",

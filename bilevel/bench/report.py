@@ -374,7 +374,7 @@ def markdown_to_rst(text: str) -> str:
     return "\n".join(out).strip() + "\n"
 
 
-_PAGE_ORDER = ("memory", "accuracy", "speed", "meta")
+_PAGE_ORDER = ("memory", "accuracy", "speed", "meta", "peers")
 
 
 def write_rst_page(results: str | os.PathLike, path: str | os.PathLike) -> str:

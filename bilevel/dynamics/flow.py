@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..batch import dot_per_problem
 from ..ode import get_scheme, rk_step, rk_step_jvp, rk_step_vjp
 from ..problem import BilevelProblem
 from ..registry import register
@@ -75,6 +76,31 @@ class GradientFlow(Validated, Dynamics):
 
     def step(self, problem: BilevelProblem, state: State, lam: Any, k: int) -> State:
         return (rk_step(self.field(problem, lam, k), state[0], self.h, self.scheme),)
+
+    @property
+    def stability_bound(self) -> float:  # type: ignore[override]
+        """Explicit Euler (gradient descent with ``lr = h``) contracts while ``h·λ_max < 2``."""
+        return 2.0 if self.scheme.stages == 1 else float("inf")
+
+    def step_curvature(self, cot: State, cot_prev: State, k: int) -> tuple[Any, Any] | None:
+        """Euler: ``h⟨a, Ha⟩`` and ``‖a‖²`` from ``a − A_kᵀa = hHa`` (two inner products);
+        ``None`` for multi-stage schemes (the adjoint's own monitor checks those)."""
+        if self.scheme.stages != 1:
+            return None
+        (a,), (a_prev,) = cot, cot_prev
+        return dot_per_problem(a, a - a_prev), dot_per_problem(a, a)
+
+    def lr_at(self, k: int) -> float:
+        """The step of the scheme, ``h`` (named like gradient descent's step size)."""
+        return self.h
+
+    def instability_message(self, step: int, stiffness: float) -> str:
+        return (
+            f"the discrete adjoint of explicit Euler is unstable from step {step}: "
+            f"h·λ_max(H) ≥ {stiffness:.4g} exceeds 2 (h = T/K = {self.h:.4g}), so the "
+            "derivative of the discretized flow grows like |1 − h·λ|^K; use more steps K "
+            "for this horizon or a smaller horizon"
+        )
 
     def step_vjp(
         self, problem: BilevelProblem, state: State, lam: Any, k: int, cot: State

@@ -9,7 +9,7 @@ descent, iMAML is ``Implicit`` on a proximal inner problem, ...);
 :mod:`bilevel.optim`, shared with the hyperparameter-optimization layer.
 """
 
-from .models import MLP, Conv4, Model, QuadraticModel
+from .models import MLP, Conv4, ConvCoLearner, Model, QuadraticModel
 from .omniglot import load_omniglot
 from .tasks import (
     Episode,
@@ -25,6 +25,7 @@ __all__ = [
     "Episode",
     "FewShotDataset",
     "MLP",
+    "ConvCoLearner",
     "Model",
     "Omniglot",
     "QuadraticModel",

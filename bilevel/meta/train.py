@@ -195,9 +195,9 @@ class _MetaStep:
     """One meta-iteration: sample a meta-batch, take its meta-gradient, apply the policy."""
 
     def __init__(self, algorithm: MetaAlgorithm, sampler: Any, meta_batch: int,
-                 failures: FailurePolicy):
+                 failures: FailurePolicy, chunks: int | str | None = "auto"):
         self.algorithm, self.sampler, self.meta_batch = algorithm, sampler, meta_batch
-        self.policy = failures.on_failure
+        self.policy, self.chunks = failures.on_failure, chunks
 
     def _apply(self, ok: bool, fraction: float, masked: bool) -> bool:
         if self.policy == "apply":
@@ -210,8 +210,12 @@ class _MetaStep:
         """The algorithm's meta-gradient; a non-finite value raised inside it (a NaN in the
         data or the parameters) becomes a failed step that the policy handles."""
         try:
+            if self.chunks == "auto":  # the algorithm's own default (user algorithms too)
+                return self.algorithm.meta_gradient(params, episode,
+                                                    drop_failed=self.policy == "drop")
             return self.algorithm.meta_gradient(params, episode,
-                                                drop_failed=self.policy == "drop")
+                                                drop_failed=self.policy == "drop",
+                                                chunks=self.chunks)
         except NonFiniteError as err:
             message = f"non-finite value in the meta-gradient ({err}); check the tasks' data"
             return None, {"success": False, "success_fraction": 0.0, "message": message,
@@ -310,6 +314,7 @@ def train(
     failures: FailurePolicy | None = None,
     checkpointing: Checkpointing | None = None,
     monitoring: Monitoring | None = None,
+    chunks: int | str | None = "auto",
     **legacy: Any,
 ) -> TrainResult:
     """Meta-train ``algorithm`` on tasks from ``sampler``.
@@ -351,6 +356,10 @@ def train(
         matches (:func:`fingerprint`: algorithm, model, tasks, optimizer, seed,
         meta-batch, θ0), and refused otherwise, before anything is written, with a message
         naming the fields that differ.
+    chunks : int, "auto" or None
+        Tasks per micro-batch of each meta-gradient (``"auto"``, the default: sized so that
+        peak memory does not grow with ``meta_batch``; ``None``: the whole meta-batch at
+        once). Any choice gives the same meta-gradient bit for bit.
     monitoring : Monitoring, optional
         Progress bar (default: only when stderr is a terminal) and memory measurement:
         the ``peak_memory`` of the meta-iteration every ``memory_every`` iterations
@@ -408,7 +417,7 @@ def train(
         callback(st.step - 1, st.params, st.history)
         return False
 
-    drive(_MetaStep(algorithm, sampler, meta_batch, args["failures"]), state, optimizer,
+    drive(_MetaStep(algorithm, sampler, meta_batch, args["failures"], chunks), state, optimizer,
           steps=steps, config=config, checkpointing=args["checkpointing"],
           monitoring=args["monitoring"], index="iteration", backend=backend,
           record=_Bookkeeping(algorithm, args["failures"], ev, episodes, steps),

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import namespace
-from ..dynamics import Dynamics, GradientFlow
+from ..dynamics import Dynamics, GradientFlow, StabilityWatch
 from ..linalg.lanczos import lanczos_max_eigenvalue
 from ..ode import rk_step
 from ..problem import BilevelProblem, NonFiniteError
@@ -255,10 +255,11 @@ class Adjoint(Validated, Method):
         vjp = None if self.discrete else ContinuousAdjointStep(
             problem, lam, dynamics, monitor, self.stiffness_iters, euler)
         step = _monitored_step(problem, lam, dynamics, monitor, vjp)
+        watch = StabilityWatch(dynamics) if self.discrete else None
         try:  # the discrete adjoint is reverse mode over the monitored scheme step
             sweep = unrolled_vjp(problem, lam, dynamics.init(w0), dynamics,
                                  sweep=self._sweep(problem, lam, dynamics),
-                                 step=step, step_vjp=vjp)
+                                 step=step, step_vjp=vjp, watch=watch)
         except NonFiniteError as err:
             if not _in_forward_pass(err, monitor):
                 raise
@@ -267,6 +268,9 @@ class Adjoint(Validated, Method):
             return self._reconstruction_failed(fail, problem, lam, dynamics, monitor)
         problems: list[str] = []
         report = monitor.report(not self.discrete, problems, self._backward_name(dynamics))
+        if watch is not None:  # the cotangent's growth through Euler steps beyond h·λ = 2
+            _, unstable = watch.report()
+            problems += [unstable] if unstable else []
         if self.trajectory == "reconstruct":
             report["reconstruction_error"] = self._judge_reconstruction(sweep.stats, problems)
         else:
