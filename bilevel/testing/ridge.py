@@ -30,6 +30,8 @@ Objectives = tuple[Callable[..., Any], Callable[..., Any]]
 def linear(w: Any, X: Any) -> Any:
     """``X w``: ``(d,)`` or ``(B, d)`` against ``(N, d)``, or ``(B, d)`` against ``(B, N, d)``."""
     if len(X.shape) == 2:
+        if len(w.shape) == 1:  # X w: BLAS on X as stored (w Xᵀ would copy Xᵀ per call)
+            return ops.matmul(X, w)
         return ops.matmul(w, ops.transpose(X))
     return ops.einsum("bij,bj->bi", X, w)
 

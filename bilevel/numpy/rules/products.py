@@ -46,6 +46,8 @@ def _matmul_vjp_a(ans: Any, a: Any, b: Any) -> Any:
     def vjp(g: Any) -> Any:
         if len(sb) == 1:
             da = multiply(expand_dims(g, -1), b)
+        elif len(sa) == 1 and len(sb) == 2:  # B g: one matrix-vector product (BLAS gemv)
+            da = matmul(b, g)
         elif len(sa) == 1:
             da = reshape(matmul(b, expand_dims(g, -1)), shape_of(g)[:-1] + (sb[-2],))
         else:
@@ -63,6 +65,8 @@ def _matmul_vjp_b(ans: Any, a: Any, b: Any) -> Any:
             db = multiply(g, a)
         elif len(sa) == 1:
             db = multiply(expand_dims(a, -1), expand_dims(g, -2))
+        elif len(sb) == 1 and len(sa) == 2:  # Aᵀg as g A: gemv on A as stored, no copy
+            db = matmul(g, a)
         elif len(sb) == 1:
             at = swapaxes(a, -1, -2)
             db = reshape(matmul(at, expand_dims(g, -1)), shape_of(at)[:-1])
