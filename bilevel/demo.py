@@ -50,6 +50,7 @@ from .bench.report import (
     write_text,
 )
 from .outer import CheckpointError, CheckpointWarning
+from .outer.driver import progress_bar
 from .outer.usage import output_folder
 from .testing import ridge_hypergrads
 
@@ -105,8 +106,6 @@ def ridge_rows(
     cfg: dict[str, Any], backend: str, seed: int, log: RowLog, progress: bool = True
 ) -> list[dict]:
     """Run every method on the diabetes ridge problem; one saved row per method."""
-    from tqdm.auto import tqdm
-
     from .hpo.problems import ridge
 
     X, y, Xv, yv = diabetes_split(seed)
@@ -119,7 +118,7 @@ def ridge_rows(
                          flow_steps=cfg["flow_steps"], scheme="heun")
     quiet_hypergrad(problem, lam, w0, *suite["Reverse"])  # warm-up: first traces, imports
     rows = []
-    bar = tqdm(suite.items(), desc="ridge: methods", disable=not progress)
+    bar = progress_bar(suite.items(), desc="ridge: methods", progress=progress)
     for label, (inner, method) in bar:
         bar.set_postfix_str(label)
 
@@ -314,7 +313,7 @@ def run(
         Keep the ridge rows and meta-training checkpoints of an earlier run with the same
         settings.
     progress
-        tqdm progress bars.
+        progress bars (only on a terminal).
     echo
         Where the summary lines go.
     """
