@@ -9,10 +9,13 @@ here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import warnings
 from typing import Any
+
+import numpy as np
 
 from .backend import namespace, unbox
 from .dynamics import Dynamics
@@ -134,8 +137,9 @@ def hypergrad(
     before = problem.counts.snapshot()
     t0 = time.perf_counter()
     try:
-        problem.validate(w0, lam)
-        res = method.compute(problem, lam, w0, dynamics, state)
+        with _reported_overflow(problem):
+            problem.validate(w0, lam)
+            res = method.compute(problem, lam, w0, dynamics, state)
     except NonFiniteError as err:
         res = _nonfinite_failure(err, problem, lam, w0)
     _finish(res, problem, lam, w0, method, before, t0)
@@ -147,6 +151,15 @@ def hypergrad(
         if on_failure == "warn":
             warnings.warn(f"{method!r}: {res.message}", HypergradWarning, stacklevel=2)
     return res
+
+
+def _reported_overflow(problem: BilevelProblem) -> Any:
+    """Silence NumPy's overflow/invalid/divide RuntimeWarnings while the problem checks its
+    values for NaN/inf (``check_finite``): a diverging inner loop is then reported once, as
+    the failed result (and its :class:`HypergradWarning`), not as dozens of raw warnings."""
+    if problem.check_finite:
+        return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+    return contextlib.nullcontext()
 
 
 def _require_differentiable(method: Method, lam: Any, w0: Any) -> None:

@@ -1,5 +1,6 @@
 """Sphinx configuration of the bilevel documentation (``sphinx-build -W -b html docs out``)."""
 
+import importlib.util
 import os
 import sys
 
@@ -22,6 +23,15 @@ extensions = [
     "numpydoc",
 ]
 
+# Offline math: the built pages load no script from the network. The renderer is shipped
+# locally by the ``sphinx-mathjax-offline`` package (MathJax 3 copied into ``_static``); without
+# it, the pages point at a local path that is absent, so formulas show as their LaTeX source
+# rather than fetching a script from a CDN.
+if importlib.util.find_spec("sphinx-mathjax-offline") is not None:
+    extensions.append("sphinx-mathjax-offline")
+else:
+    mathjax_path = "mathjax/tex-chtml.js"
+
 autosummary_generate = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"
@@ -33,5 +43,7 @@ nitpicky = False
 templates_path: list[str] = []
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 html_theme = "alabaster"
-html_static_path: list[str] = []
-html_theme_options = {"description": "Hypergradients on NumPy and CuPy", "fixed_sidebar": True}
+html_static_path = ["_css"]
+html_css_files = ["wrap.css"]  # wide code blocks wrap, so expected output stays visible
+html_theme_options = {"description": "Hypergradients on NumPy and CuPy", "fixed_sidebar": True,
+                      "page_width": "1080px"}

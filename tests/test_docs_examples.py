@@ -34,6 +34,18 @@ def test_code_blocks_run(page):
     assert grad is not None and grad.shape == (5,)
 
 
+@pytest.mark.filterwarnings("error")
+def test_coming_from_page_runs():
+    """docs/coming_from.rst: every python block runs, in order (its asserts hold)."""
+    blocks = python_blocks(DOCS / "coming_from.rst")
+    assert len(blocks) == 4, "coming_from.rst lost a code example"
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "coming_from.rst", "exec"), namespace)
+    assert namespace["res"].best_lam.shape == (5,)
+    assert namespace["phi"].shape[0] == 4
+
+
 def test_readme_example_runs():
     text = (DOCS.parent / "README.md").read_text()
     start = text.index("```python\n") + len("```python\n")

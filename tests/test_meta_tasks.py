@@ -1,6 +1,8 @@
 """Task samplers: episode shapes, closed forms of the quadratic family, few-shot splits and
 the Omniglot loader on the shared minimal archives."""
 
+import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 
 from bilevel import backend
 from bilevel.meta.models import QuadraticModel
-from bilevel.meta.omniglot import load_omniglot
+from bilevel.meta.omniglot import ENV_VAR, load_omniglot
 from bilevel.meta.tasks import (
     Episode,
     FewShotDataset,
@@ -23,7 +25,8 @@ from bilevel.meta.tasks import (
     partition,
 )
 
-OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+OMNIGLOT = Path(os.environ.get("BILEVEL_OMNIGLOT") or
+                Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot")
 needs_omniglot = pytest.mark.skipif(
     not any(OMNIGLOT.glob("*.zip")), reason=f"Omniglot archives not found in {OMNIGLOT}"
 )
@@ -296,6 +299,36 @@ def test_omniglot_single_archive_and_extracted_folder_agree(tmp_path):
         np.testing.assert_array_equal(
             from_dir.images[from_dir.character == c], from_zip.images[from_zip.character == i]
         )
+
+
+def tiny_omniglot(folder: Path) -> Path:
+    """A generated archive: 2 alphabets × 2 characters × 2 drawings of 8×8 PNGs."""
+    Image = pytest.importorskip("PIL.Image")
+    archive = folder / "images_background.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for a, alphabet in enumerate(("Alpha", "Beta")):
+            for c in range(2):
+                for d in range(2):
+                    buf = io.BytesIO()
+                    pixels = np.full((8, 8), 255, np.uint8)
+                    pixels[a + c : a + c + 3, d : d + 4] = 0
+                    Image.fromarray(pixels).save(buf, format="PNG")
+                    name = f"images_background/{alphabet}/character{c:02d}/{c}_{d:02d}.png"
+                    zf.writestr(name, buf.getvalue())
+    return archive
+
+
+def test_omniglot_path_from_environment_variable(tmp_path, monkeypatch):
+    tiny_omniglot(tmp_path)
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    data = load_omniglot(image_size=8)
+    assert data.images.shape == (8, 8, 8)
+    assert data.alphabets == ("Alpha", "Beta") and len(data.characters) == 4
+    assert data.images.max() == 1.0 and data.images.min() == 0.0   # strokes 1
+    assert load_omniglot(tmp_path, image_size=8) is data               # same files, cached
+    monkeypatch.delenv(ENV_VAR)
+    with pytest.raises(FileNotFoundError, match="BILEVEL_OMNIGLOT is not set"):
+        load_omniglot(image_size=8)
 
 
 def test_omniglot_missing_path_errors(tmp_path):

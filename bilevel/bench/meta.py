@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..outer.driver import progress_bar
 from ..registry import spelling
 from .report import RowLog, figure, format_bytes, markdown_table, peak_memory, save_figure
 
@@ -81,7 +82,7 @@ def run(
     log
         Row log for interrupt/resume (default in memory).
     progress
-        tqdm bar over the rows.
+        progress bar over the rows (only on a terminal).
 
     Returns
     -------
@@ -89,8 +90,6 @@ def run(
         ``rows``: ``{algorithm, K, meta_batch, seconds, peak_bytes, loss, success, message,
         n_grad, n_hvp}``; ``backend``, ``quick``, ``meta_batch``, ``K_grid``.
     """
-    from tqdm.auto import tqdm
-
     from .. import backend as _backend
     from ..meta import Sinusoid
 
@@ -103,7 +102,7 @@ def run(
                                                np.random.default_rng([seed, 0]))
     rows = []
     jobs = [(name, K) for name in names for K in size["K"]]
-    bar = tqdm(jobs, desc="bench meta", disable=not progress)
+    bar = progress_bar(jobs, desc="bench meta", progress=progress)
     for name, K in bar:
         bar.set_postfix_str(f"{name} K={K}")
 

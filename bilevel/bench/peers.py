@@ -43,6 +43,7 @@ from ..linalg import CG
 from ..meta import MAML, MLP, Sinusoid
 from ..methods import Reverse
 from ..methods.implicit import implicit_vjp
+from ..outer.driver import progress_bar
 from . import quiet_hypergrad
 from .report import RowLog, figure, format_bytes, markdown_table, peak_memory, save_figure
 
@@ -193,7 +194,7 @@ def run(quick: bool = False, backend: str = "numpy", methods: Sequence[str] | No
     log
         Row log for interrupt/resume (default in memory).
     progress
-        tqdm bar over the rows.
+        progress bar over the rows (only on a terminal).
 
     Returns
     -------
@@ -202,8 +203,6 @@ def run(quick: bool = False, backend: str = "numpy", methods: Sequence[str] | No
         {variant: max rel. difference from bilevel}, checksum: {variant: Σ grad}}``;
         ``peers``, ``skipped``, ``quick``, ``backend``.
     """
-    from tqdm.auto import tqdm
-
     if backend != "numpy":
         raise ValueError(f"bench peers runs on the CPU (backend 'numpy'), got {backend!r}")
     wanted = list(PEERS) if methods is None else [m.lower() for m in methods]
@@ -215,8 +214,8 @@ def run(quick: bool = False, backend: str = "numpy", methods: Sequence[str] | No
     log = RowLog(None, "peers", {}) if log is None else log
     repeats = _SIZES["quick" if quick else "full"]["repeats"]
     rows = []
-    for label, kind, args in tqdm(workloads(quick, seed), desc="bench peers",
-                                  disable=not progress):
+    for label, kind, args in progress_bar(workloads(quick, seed), desc="bench peers",
+                                          progress=progress):
         row = log.compute([label], lambda la=label, k=kind, a=args:
                           measure(la, k, a, peers, repeats))
         rows.append({k: v for k, v in row.items() if k != "key"})

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..backend import namespace
 from ..dynamics import run as run_dynamics
+from ..outer.driver import progress_bar
 from . import method_suite, quiet_hypergrad
 from .problems import PROBLEMS
 from .report import RowLog, figure, format_number, markdown_table, save_figure
@@ -153,7 +154,7 @@ def run(
     primitives
         Include the :mod:`bilevel.bench.primitives` table.
     progress
-        tqdm bar over the rows.
+        progress bar over the rows (only on a terminal).
 
     Returns
     -------
@@ -163,14 +164,12 @@ def run(
         linearized_hvp_s, linearized_hvp_over_grad}``; ``primitives``: the result of
         :func:`bilevel.bench.primitives.run` (or None); ``backend``, ``quick``.
     """
-    from tqdm.auto import tqdm
-
     K = _SIZES["quick" if quick else "full"]["steps"]
     jobs = _jobs(problems, methods, backend, quick, primitives)
     log = RowLog(None, "speed", {}) if log is None else log
     out: dict[str, Any] = {"backend": backend, "quick": quick, "K": K, "methods": [],
                            "oracles": [], "primitives": None}
-    bar = tqdm(jobs, desc="bench speed", disable=not progress)
+    bar = progress_bar(jobs, desc="bench speed", progress=progress)
     for key, fn in bar:
         bar.set_postfix_str("/".join(key[1:]))
         row = log.compute(key, fn)

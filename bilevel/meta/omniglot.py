@@ -1,6 +1,7 @@
 """Reading the Omniglot images (Lake, Salakhutdinov and Tenenbaum, 2015) from local files.
 
-Nothing is downloaded. :func:`load_omniglot` accepts
+Nothing is downloaded (get the archives from https://github.com/brendenlake/omniglot,
+folder ``python/``; see :doc:`/meta`). :func:`load_omniglot` accepts
 
 * an official archive (``images_background.zip``, ``images_evaluation.zip``, or the small
   ones), read in place with :mod:`zipfile`;
@@ -31,7 +32,10 @@ import numpy as np
 from ..outer.errors import MissingFileError, UsageError
 from ..validation import integer
 
-__all__ = ["OmniglotImages", "load_omniglot", "clear_cache"]
+__all__ = ["ENV_VAR", "OmniglotImages", "clear_cache", "load_omniglot", "omniglot_path"]
+
+#: Environment variable naming the Omniglot archive or folder when no path is given.
+ENV_VAR = "BILEVEL_OMNIGLOT"
 
 _CACHE: dict[tuple, OmniglotImages] = {}
 
@@ -112,14 +116,33 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def load_omniglot(path: str | os.PathLike, image_size: int = 28) -> OmniglotImages:
+def omniglot_path(path: str | os.PathLike | None = None) -> Path:
+    """Where the Omniglot images are: ``path`` if given, else ``$BILEVEL_OMNIGLOT``.
+
+    Raises :class:`~bilevel.outer.MissingFileError` (a ``FileNotFoundError``) saying where
+    to get the archives when neither is set.
+    """
+    chosen = path if path is not None else os.environ.get(ENV_VAR) or None
+    if chosen is None:
+        raise MissingFileError(
+            f"no Omniglot path given and ${ENV_VAR} is not set: download "
+            "images_background.zip and images_evaluation.zip from "
+            "https://github.com/brendenlake/omniglot (folder python/), then pass their "
+            f"folder or set {ENV_VAR}=/path/to/that/folder"
+        )
+    return Path(chosen).expanduser().resolve()
+
+
+def load_omniglot(path: str | os.PathLike | None = None,
+                  image_size: int = 28) -> OmniglotImages:
     """Decode every Omniglot image found at ``path`` (cached).
 
     Parameters
     ----------
     path
         A zip archive, or a directory of archives and/or extracted
-        ``<split>/<alphabet>/<character>/*.png`` folders.
+        ``<split>/<alphabet>/<character>/*.png`` folders. Default: the environment
+        variable ``BILEVEL_OMNIGLOT`` (:func:`omniglot_path`).
     image_size
         Side of the square output images (28 as in MAML).
 
@@ -139,7 +162,7 @@ def load_omniglot(path: str | os.PathLike, image_size: int = 28) -> OmniglotImag
         message names the image and its archive).
     """
     image_size = integer(1)("image_size", image_size)
-    root = Path(path).expanduser().resolve()
+    root = omniglot_path(path)
     zips, pngs = _sources(root)
     cache_key = (_stamp(zips, pngs), image_size)
     if cache_key not in _CACHE:

@@ -159,14 +159,26 @@ def restore(state: LoopState, checkpointing: Checkpointing, config: dict,
                      history=history, step=int(ck["step"]), extra={**state.extra, **ck["extra"]})
 
 
-def _progress_bar(progress: bool | None, total: int, initial: int, desc: str) -> Any:
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return None
+def shows_progress(progress: bool | None) -> bool:
+    """Whether a progress bar is drawn: never for ``False``; otherwise (``None`` or ``True``)
+    only when stderr is a terminal, so redirected output holds no bar frames."""
+    return progress is not False and sys.stderr.isatty()
+
+
+def progress_bar(iterable: Any = None, *, progress: bool | None = None, **kwargs: Any) -> Any:
+    """A ``tqdm`` bar over ``iterable`` (or of ``total=...`` steps) that follows the terminal
+    (:func:`shows_progress`); a disabled bar still iterates and accepts ``update`` calls.
+    Every progress bar of the package is made here."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False)
+    return tqdm(iterable, disable=not shows_progress(progress), **kwargs)
+
+
+def _progress_bar(progress: bool | None, total: int, initial: int, desc: str) -> Any:
+    if not shows_progress(progress):
+        return None
+    return progress_bar(total=total, initial=initial, desc=desc, unit="step", leave=False,
+                        progress=progress)
 
 
 def _update(state: LoopState, out: Step, optimizer: Any,

@@ -65,7 +65,7 @@ class Monitoring(Validated):
     Parameters
     ----------
     progress : bool, optional
-        tqdm progress bar; default (None): only when stderr is a terminal.
+        tqdm progress bar, drawn only when stderr is a terminal (None or True); False: never.
     memory : {"auto", "peak", "tracemalloc", "pool", "rss", None}
         Meter of the ``peak_memory`` history column (:mod:`bilevel.outer.memory`):
         ``"peak"`` is exact (tracemalloc on NumPy, slowing it several-fold; the CuPy pool on
