@@ -122,3 +122,50 @@ def test_bench_memory_budget_must_be_positive(capsys):
     assert exc.value.code == 2
     assert "expected a positive number of seconds" in capsys.readouterr().err
 
+
+
+def test_version_single_source_and_python_m(capsys):
+    import configparser
+    import subprocess
+    import sys
+
+    import bilevel
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"bilevel {bilevel.__version__}"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bilevel.__file__)))
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(root, "setup.cfg"))
+    assert cfg["metadata"]["version"] == "attr: bilevel.__version__"
+    proc = subprocess.run([sys.executable, "-m", "bilevel", "--version"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"bilevel {bilevel.__version__}"
+
+
+def test_packaging_ships_py_typed_and_imported_dependencies_only():
+    import configparser
+    import re
+
+    import bilevel
+
+    pkg = os.path.dirname(os.path.abspath(bilevel.__file__))
+    root = os.path.dirname(pkg)
+    assert os.path.exists(os.path.join(pkg, "py.typed"))
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(root, "setup.cfg"))
+    assert "py.typed" in cfg["options.package_data"]["bilevel"]
+    declared = [re.split(r"[<>=\[ ]", line.strip())[0]
+                for line in cfg["options"]["install_requires"].splitlines() if line.strip()]
+    source = ""
+    for folder, _, files in os.walk(pkg):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name)) as fh:
+                    source += fh.read()
+    for dist in declared:
+        module = dist.replace("-", "_")
+        assert re.search(rf"^\s*(import|from) {module}\b", source, re.M), (
+            f"{dist} is declared in install_requires but nothing in bilevel imports it")
