@@ -169,3 +169,53 @@ def test_packaging_ships_py_typed_and_imported_dependencies_only():
         module = dist.replace("-", "_")
         assert re.search(rf"^\s*(import|from) {module}\b", source, re.M), (
             f"{dist} is declared in install_requires but nothing in bilevel imports it")
+
+
+@pytest.mark.parametrize("algorithm, lr, steps", [
+    ("maml", 0.01, 1), ("imaml", 0.01, 20), ("anil", 0.1, 5), ("reptile", 0.01, 5),
+    ("memory-reduced", 0.02, 20), ("amaml", 0.01, 10),
+])
+def test_meta_train_inner_defaults_are_the_algorithms(algorithm, lr, steps):
+    from bilevel.meta.cli import _parser, build
+
+    args = _parser("bilevel meta-train").parse_args(["--algorithm", algorithm])
+    built, _ = build(args)
+    assert (args.inner_lr, args.inner_steps) == (lr, steps)
+    assert built.steps == steps
+    args = _parser("bilevel meta-train").parse_args(["--algorithm", algorithm,
+                                                     "--inner-steps", "3"])
+    assert build(args)[0].steps == 3  # explicit flags win
+
+
+def test_meta_train_quick_then_resume_and_meta_eval(tmp_path, capsys):
+    out = os.fspath(tmp_path / "run")
+    assert main(["meta-train", "--quick", "--algorithm", "imaml", "--hidden", "8",
+                 "--no-progress", "--out", out]) == 0
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert (cfg["steps"], cfg["inner_steps"], cfg["backend"]) == (20, 20, "numpy")
+    capsys.readouterr()
+    # --resume continues the finished run (nothing left to do); other flags are refused
+    assert main(["meta-train", "--quick", "--algorithm", "imaml", "--hidden", "8",
+                 "--no-progress", "--resume", "--out", out]) == 0
+    code = main(["meta-train", "--quick", "--algorithm", "imaml", "--hidden", "8",
+                 "--inner-steps", "5", "--no-progress", "--resume", "--out", out])
+    assert code == 2 and "--inner-steps 20" in capsys.readouterr().err
+    assert main(["meta-eval", out, "--tasks-per-eval", "5", "--backend", "numpy"]) == 0
+    assert "random init" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["meta-train", "--resume", "--no-resume"])
+
+
+@pytest.mark.skipif(backend.available("cupy"), reason="a GPU is present")
+@pytest.mark.parametrize("command", ["meta-train", "meta-eval"])
+def test_meta_commands_cupy_without_gpu_is_a_clean_error(command, tmp_path, capsys):
+    run = os.fspath(tmp_path)
+    argv = (["meta-train", "--quick", "--out", run] if command == "meta-train"
+            else ["meta-eval", run])
+    if command == "meta-eval":
+        assert main(["meta-train", "--quick", "--hidden", "4", "--no-progress",
+                     "--out", run]) == 0
+    code = main([*argv, "--backend", "cupy"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the 'cupy' backend is not available" in err
+    assert "Traceback" not in err
