@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from . import __version__
 from .backend import BackendError
 from .outer import UsageError
 from .outer.usage import Parser, output_folder
@@ -64,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="bilevel",
         description="Bilevel optimization on NumPy and CuPy: demo, benchmarks, meta-learning.",
     )
+    p.add_argument("--version", action="version", version=f"bilevel {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=Parser,
                            metavar="{demo,bench,meta-train,meta-eval}")
     demo = sub.add_parser("demo", help="every hypergradient method on one problem, and "

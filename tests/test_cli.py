@@ -122,3 +122,100 @@ def test_bench_memory_budget_must_be_positive(capsys):
     assert exc.value.code == 2
     assert "expected a positive number of seconds" in capsys.readouterr().err
 
+
+
+def test_version_single_source_and_python_m(capsys):
+    import configparser
+    import subprocess
+    import sys
+
+    import bilevel
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"bilevel {bilevel.__version__}"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bilevel.__file__)))
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(root, "setup.cfg"))
+    assert cfg["metadata"]["version"] == "attr: bilevel.__version__"
+    proc = subprocess.run([sys.executable, "-m", "bilevel", "--version"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"bilevel {bilevel.__version__}"
+
+
+def test_packaging_ships_py_typed_and_imported_dependencies_only():
+    import configparser
+    import re
+
+    import bilevel
+
+    pkg = os.path.dirname(os.path.abspath(bilevel.__file__))
+    root = os.path.dirname(pkg)
+    assert os.path.exists(os.path.join(pkg, "py.typed"))
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(root, "setup.cfg"))
+    assert "py.typed" in cfg["options.package_data"]["bilevel"]
+    declared = [re.split(r"[<>=\[ ]", line.strip())[0]
+                for line in cfg["options"]["install_requires"].splitlines() if line.strip()]
+    source = ""
+    for folder, _, files in os.walk(pkg):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name)) as fh:
+                    source += fh.read()
+    for dist in declared:
+        module = dist.replace("-", "_")
+        assert re.search(rf"^\s*(import|from) {module}\b", source, re.M), (
+            f"{dist} is declared in install_requires but nothing in bilevel imports it")
+
+
+@pytest.mark.parametrize("algorithm, lr, steps", [
+    ("maml", 0.01, 1), ("imaml", 0.01, 20), ("anil", 0.1, 5), ("reptile", 0.01, 5),
+    ("memory-reduced", 0.02, 20), ("amaml", 0.01, 10),
+])
+def test_meta_train_inner_defaults_are_the_algorithms(algorithm, lr, steps):
+    from bilevel.meta.cli import _parser, build
+
+    args = _parser("bilevel meta-train").parse_args(["--algorithm", algorithm])
+    built, _ = build(args)
+    assert (args.inner_lr, args.inner_steps) == (lr, steps)
+    assert built.steps == steps
+    args = _parser("bilevel meta-train").parse_args(["--algorithm", algorithm,
+                                                     "--inner-steps", "3"])
+    assert build(args)[0].steps == 3  # explicit flags win
+
+
+def test_meta_train_quick_then_resume_and_meta_eval(tmp_path, capsys):
+    out = os.fspath(tmp_path / "run")
+    assert main(["meta-train", "--quick", "--algorithm", "imaml", "--hidden", "8",
+                 "--no-progress", "--out", out]) == 0
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert (cfg["steps"], cfg["inner_steps"], cfg["backend"]) == (20, 20, "numpy")
+    capsys.readouterr()
+    # --resume continues the finished run (nothing left to do); other flags are refused
+    assert main(["meta-train", "--quick", "--algorithm", "imaml", "--hidden", "8",
+                 "--no-progress", "--resume", "--out", out]) == 0
+    code = main(["meta-train", "--quick", "--algorithm", "imaml", "--hidden", "8",
+                 "--inner-steps", "5", "--no-progress", "--resume", "--out", out])
+    assert code == 2 and "--inner-steps 20" in capsys.readouterr().err
+    assert main(["meta-eval", out, "--tasks-per-eval", "5", "--backend", "numpy"]) == 0
+    assert "random init" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["meta-train", "--resume", "--no-resume"])
+
+
+@pytest.mark.skipif(backend.available("cupy"), reason="a GPU is present")
+@pytest.mark.parametrize("command", ["meta-train", "meta-eval"])
+def test_meta_commands_cupy_without_gpu_is_a_clean_error(command, tmp_path, capsys):
+    run = os.fspath(tmp_path)
+    argv = (["meta-train", "--quick", "--out", run] if command == "meta-train"
+            else ["meta-eval", run])
+    if command == "meta-eval":
+        assert main(["meta-train", "--quick", "--hidden", "4", "--no-progress",
+                     "--out", run]) == 0
+    code = main([*argv, "--backend", "cupy"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the 'cupy' backend is not available" in err
+    assert "Traceback" not in err

@@ -1,4 +1,5 @@
-"""Every script in examples/ runs start to finish in its quick configuration."""
+"""Every script in examples/ runs start to finish, in its quick configuration and (slow tier)
+with its default arguments, as the docs and the examples' docstrings tell a user to run it."""
 
 import glob
 import os
@@ -20,20 +21,42 @@ OUTPUT_CHECKS = {
 }
 
 
-def _command(path: str) -> list[str]:
+def _command(path: str, quick: bool = True) -> list[str]:
     with open(path) as fh:
         text = fh.read()
     if os.path.basename(path).startswith("test_") or "def test_" in text and "__main__" not in text:
         return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path]
-    return [sys.executable, path, "--quick"]
+    return [sys.executable, path, *(["--quick"] if quick else [])]
 
 
 @pytest.mark.slow  # integration run (seconds)
 @pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.basename(p) for p in EXAMPLES])
 def test_example_runs_quick(path, tmp_path):
+    _run_example(path, tmp_path, quick=True)
+
+
+# Examples whose default run takes far longer than the slow tier's ~2 minutes on two CPU
+# cores (measured); their default run is tested when BILEVEL_LONG_EXAMPLES=1.
+LONG_EXAMPLES = {
+    "meta_sinusoid.py": "every algorithm, 1000 meta-iterations, two shot counts: 3.4 min",
+    "meta_omniglot.py": "Conv4 MAML, 1000 meta-iterations of 32 Omniglot tasks: over 10 min",
+}
+
+
+@pytest.mark.slow  # the default run of each example: up to about 90 s each on two cores
+@pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.basename(p) for p in EXAMPLES])
+def test_example_runs_with_its_defaults(path, tmp_path):
+    name = os.path.basename(path)
+    if name in LONG_EXAMPLES and os.environ.get("BILEVEL_LONG_EXAMPLES") != "1":
+        pytest.skip(f"{name} with its defaults ({LONG_EXAMPLES[name]}): "
+                    "set BILEVEL_LONG_EXAMPLES=1 to run it")
+    _run_example(path, tmp_path, quick=False)
+
+
+def _run_example(path: str, tmp_path, quick: bool) -> None:
     env = dict(os.environ, MPLBACKEND="Agg")
-    proc = subprocess.run(_command(path), cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(_command(path, quick), cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
     needs_data = proc.returncode == 2 and "not available" in proc.stderr + proc.stdout
     if needs_data and "usage:" not in proc.stderr:
         # examples on local datasets (Omniglot) exit with status 2 and say what is missing
@@ -41,11 +64,12 @@ def test_example_runs_quick(path, tmp_path):
     assert proc.returncode == 0, f"{os.path.basename(path)} failed:\n{proc.stdout}\n{proc.stderr}"
     check = OUTPUT_CHECKS.get(os.path.basename(path))
     assert check is None or check(proc.stdout), proc.stdout
+    assert "Traceback" not in proc.stderr and "RuntimeWarning" not in proc.stderr, proc.stderr
 
 
 def test_output_checks_name_existing_examples():
     names = {os.path.basename(p) for p in EXAMPLES}
-    assert set(OUTPUT_CHECKS) <= names
+    assert set(OUTPUT_CHECKS) <= names and set(LONG_EXAMPLES) <= names
 
 
 def test_examples_found():

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("bilevel.api", "bilevel"),
     ("bilevel.outer",),
     ("bilevel.testing", "bilevel.hpo", "bilevel.meta", "bilevel.optim"),
-    ("bilevel.bench", "bilevel.demo", "bilevel.cli"),
+    ("bilevel.bench", "bilevel.demo", "bilevel.cli", "bilevel.__main__"),
 ]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "bilevel"

@@ -8,15 +8,18 @@ joint-training ("pretrained") baselines adapted the same way, and prints the tab
 
 Every error a user can fix is a :class:`bilevel.outer.UsageError` worded in flags
 (``--inner-lr must be > 0, got -1``), raised before anything is written; ``bilevel`` prints
-it as one line with exit status 2. A run folder is resumed only under the flags it was
-started with (those of ``--out``/``config.json`` that determine the run): a changed
-``--activation``, ``--hidden``, ``--algorithm`` ... is refused, naming the flags, unless
-``--no-resume`` is given.
+it as one line with exit status 2. A run folder is resumed (with ``--resume``, or without it
+when the run matches) only under the flags it was started with (those of
+``--out``/``config.json`` that determine the run): a changed ``--activation``, ``--hidden``,
+``--algorithm`` ... is refused, naming the flags, unless ``--no-resume`` is given.
+``--inner-lr`` and ``--inner-steps`` default to the algorithm's own (:func:`inner_defaults`);
+``--backend`` picks NumPy or CuPy; ``--quick`` is a smoke run of seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import warnings
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import module as backend_module
 from ..optim import get_optimizer
 from ..outer import (
     Checkpointing,
@@ -36,7 +40,7 @@ from ..outer import (
     resumable,
 )
 from ..outer.usage import Parser, at_least, check_flags, output_folder, positive
-from ..registry import names, spelling
+from ..registry import lookup, names, spelling
 from .algorithms import (
     AMAML,
     ANIL,
@@ -51,7 +55,8 @@ from .algorithms import (
 from .presets import PRESETS, apply_preset
 from .train import Evaluation, evaluate, fingerprint, load_checkpoint, train
 
-__all__ = ["build", "meta_eval_main", "meta_train_main", "plot_curve", "results_table"]
+__all__ = ["build", "inner_defaults", "meta_eval_main", "meta_train_main", "plot_curve",
+           "results_table"]
 
 ALGORITHMS = tuple(names("algorithm"))
 """Choices of ``--algorithm``: the algorithms :mod:`bilevel.meta` registers (any spelling that
@@ -89,11 +94,44 @@ def _sampler(spec: str, args: argparse.Namespace, split: str) -> Any:
     from .tasks import Omniglot, Sinusoid
 
     if spec == "sinusoid":
-        return Sinusoid(n_shot=args.n_shot, n_query=args.n_query)
+        return Sinusoid(n_shot=args.n_shot, n_query=args.n_query, backend=_backend(args))
     if spec.startswith("omniglot:"):
         return Omniglot(_omniglot_path(spec), ways=args.ways, n_shot=args.n_shot,
-                        n_query=args.n_query, split=split, split_by="alphabet")
+                        n_query=args.n_query, split=split, split_by="alphabet",
+                        backend=_backend(args))
     raise UsageError(f"--tasks must be 'sinusoid' or 'omniglot:PATH', got {spec!r}")
+
+
+def _backend(args: argparse.Namespace) -> str:
+    """``--backend`` (``numpy`` for a run folder saved before the flag existed)."""
+    return getattr(args, "backend", None) or "numpy"
+
+
+def inner_defaults(algorithm: str) -> tuple[float, int]:
+    """``(inner_lr, inner_steps)`` of ``--algorithm`` when the flags are not given.
+
+    They are the defaults of the algorithm's class (MAML 0.01 × 1 step, iMAML 0.01 × 20,
+    ANIL 0.1 × 5, Reptile 0.01 × 5, MemoryReduced 0.02 × 20, Pretrain 0.01 × 1; A-MAML
+    integrates its default horizon 0.1 in 10 steps: 0.01 × 10). CML takes its
+    ``--cml-base``'s.
+    """
+    cls = lookup("algorithm", algorithm)
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    steps = int(fields["steps"])
+    lr = fields["inner_lr"] if "inner_lr" in fields else float(fields["horizon"]) / steps
+    return float(lr), steps
+
+
+def _complete_inner(args: argparse.Namespace) -> None:
+    """Fill ``--inner-lr`` / ``--inner-steps`` left unset with :func:`inner_defaults`."""
+    if args.inner_lr is not None and args.inner_steps is not None:
+        return
+    name = args.cml_base if spelling(args.algorithm) == "cml" else args.algorithm
+    if spelling(name) == "cml":
+        return  # build() refuses --cml-base cml
+    lr, k = inner_defaults(name)
+    args.inner_lr = lr if args.inner_lr is None else args.inner_lr
+    args.inner_steps = k if args.inner_steps is None else args.inner_steps
 
 
 def _model(spec: str, args: argparse.Namespace) -> Any:
@@ -113,6 +151,7 @@ def build(args: argparse.Namespace) -> tuple[MetaAlgorithm, Any]:
     """
     if getattr(args, "preset", None):
         apply_preset(args, vars(_parser("bilevel meta-train").parse_args([])))
+    _complete_inner(args)
     model = _model(args.tasks, args)
     lr, k = args.inner_lr, args.inner_steps
     makers = {  # keyed by registry.spelling(name)
@@ -160,8 +199,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="MLP activation for sinusoids (default tanh: smooth, so second-order methods see "
         "curvature; the MAML paper's relu makes iMAML's 20-step inner loop diverge at lr 0.01)",
     )
-    p.add_argument("--inner-lr", type=float, default=0.01)
-    p.add_argument("--inner-steps", type=int, default=1)
+    p.add_argument("--inner-lr", type=float, default=None,
+                   help="inner step size (default: the algorithm's, see docs/cli.rst)")
+    p.add_argument("--inner-steps", type=int, default=None,
+                   help="inner steps (default: the algorithm's: MAML 1, iMAML 20, ...)")
     p.add_argument("--reg", type=float, default=None,
                    help="iMAML λ (default 2) / A-MAML r (default 0)")
     p.add_argument("--scheme", default="rk4",
@@ -182,9 +223,31 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--memory-every", type=int, default=0)
     p.add_argument("--out", default="meta-run", help="output folder")
-    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy",
+                   help="array backend (cupy needs an NVIDIA GPU)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run of seconds: " + " ".join(
+                       _flag(k, v) for k, v in QUICK.items()) + " (explicit options win)")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="continue the run in --out (also done without the flag when the "
+                        "run's flags and fingerprint match; a mismatch is refused)")
+    resume.add_argument("--no-resume", action="store_true",
+                        help="start afresh, overwriting the run in --out")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+QUICK = {"steps": 20, "meta_batch": 4, "eval_every": 10, "eval_tasks": 10,
+         "checkpoint_every": 10}
+"""What ``--quick`` sets (where the option still has its default)."""
+
+
+def _apply_quick(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
+    if args.quick:
+        for key, value in QUICK.items():
+            if getattr(args, key) == defaults[key]:
+                setattr(args, key, value)
 
 
 _FLAGS = {  # dest -> check of the parsed value (messages name the flag)
@@ -194,8 +257,8 @@ _FLAGS = {  # dest -> check of the parsed value (messages name the flag)
     "steps": at_least(1), "meta_batch": at_least(1), "lr": positive, "eval_every": at_least(0),
     "eval_tasks": at_least(1), "checkpoint_every": at_least(1), "memory_every": at_least(0),
 }
-_NOT_RUN = ("out", "no_resume", "no_progress", "steps", "eval_every", "eval_tasks",
-            "checkpoint_every", "memory_every")
+_NOT_RUN = ("out", "resume", "no_resume", "no_progress", "steps", "eval_every", "eval_tasks",
+            "checkpoint_every", "memory_every", "quick")
 """Flags that may change between a run and its resume (they do not change the iterates)."""
 
 
@@ -304,8 +367,11 @@ def plot_curve(history: dict, evaluations: dict, path: str, title: str = "") -> 
 
 def meta_train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bilevel meta-train``; returns the exit status."""
-    args = _parser("bilevel meta-train").parse_args(argv)
+    parser = _parser("bilevel meta-train")
+    args = parser.parse_args(argv)
+    _apply_quick(args, vars(parser.parse_args([])))
     check_flags(args, _FLAGS)
+    backend_module(_backend(args))  # BackendError with the install hint before any work
     output_folder(args.out)
     algorithm, _, sampler = _built(args)
     eval_sampler = _built(args, "val")[2] if args.tasks != "sinusoid" else None
@@ -358,14 +424,19 @@ def meta_eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--pretrain-steps", type=int, default=0,
                    help="also train the joint-training baseline for this many iterations")
     p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--backend", choices=("numpy", "cupy"), default=None,
+                   help="array backend (default: the run's --backend)")
     ev_args = p.parse_args(argv)
     if not os.path.isdir(ev_args.run):
         p.error(f"RUN {ev_args.run!r} is not a folder; pass the --out folder of bilevel "
                 "meta-train")
     check_flags(ev_args, {"tasks_per_eval": at_least(1), "pretrain_steps": at_least(0)})
     args, ckpt = _run_folder(ev_args.run)
+    if ev_args.backend is not None:
+        args.backend = ev_args.backend
+    backend = _backend(args)
+    backend_module(backend)  # BackendError with the install hint before any work
     algorithm, model, sampler = _built(args, ev_args.split)
-    backend = "numpy"
     params = load_checkpoint(ckpt, backend)["params"]
     expected = algorithm.init(np.random.default_rng(0), backend)
     if np.shape(params) != np.shape(expected):
