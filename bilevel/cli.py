@@ -33,6 +33,7 @@ from typing import Any
 from . import __version__
 from .backend import BackendError
 from .outer import UsageError
+from .outer.driver import progress_bar
 from .outer.usage import Parser, output_folder
 from .registry import spelling
 
@@ -110,8 +111,6 @@ def _positive(text: str) -> float:
 def _budgeted(mod: Any, labels: list[str], args: argparse.Namespace, log: Any,
               progress: bool) -> list[dict]:
     """One row per (problem, method), sharing a total budget (see the module docstring)."""
-    from tqdm.auto import tqdm
-
     total = getattr(args, "budget", None) or (
         getattr(mod, "BUDGET_QUICK_S", 60.0) if args.quick else getattr(mod, "BUDGET_S", 240.0)
     )
@@ -120,7 +119,7 @@ def _budgeted(mod: Any, labels: list[str], args: argparse.Namespace, log: Any,
     t0 = time.perf_counter()
     parts: list[dict] = []
     problem_budget, problem_start = 0.0, 0.0
-    with tqdm(total=len(groups), desc="bench memory", disable=not progress) as bar:
+    with progress_bar(total=len(groups), desc="bench memory", progress=progress) as bar:
         for i, (pname, label) in enumerate(groups):
             if i == 0 or groups[i - 1][0] != pname:
                 problems_left = len(dict.fromkeys(p for p, _ in groups[i:]))
@@ -186,14 +185,12 @@ def _run_rows(name: str, args: argparse.Namespace) -> dict:
             groups: list[Any] = [None]
         else:
             groups = [[lb] for lb in labels]
-        from tqdm.auto import tqdm
-
         seed = {"seed": args.seed} if "seed" in params else {}
         parts = []
         if "budget_s" in params and "problems" in params and labels is not None:
             groups = []
             parts = _budgeted(mod, labels, args, log, progress)
-        for group in tqdm(groups, desc=f"bench {name}", disable=not progress):
+        for group in progress_bar(groups, desc=f"bench {name}", progress=progress):
             kw = dict(seed, methods=group) if group is not None else dict(seed)
             key = group if group is not None else ["all"]
             parts.append(log.compute(key, lambda kw=kw: {
