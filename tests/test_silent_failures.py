@@ -263,3 +263,23 @@ def test_one_overshooting_maml_step_is_not_a_failure():
     res = quiet(BilevelProblem(g1, f1, init=lambda lam: lam), np.zeros(3), None,
                 dynamics=GradientDescent(0.02, 10))
     assert not res.success and "lr=0.02" in res.message
+
+
+@pytest.mark.parametrize("method", [Reverse(), Forward()])
+def test_unrolled_methods_refuse_undifferentiated_dynamics_before_any_work(method):
+    """NewtonCG's line search has no step derivatives: refused by check_dynamics, not mid-sweep."""
+    from bilevel.dynamics import NewtonCG
+
+    def g(w, lam):
+        return anp.sum((w - lam) ** 2)
+
+    calls = []
+
+    def f(w, lam):
+        calls.append(1)
+        return anp.sum(w ** 2)
+
+    with pytest.raises(NotImplementedError, match="NewtonCG's line search is not differentiated"):
+        hypergrad(BilevelProblem(g, f), np.ones(2), np.zeros(2), dynamics=NewtonCG(3),
+                  method=method)
+    assert not calls  # refused before the inner loop or any evaluation

@@ -86,6 +86,10 @@ class Dynamics:
     #: Bound on ``α_k·λ_max(H)`` beyond which a step expands (see :meth:`step_curvature`).
     stability_bound: ClassVar[float] = float("inf")
 
+    #: Why :meth:`step_vjp`/:meth:`step_jvp` are unavailable (``None``: they are). Methods
+    #: that differentiate every step (``Reverse``, ``Forward``) refuse such dynamics up front.
+    not_differentiated: ClassVar[str | None] = None
+
     def step_curvature(self, cot: State, cot_prev: State, k: int) -> tuple[Any, Any] | None:
         """``(num, den)`` with ``α_k·⟨u, Hu⟩/‖u‖² = num/den`` per problem, read from a backward
         step ``cot_prev = (∂Φ_k/∂s)ᵀ cot``; ``None`` (the default) when the dynamics has no

@@ -64,6 +64,10 @@ class NewtonCG(Validated, Dynamics):
     """
 
     name: ClassVar[str] = "newton-cg"
+    not_differentiated: ClassVar[str | None] = (
+        "NewtonCG's line search is not differentiated: use it with Implicit (iMAML-HF) or "
+        "FirstOrder, which need only the last iterate, or GradientDescent for unrolled methods"
+    )
     steps: int = option(check=integer(1))
     cg_iters: int = option(5, check=integer(1))
     damping: float = option(0.0, check=nonnegative)
@@ -103,17 +107,11 @@ class NewtonCG(Validated, Dynamics):
 
     def step_vjp(self, problem: BilevelProblem, state: State, lam: Any, k: int,
                  cot: State) -> tuple[State, Any]:
-        raise NotImplementedError(_NOT_DIFFERENTIABLE)
+        raise NotImplementedError(self.not_differentiated)
 
     def step_jvp(self, problem: BilevelProblem, state: State, lam: Any, k: int, tan: State,
                  tan_lam: Any) -> tuple[State, State]:
-        raise NotImplementedError(_NOT_DIFFERENTIABLE)
-
-
-_NOT_DIFFERENTIABLE = (
-    "NewtonCG's line search is not differentiated: use it with Implicit (iMAML-HF) or "
-    "FirstOrder, which need only the last iterate, or GradientDescent for unrolled methods"
-)
+        raise NotImplementedError(self.not_differentiated)
 
 
 def _where(mask: Any, a: Any, b: Any) -> Any:

@@ -183,6 +183,13 @@ class Method(abc.ABC):
 flag = boolean  # the option check of boolean fields (bilevel.validation.boolean)
 
 
+def require_step_derivatives(dynamics: Dynamics) -> None:
+    """``check_dynamics`` of the methods that differentiate every inner step: refuse, before
+    any work, dynamics without step derivatives (``dynamics.not_differentiated``)."""
+    if dynamics.not_differentiated:
+        raise NotImplementedError(dynamics.not_differentiated)
+
+
 def failure_result(lam: Any, message: str, **diagnostics: Any) -> HypergradResult:
     """The result of a failed computation: a NaN hypergradient, ``success=False``, ``message``.
 

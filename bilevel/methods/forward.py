@@ -12,7 +12,14 @@ from ..dynamics import Dynamics
 from ..problem import BilevelProblem
 from ..registry import register
 from ..validation import Validated, number, option
-from .base import HypergradResult, HypergradState, HypergradWarning, Method, at_step
+from .base import (
+    HypergradResult,
+    HypergradState,
+    HypergradWarning,
+    Method,
+    at_step,
+    require_step_derivatives,
+)
 
 __all__ = ["Forward"]
 
@@ -51,6 +58,9 @@ class Forward(Validated, Method):
 
     name = "forward"
     differentiable = True  # every step is traced by autograd through the oracles
+
+    def check_dynamics(self, dynamics: Dynamics) -> None:
+        require_step_derivatives(dynamics)
 
     def compute(
         self,

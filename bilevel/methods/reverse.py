@@ -19,7 +19,14 @@ from ..problem import BilevelProblem
 from ..recompute import reverse_sweep
 from ..registry import register
 from ..validation import Validated, integer, option, optional
-from .base import HypergradResult, HypergradState, Method, at_step, outcome
+from .base import (
+    HypergradResult,
+    HypergradState,
+    Method,
+    at_step,
+    outcome,
+    require_step_derivatives,
+)
 
 __all__ = ["Reverse", "Sweep", "unrolled_vjp"]
 
@@ -146,6 +153,9 @@ class Reverse(Validated, Method):
 
     name = "reverse"
     differentiable = True  # every step is traced by autograd through the oracles
+
+    def check_dynamics(self, dynamics: Dynamics) -> None:
+        require_step_derivatives(dynamics)
 
     def compute(
         self,
