@@ -23,6 +23,7 @@ from .descent import GradientDescent, Momentum
 from .flow import GradientFlow
 from .newton_cg import NewtonCG
 from .schedules import MinibatchIndices, PerStep, StepSize, minibatch_indices, step_size
+from .solved import Solved
 from .watch import StabilityWatch
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "Momentum",
     "NewtonCG",
     "PerStep",
+    "Solved",
     "StabilityWatch",
     "State",
     "StepSize",
