@@ -42,13 +42,14 @@ from typing import Any, ClassVar, Protocol
 from autograd.core import make_vjp
 
 from . import numpy as bnp
-from .backend import unbox
+from .backend import namespace, unbox
 from .nonfinite import TRACE_ADVICE, TracingError, traced_vjp
 from .oracles import Linearization, one_like
 from .problem import BilevelProblem
 from .validation import Validated, boolean, function, option, positive
 
 __all__ = [
+    "BlockOperator",
     "Condition",
     "ConditionLinearization",
     "FixedPoint",
@@ -96,12 +97,36 @@ class Condition:
         return f"{type(self).__name__}()"
 
 
+class BlockOperator:
+    """A matvec ``u ↦ Jᵀu`` that can also map a stack of vectors ``(k, n)`` in one call.
+
+    ``block(U)`` evaluates the problem on a batch of ``k`` copies of the point (the batch
+    convention of :class:`~bilevel.problem.BilevelProblem`) and returns the ``k`` products:
+    :class:`~bilevel.linalg.Direct` materialises ``J`` with a few such calls instead of
+    ``n`` matvecs, and falls back to matvecs when the objective has no batch axis.
+    """
+
+    def __init__(self, apply: Callable[[Any], Any], block: Callable[[Any], Any]) -> None:
+        self._apply, self.block = apply, block
+
+    def __call__(self, u: Any) -> Any:
+        return self._apply(u)
+
+
+def _copies(x: Any, k: int) -> Any:
+    """``k`` copies of ``x`` along a new leading axis (a broadcast view)."""
+    return namespace(x).broadcast_to(x, (k,) + tuple(x.shape))
+
+
 class _Stationary:
     """:class:`ConditionLinearization` of ``∇_w g``: the problem's own linearization."""
 
-    def __init__(self, lin: Linearization) -> None:
+    def __init__(self, lin: Linearization, problem: BilevelProblem, data: Any) -> None:
         self.residual = lin.grad
         self.transpose_matvec = lin.hvp  # H is symmetric: Hᵀu = H u
+        if len(lin.w.shape) == 1:
+            self.transpose_matvec = BlockOperator(lin.hvp, lambda U: problem.inner_hvp(
+                _copies(lin.w, U.shape[0]), _copies(lin.lam, U.shape[0]), U, data))
         self.mixed_vjp = lin.mixed_vjp
 
 
@@ -120,7 +145,7 @@ class Stationarity(Condition):
 
     def linearize(self, problem: BilevelProblem, w: Any, lam: Any,
                   data: Any = None) -> ConditionLinearization:
-        return _Stationary(problem.linearize(w, lam, data))
+        return _Stationary(problem.linearize(w, lam, data), problem, data)
 
     def residual(self, problem: BilevelProblem, w: Any, lam: Any, data: Any = None) -> Any:
         return problem.inner_grad(w, lam, data=data)
@@ -153,11 +178,21 @@ class _Traced:
                 f"operations, so ∂_w F = 0 is singular. {TRACE_ADVICE}"
             )
         problem.require_finite("optimality residual F(w, λ)", self.residual)
+        if len(w.shape) == 1:
+            self.transpose_matvec = BlockOperator(self.transpose_matvec, self._block)
 
     def transpose_matvec(self, u: Any) -> Any:
         """``(∂_w F)ᵀ u``: one reverse pass over the trace of ``w ↦ F``."""
         self._problem.counts.hvp += 1
         return self._problem.require_finite("(∂_w F)ᵀ u", self._vjp_w(u))
+
+    def _block(self, U: Any) -> Any:
+        """``(∂_w F)ᵀ uᵢ`` for the rows of ``U``: ``F`` traced on ``k`` copies of the point."""
+        k = U.shape[0]
+        lam = _copies(self.lam, k)
+        vjp, _ = traced_vjp(lambda W: self._fun(W, lam, self._data), _copies(self.w, k))
+        self._problem.counts.hvp += 1
+        return vjp(U)
 
     def mixed_vjp(self, u: Any) -> Any:
         """``(∂_λ F)ᵀ u``: one reverse pass (the first one traces ``λ ↦ F``)."""
