@@ -161,11 +161,14 @@ class FactorCache:
 
 
 def _factorize(xp: Any, A: Array, damping: float) -> tuple[str, Array]:
-    """``("cholesky", L)`` with ``A + δI = L Lᵀ`` when positive definite, else ``("lu", A + δI)``.
+    """``("cholesky", L)`` with ``A + δI = L Lᵀ`` when symmetric positive definite, else
+    ``("lu", A + δI)`` (solved by LU at each call).
 
     Cost ``O(n³/3)`` per problem for Cholesky.
     """
     M = A + damping * xp.eye(A.shape[-1], dtype=A.dtype) if damping else A
+    if not _symmetric(xp, M):
+        return "lu", M
     try:
         L = xp.linalg.cholesky(M)
         if bool(xp.all(xp.isfinite(L))):
@@ -175,22 +178,32 @@ def _factorize(xp: Any, A: Array, damping: float) -> tuple[str, Array]:
     return "lu", M
 
 
+def _symmetric(xp: Any, M: Array) -> bool:
+    """``M = Mᵀ`` within ``100·n·ε·max|M|`` (Cholesky reads one triangle only)."""
+    eps = float(xp.finfo(M.dtype).eps)
+    gap = xp.max(xp.abs(M - xp.matrix_transpose(M)))
+    return bool(gap <= 100 * M.shape[-1] * eps * xp.max(xp.abs(M)))
+
+
 def _triangular(xp: Any, L: Array, b: Array, trans: bool) -> Array:
     """``L⁻¹ b`` (``trans=False``) or ``L⁻ᵀ b`` for a lower-triangular ``L``: ``O(n²)``."""
     solve = _triangular_solver(xp)
     if solve is None:
-        M = xp.swapaxes(L, -1, -2) if trans else L
+        M = xp.matrix_transpose(L) if trans else L
         return xp.linalg.solve(M, b[..., None])[..., 0]
     if L.ndim == 2:
         return solve(L, b, lower=True, trans=1 if trans else 0)
-    return xp.stack([solve(L[i], b[i], lower=True, trans=1 if trans else 0)
+    return xp.stack([solve(L[i, ...], b[i, ...], lower=True, trans=1 if trans else 0)
                      for i in range(L.shape[0])])
 
 
 def _triangular_solver(xp: Any) -> Callable | None:
-    """SciPy's (NumPy) or CuPy's ``solve_triangular``, ``None`` when neither is available."""
+    """SciPy's (NumPy) or CuPy's ``solve_triangular``; ``None`` for other namespaces or
+    without SciPy (then a general solve is used)."""
     if array_api_compat.is_cupy_namespace(xp):
         import cupyx.scipy.linalg  # optional GPU dependency, imported where it is used
 
         return cupyx.scipy.linalg.solve_triangular
-    return None if _host_linalg is None else _host_linalg.solve_triangular
+    if array_api_compat.is_numpy_namespace(xp) and _host_linalg is not None:
+        return _host_linalg.solve_triangular
+    return None
