@@ -128,3 +128,21 @@ def test_registered_and_plain():
     import pickle
 
     assert pickle.loads(pickle.dumps(Solved())) == Solved()
+
+
+def test_objective_singular_at_zero_still_judged():
+    """g = Σ(w − log w) + ...: ∇g(0) is not finite, so the scale of the test falls back to 1."""
+
+    def g(w, lam):
+        return anp.sum(w - anp.log(w)) + 0.5 * anp.sum(anp.exp(lam) * (w - 1) ** 2)
+
+    def f(w, lam):
+        return anp.sum(w**2)
+
+    lam = np.zeros(3)
+    res = hypergrad(BilevelProblem(g, f), lam, np.ones(3), dynamics=Solved(),
+                    method=Implicit(), on_failure="raise")
+    assert res.success and float(res.inner_residual) == 0.0
+    with pytest.warns(HypergradWarning, match="not optimal"):
+        hypergrad(BilevelProblem(g, f), lam, np.full(3, 1.1), dynamics=Solved(),
+                  method=Implicit())

@@ -24,7 +24,7 @@ from ..backend import namespace
 from ..conditions import Condition, Stationarity
 from ..dynamics import Dynamics, Solved, run
 from ..linalg import CG, GMRES
-from ..problem import BilevelProblem
+from ..problem import BilevelProblem, NonFiniteError
 from ..registry import register
 from ..validation import Validated, nonnegative, one_of, option, optional, positive
 from .base import (
@@ -302,8 +302,7 @@ class Implicit(Validated, Method):
     ) -> HypergradResult:
         solver, inner_tol = self._solver_and_tol(state)
         given = isinstance(dynamics, Solved)
-        g0_norm = None if inner_tol is None else norm_per_problem(
-            self.condition.residual(problem, 0 * w0 if given else w0, lam))
+        g0_norm = None if inner_tol is None else self._reference_norm(problem, w0, lam, given)
         w = dynamics.weights(run(problem, dynamics, w0, lam))
         x0 = self._warm_start(state, w)
         ift = implicit_vjp(problem, w, lam, solver, self.damping, x0, self.condition)
@@ -324,6 +323,19 @@ class Implicit(Validated, Method):
         shown = super().__repr__()
         chosen = f"solver={default_solver(self.condition)!r}"
         return shown.replace(f"({chosen}, ", "(").replace(f"({chosen})", "()")
+
+    def _reference_norm(self, problem: BilevelProblem, w0: Any, lam: Any, given: bool) -> Any:
+        """``‖F(w_0)‖``, or ``‖F(0)‖`` for a given solution (1 where ``F(0)`` is not finite,
+        e.g. a logarithm at 0), the scale of the inner test."""
+        if not given:
+            return norm_per_problem(self.condition.residual(problem, w0, lam))
+        xp = namespace(w0)
+        ones = xp.ones(tuple(w0.shape[:-1]), dtype=w0.dtype)
+        try:
+            norm = norm_per_problem(self.condition.residual(problem, 0 * w0, lam))
+        except NonFiniteError:
+            return ones
+        return xp.where(xp.isfinite(norm), norm, ones)
 
     def _solver_and_tol(self, state: HypergradState | None) -> tuple[Callable, float | None]:
         """The solver and inner tolerance of this call (``tol_schedule`` at ``state.t``)."""
