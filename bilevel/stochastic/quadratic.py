@@ -3,12 +3,12 @@
 Per-sample inner and outer objectives (the family of Dagréou et al., 2022, built with a
 shared eigenbasis so that a sample costs O(n + m) numbers instead of an n×n matrix)::
 
-    q_i(w, λ) = ½ Σ_k e_ik (Uᵀw)_k² + (s_i·λ)(t_i·w) + a_i·w + ½ Σ_j r_ij λ_j² + c_i·λ
+    q_i(w, λ) = ½ Σ_k e_ik (Uᵀw)_k² + λᵀGw + (s_i·λ)(t_i·w) + a_i·w + ½ Σ_j r_ij λ_j² + c_i·λ
 
 with ``e_i = e ⊙ ρ_i`` (``ρ_i`` log-normal, normalised to mean 1 per coordinate, so the
-mean Hessian has exactly the eigenvalues ``e``, log-spaced in ``[mu, L]``) and
-``t_i = Gᵀ s_i`` (a rank-one cross term per sample whose mean ``S G`` has norm about
-``L_cross``). The means over samples give ``g(w, λ) = ½ wᵀAw + λᵀCw + a·w`` and
+mean Hessian has exactly the eigenvalues ``e``, log-spaced in ``[mu, L]``), ``‖G‖ = L_cross``
+and ``t_i = Gᵀ s_i`` (a rank-one perturbation of the cross term per sample, of size
+``noise``). The means over samples give ``g(w, λ) = ½ wᵀAw + λᵀCw + a·w`` and
 ``f(w, λ) = ½ wᵀPw + λᵀQw + ½ λᵀRλ + b·w + c·λ``, so ``w*(λ) = Jλ + w₀`` with
 ``J = −A⁻¹Cᵀ``, ``w₀ = −A⁻¹a``, and ``F`` is quadratic with Hessian
 ``JᵀPJ + QJ + JᵀQᵀ + R``: its minimizer and minimum are exact.
@@ -35,12 +35,14 @@ class QuadraticLoss:
     for a batch of b samples (one product with the shared basis U)."""
 
     basis: Any
+    cross: Any
 
     def __call__(self, w: Any, lam: Any, batch: dict) -> Any:
         xp = namespace(batch["e"])
         z = bnp.matmul(w, self.basis)
         quad = 0.5 * bnp.sum(xp.mean(batch["e"], axis=0) * z * z)
-        cross = bnp.mean(bnp.matmul(batch["s"], lam) * bnp.matmul(batch["t"], w))
+        cross = bnp.sum(lam * bnp.matmul(self.cross, w)) \
+            + bnp.mean(bnp.matmul(batch["s"], lam) * bnp.matmul(batch["t"], w))
         lin = bnp.sum(xp.mean(batch["a"], axis=0) * w)
         hyper = 0.5 * bnp.sum(xp.mean(batch["r"], axis=0) * lam * lam) \
             + bnp.sum(xp.mean(batch["c"], axis=0) * lam)
@@ -48,21 +50,19 @@ class QuadraticLoss:
 
 
 def _samples(rng: np.random.Generator, n: int, dim_w: int, dim_lam: int, eig: np.ndarray,
-             hyper: np.ndarray, cross: float, noise: float) -> dict[str, np.ndarray]:
+             hyper: np.ndarray, G: np.ndarray, noise: float) -> dict[str, np.ndarray]:
     rho = rng.lognormal(0.0, noise, (n, dim_w))
-    s = rng.standard_normal((n, dim_lam))
-    G = rng.standard_normal((dim_lam, dim_w))
-    G *= cross / np.linalg.norm(G, 2)
+    s = noise * rng.standard_normal((n, dim_lam))
     return {"e": eig * rho / rho.mean(axis=0), "s": s, "t": s @ G,
-            "a": rng.standard_normal(dim_w) + rng.standard_normal((n, dim_w)),
+            "a": rng.standard_normal(dim_w) + noise * rng.standard_normal((n, dim_w)),
             "r": np.broadcast_to(hyper, (n, dim_lam)).copy(),
-            "c": rng.standard_normal(dim_lam) + rng.standard_normal((n, dim_lam))}
+            "c": rng.standard_normal(dim_lam) + noise * rng.standard_normal((n, dim_lam))}
 
 
-def _means(data: dict, basis: np.ndarray) -> dict[str, np.ndarray]:
+def _means(data: dict, basis: np.ndarray, G: np.ndarray) -> dict[str, np.ndarray]:
     m = {k: v.mean(axis=0) for k, v in data.items()}
     n = len(data["s"])
-    return {"H": (basis * m["e"]) @ basis.T, "C": data["s"].T @ data["t"] / n,
+    return {"H": (basis * m["e"]) @ basis.T, "C": G + data["s"].T @ data["t"] / n,
             "a": m["a"], "r": m["r"], "c": m["c"]}
 
 
@@ -118,8 +118,9 @@ def quadratic(n_inner: int = 4096, n_outer: int = 1024, dim_inner: int = 100,
     L_cross : float
         Norm of the mean cross-derivatives (inner and outer).
     noise : float
-        Log-normal spread of the per-sample Hessian eigenvalues (0: same Hessian for every
-        sample; the linear terms are noisy in any case).
+        Spread of the samples around their mean: log-normal σ of the per-sample Hessian
+        eigenvalues and standard deviation of the per-sample linear terms (0: every sample
+        is the mean, the problem is deterministic).
     seed, backend, dtype
         Data generation, array backend and floating type.
 
@@ -134,12 +135,14 @@ def quadratic(n_inner: int = 4096, n_outer: int = 1024, dim_inner: int = 100,
     eig_in = np.geomspace(mu_inner, L_inner, dim_inner)
     eig_out = np.geomspace(mu_outer, L_outer, dim_inner)
     hyper = rng.uniform(mu_outer, L_outer, dim_outer)
-    inner = _samples(rng, n_inner, dim_inner, dim_outer, eig_in, 0 * hyper, L_cross, noise)
-    outer = _samples(rng, n_outer, dim_inner, dim_outer, eig_out, hyper, L_cross, noise)
-    lam_star, value_star, value = _optimum(_means(inner, U), _means(outer, V))
+    G_in, G_out = (L_cross * g / np.linalg.norm(g, 2)
+                   for g in rng.standard_normal((2, dim_outer, dim_inner)))
+    inner = _samples(rng, n_inner, dim_inner, dim_outer, eig_in, 0 * hyper, G_in, noise)
+    outer = _samples(rng, n_outer, dim_inner, dim_outer, eig_out, hyper, G_out, noise)
+    lam_star, value_star, value = _optimum(_means(inner, U, G_in), _means(outer, V, G_out))
     problem = StochasticProblem(
-        QuadraticLoss(to_backend(U.astype(dtype), backend)),
-        QuadraticLoss(to_backend(V.astype(dtype), backend)),
+        QuadraticLoss(*to_backend([U.astype(dtype), G_in.astype(dtype)], backend)),
+        QuadraticLoss(*to_backend([V.astype(dtype), G_out.astype(dtype)], backend)),
         to_backend({k: v.astype(dtype) for k, v in inner.items()}, backend),
         to_backend({k: v.astype(dtype) for k, v in outer.items()}, backend), name="quadratic")
     zeros = to_backend(np.zeros(dim_outer, dtype=dtype), backend)
