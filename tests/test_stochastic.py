@@ -191,3 +191,28 @@ def test_divergence_is_reported(noisy):
         res = _run(noisy, SOBA(lr_inner=50.0, lr_outer=50.0, exponent=0.0), 200)
     assert not res.success
     assert "non-finite" in res.message and "lr_inner" in res.message
+
+
+def test_bench_rows_table_and_plot(tmp_path, monkeypatch):
+    from bilevel.bench import stochastic as bench
+
+    monkeypatch.setitem(bench._SIZES, "quick", dict(bench._SIZES["quick"], budget_s=0.3,
+                                                      points=3))
+    result = bench.run(quick=True, methods=["saba", "Implicit(CG)"], families=("quadratic",))
+    assert [r["label"] for r in result["rows"]] == ["SABA", "Implicit(CG)"]
+    for row in result["rows"]:
+        rel = bench.relative(result, row)
+        assert rel[0] == pytest.approx(1.0) and np.all(rel > -1e-9)
+        assert row["seconds"][-1] >= 0.3 and row["samples"][-1] > 0
+    text = bench.to_markdown(result)
+    assert "seconds to 1e-3" in text and "| quadratic | SABA |" in text
+    assert bench.plot(result, str(tmp_path / "s.png")).endswith("s.png")
+    with pytest.raises(ValueError, match="unknown method"):
+        bench.run(quick=True, methods=["MRBO"])
+
+
+def test_bench_cli_refuses_unknown_method(capsys):
+    from bilevel.cli import main
+
+    assert main(["bench", "stochastic", "--methods", "MRBO", "--no-progress"]) == 2
+    assert "MRBO" in capsys.readouterr().err

@@ -98,6 +98,9 @@ class DeterministicValue:
         return float(res.value), res.grad
 
     def __call__(self, lam: Any, w: Any = None) -> float:
+        """F(λ); the inner solve starts from ``w`` when given (a method's iterate)."""
+        if w is not None:
+            self.w = w
         return self.value_and_grad(lam)[0]
 
 
