@@ -216,3 +216,12 @@ def test_bench_cli_refuses_unknown_method(capsys):
 
     assert main(["bench", "stochastic", "--methods", "MRBO", "--no-progress"]) == 2
     assert "MRBO" in capsys.readouterr().err
+
+
+def test_solve_docstring_example():
+    import doctest
+    import importlib
+
+    module = importlib.import_module("bilevel.stochastic.solve")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 3 and result.failed == 0

@@ -246,8 +246,8 @@ def plot(result: dict, path: str) -> str:
             rel = np.maximum(relative(result, r), 1e-12)
             style = "k--" if r["label"] == "Implicit(CG)" else "-"
             axes[i, 0].semilogy(r["seconds"], rel, style, label=r["label"])
-            axes[i, 1].loglog(np.maximum(np.asarray(r["samples"]) / r["n_inner"], 1e-3), rel,
-                              style, label=r["label"])
+            epochs = np.asarray(r["samples"], dtype=float) / r["n_inner"]
+            axes[i, 1].loglog(epochs[1:], rel[1:], style, label=r["label"])  # 0 is off-axis
         for ax, xlabel in ((axes[i, 0], "seconds"), (axes[i, 1], "epochs (oracle calls / n)")):
             ax.axhline(result["threshold"], color="grey", lw=0.5)
             ax.set_xlabel(xlabel)

@@ -211,6 +211,9 @@ def _result(state: LoopState, run: _Steps, stop: str | None, steps: int) -> Stoc
     evals = {k: np.asarray(v, dtype=float if k in ("value", "time") else int)
              for k, v in state.extra["evaluations"].items()}
     ms = state.extra["method"]
+    if not run.failed and not (all_finite(state.params) and all_finite(ms["w"])):
+        run.failed = True
+        stop = f"{stop or 'done'}; the final iterates are not finite (lower the step sizes)"
     return StochasticResult(
         lam=state.params, w=ms["w"], v=ms["v"], history=hist, evaluations=evals,
         steps=len(hist["step"]), n_samples=int(hist["n_samples"].sum()),
