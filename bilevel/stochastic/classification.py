@@ -85,8 +85,8 @@ def regularization(n_train: int = 4096, n_val: int = 1024, features: int = 32, *
     λ0 = 0 (unit penalty per feature), w0 = 0. ``value_star`` from L-BFGS
     (``reference_steps`` iterations) on the deterministic value function. ``hyper_reg``
     adds ``(hyper_reg/2)‖λ‖²`` to the outer objective: without it the validation loss is
-    minimized by penalties going to 0 or ∞ (λ* at infinity, |λ_k| of 10–100 found by
-    L-BFGS), where suboptimality measures how far λ drifted, not the method.
+    minimized by penalties going to 0 or ∞ (λ* at infinity: L-BFGS finds entries of
+    size 10–100), where suboptimality measures how far λ drifted, not the method.
     """
     from sklearn.datasets import make_classification
 
