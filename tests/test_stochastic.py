@@ -225,3 +225,30 @@ def test_solve_docstring_example():
     module = importlib.import_module("bilevel.stochastic.solve")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 3 and result.failed == 0
+
+
+@pytest.mark.cupy
+def test_cupy_matches_numpy():
+    """Same data, seed and method on CuPy and NumPy: the same iterates to rounding."""
+    from bilevel.backend import to_numpy
+
+    kw = dict(n_inner=256, n_outer=128, dim_inner=6, dim_outer=3, seed=2)
+    method = SABA(lr_inner=0.5, lr_outer=0.5, batch_size=32)
+    out = []
+    for backend in ("numpy", "cupy"):
+        fam = families.quadratic(backend=backend, **kw)
+        res = solve(fam.problem, method, fam.lam0, fam.w0, steps=50, monitoring=QUIET)
+        out.append(to_numpy(res.lam))
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-9, atol=1e-12)
+
+
+def test_deterministic_value_fingerprint_is_stable():
+    """The evaluate function is part of a run's fingerprint: calling it (which warm-starts
+    its inner solve) must not change its description, or a resume would be refused."""
+    from bilevel.outer import describe
+
+    fam = families.regularization(n_train=128, n_val=64, features=4, reference_steps=5)
+    before = describe(fam.value)
+    value = fam.value(fam.lam0 + 0.5)
+    assert np.isfinite(value) and value >= fam.value_star - 1e-9
+    assert describe(fam.value) == before

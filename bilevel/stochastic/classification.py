@@ -73,7 +73,7 @@ def _family(name: str, problem: StochasticProblem, lam0: np.ndarray, w0: np.ndar
     lam0, w0 = to_backend(lam0, backend), to_backend(w0, backend)
     value = DeterministicValue(problem, w0)
     lam_star, value_star = reference_optimum(value, lam0, maxiter=reference_steps)
-    value.w = w0
+    value.start(w0)
     return Family(name, problem, lam0, w0, value, value_star, lam_star, info=info)
 
 

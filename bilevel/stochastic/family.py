@@ -80,27 +80,34 @@ class Family:
 class DeterministicValue:
     """``F(λ)`` and ``∇F(λ)`` from a Newton-CG inner solve and implicit differentiation.
 
-    The inner solve is warm-started from the last solution (kept in the object).
-    Cost per call: ``newton_steps`` Newton steps of ``cg_iters`` full-batch HVPs each, and
+    The inner solve is warm-started from the last solution (kept in the object, privately:
+    :func:`bilevel.outer.describe` of the object, part of a run's fingerprint when it is
+    the ``evaluate`` function, does not change as it is called). Cost per call: ``newton_steps`` Newton steps of ``cg_iters`` full-batch HVPs each, and
     one CG solve to ``tol``. Memory: O(n) besides the traces.
     """
 
     def __init__(self, problem: StochasticProblem, w0: Any, newton_steps: int = 8,
                  cg_iters: int = 30, tol: float = 1e-10):
-        self.problem, self.w = problem, w0
+        self._problem, self._w = problem, w0
+        self.name = problem.name
         self.dynamics = NewtonCG(steps=newton_steps, cg_iters=cg_iters)
         self.method = Implicit(CG(tol=tol, maxiter=10 * cg_iters))
 
+    def start(self, w: Any) -> None:
+        """Start the next inner solve from ``w``."""
+        self._w = w
+
     def value_and_grad(self, lam: Any) -> tuple[float, Any]:
-        res = hypergrad(self.problem.full, lam, self.w, dynamics=self.dynamics,
+        """(F(λ), ∇F(λ)) at the inner solution reached from the last one."""
+        res = hypergrad(self._problem.full, lam, self._w, dynamics=self.dynamics,
                         method=self.method, on_failure="ignore")
-        self.w = res.w
+        self._w = res.w
         return float(res.value), res.grad
 
     def __call__(self, lam: Any, w: Any = None) -> float:
         """F(λ); the inner solve starts from ``w`` when given (a method's iterate)."""
         if w is not None:
-            self.w = w
+            self._w = w
         return self.value_and_grad(lam)[0]
 
 
