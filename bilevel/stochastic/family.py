@@ -82,7 +82,8 @@ class DeterministicValue:
 
     The inner solve is warm-started from the last solution (kept in the object, privately:
     :func:`bilevel.outer.describe` of the object, part of a run's fingerprint when it is
-    the ``evaluate`` function, does not change as it is called). Cost per call: ``newton_steps`` Newton steps of ``cg_iters`` full-batch HVPs each, and
+    the ``evaluate`` function, does not change as it is called). Cost per call:
+    ``newton_steps`` Newton steps of ``cg_iters`` full-batch HVPs each, and
     one CG solve to ``tol``. Memory: O(n) besides the traces.
     """
 
