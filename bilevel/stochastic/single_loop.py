@@ -55,7 +55,7 @@ def _step(state: dict[str, Any], d: dict[str, Any], alpha: float) -> tuple[Any, 
 
 
 @register("stochastic")
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True)
 class SOBA(Validated, StochasticMethod):
     """SOBA: stochastic single-loop bilevel optimization (Dagréou et al., 2022).
 
@@ -65,10 +65,6 @@ class SOBA(Validated, StochasticMethod):
 
     name = "SOBA"
     exponent: float = option(0.5, check=number(0.0, maximum=1.0))
-
-    def __repr__(self) -> str:
-        return (f"SOBA(lr_inner={self.lr_inner:g}, lr_outer={self.lr_outer:g}, "
-                f"exponent={self.exponent:g}, batch_size={self.batch_size})")
 
     def direction(self, problem: StochasticProblem, lam: Any, state: dict[str, Any], t: int,
                   rng: np.random.Generator) -> tuple[Any, dict[str, Any]]:
@@ -90,7 +86,7 @@ def saga(table: Any, mean: Any, k: int, new: Any, weight: float) -> tuple[Any, A
 
 
 @register("stochastic")
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True)
 class SABA(Validated, StochasticMethod):
     """SABA: SOBA with SAGA variance reduction of all five terms (Dagréou et al., 2022).
 
@@ -108,11 +104,6 @@ class SABA(Validated, StochasticMethod):
 
     name = "SABA"
     init_memory: str = option("zero", check=one_of(("zero", "full")))
-
-    def __repr__(self) -> str:
-        return (f"SABA(lr_inner={self.lr_inner:g}, lr_outer={self.lr_outer:g}, "
-                f"exponent={self.exponent:g}, batch_size={self.batch_size}, "
-                f"init_memory={self.init_memory!r})")
 
     def init(self, problem: StochasticProblem, w0: Any, lam: Any) -> dict[str, Any]:
         """``w``, ``v`` and the memory tables (one row per batch) with their means."""

@@ -31,10 +31,6 @@ from .problem import StochasticProblem
 __all__ = ["AmIGO", "StocBiO"]
 
 
-def _fields(method: Any, names: tuple[str, ...]) -> str:
-    return ", ".join(f"{k}={getattr(method, k)!r}" for k in names)
-
-
 class _TwoLoop(StochasticMethod):
     """The inner SGD loop and the outer terms shared by AmIGO and StocBiO."""
 
@@ -53,17 +49,9 @@ class _TwoLoop(StochasticMethod):
         """Step size of the linear-system iterations (``lr_v``, else α_t)."""
         return self.inner_lr(t) if self.lr_v is None else self.lr_v
 
-    @staticmethod
-    def _names() -> tuple[str, ...]:
-        return ("lr_inner", "lr_outer", "exponent", "batch_size", "inner_steps", "v_steps",
-                "lr_v")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({_fields(self, self._names())})"
-
 
 @register("stochastic")
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True)
 class AmIGO(Validated, _TwoLoop):
     """AmIGO: amortized implicit gradient optimization (Arbel & Mairal, 2022).
 
@@ -94,7 +82,7 @@ class AmIGO(Validated, _TwoLoop):
 
 
 @register("stochastic")
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True)
 class StocBiO(Validated, _TwoLoop):
     """StocBiO: stochastic bilevel optimizer with a Neumann-series inverse (Ji et al., 2021).
 
