@@ -143,7 +143,8 @@ def _deterministic(fam: Family, size: dict, seed: int) -> dict:
 
 
 def run(quick: bool = False, backend: str = "numpy", methods: Sequence[str] | None = None, *,
-        seed: int = 0, families: Sequence[str] = FAMILIES) -> dict:
+        seed: int = 0, families: Sequence[str] = FAMILIES,
+        budget_s: float | None = None) -> dict:
     """Curves of every (family, method) under the same budget of step time.
 
     Parameters
@@ -158,6 +159,8 @@ def run(quick: bool = False, backend: str = "numpy", methods: Sequence[str] | No
         Seeds the data and every run's generator.
     families
         Names among :data:`FAMILIES`.
+    budget_s
+        Seconds of step time per run (default 4 quick, 30 full).
 
     Returns
     -------
@@ -167,6 +170,8 @@ def run(quick: bool = False, backend: str = "numpy", methods: Sequence[str] | No
         ``quick``, ``threshold``.
     """
     size = _SIZES["quick" if quick else "full"]
+    if budget_s is not None:
+        size = dict(size, budget_s=float(budget_s))
     labels = list(METHODS) if methods is None else [_label(m) for m in methods]
     rows = []
     for name in families:
