@@ -76,6 +76,12 @@ def test_minibatch_oracles_average_to_full_batch(noisy):
     full = prob.inner_products(w, lam, prob.batch("inner", 0, prob.n_inner), v)
     for i in range(3):
         np.testing.assert_allclose(np.mean([p[i] for p in parts], axis=0), full[i], atol=1e-12)
+    picked = prob.select("inner", np.arange(b))
+    for a, c in zip(prob.inner_products(w, lam, picked, v),
+                    prob.inner_products(w, lam, prob.batch("inner", 0, b), v), strict=True):
+        np.testing.assert_array_equal(a, c)
+    with pytest.raises(ValueError, match="indices"):
+        prob.select("outer", np.array([0, prob.n_outer]))
     out = [prob.outer_grads(w, lam, prob.batch("outer", k, b)) for k in range(4)]
     np.testing.assert_allclose(np.mean([o[0] for o in out], axis=0),
                                prob.full.outer_grads(w, lam)[0], atol=1e-12)

@@ -10,7 +10,8 @@
 data sets (pytrees of arrays whose leading axis is the sample axis), and the mini-batch
 oracles the stochastic methods need. Mini-batches are the contiguous slices of a fixed
 partition of each data set (:meth:`StochasticProblem.batch`), so a batch costs no copy and
-SABA can keep one memory row per batch. The oracles reuse the derivative machinery of
+SABA can keep one memory row per batch; :meth:`StochasticProblem.select` gathers any other
+set of sample indices. The oracles reuse the derivative machinery of
 :class:`bilevel.BilevelProblem` (:mod:`bilevel.oracles`) on the batch's data, so they work on
 every backend ``bilevel.numpy`` supports; the full-batch problem is :attr:`full`.
 
@@ -34,6 +35,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..backend import is_array, namespace
 from ..nonfinite import traced_vjp
@@ -164,6 +167,20 @@ class StochasticProblem:
         rows = slice(k * b, min((k + 1) * b, n))
         data = self.inner_data if which == "inner" else self.outer_data
         return _rows(data, rows), rows.stop - rows.start
+
+    def select(self, which: str, indices: Any) -> tuple[Any, int]:
+        """(rows, size) of the samples ``indices`` (integer array) of the ``which`` data: any
+        mini-batch, e.g. drawn with replacement; a gather (copy) of ``len(indices)`` rows.
+        Pass the result to the oracles like a :meth:`batch`."""
+        data = self.inner_data if which == "inner" else self.outer_data
+        n = self.n_inner if which == "inner" else self.n_outer
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or idx.dtype.kind not in "iu" or not idx.size \
+                or idx.min() < 0 or idx.max() >= n:
+            raise ValueError(f"indices must be a non-empty 1-D integer array in [0, {n}) for "
+                             f"the {which} data, got {indices!r}")
+        leaf = tree_leaves(data)[0]
+        return _rows(data, namespace(leaf).asarray(idx)), int(idx.size)
 
     # ------------------------------------------------------------------ oracles
     def inner_grad(self, w: Any, lam: Any, batch: tuple[Any, int]) -> Any:
