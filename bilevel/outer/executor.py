@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,9 +123,22 @@ class Pool(Runner):
         return [f.result() for f in futures]
 
 
+@dataclass
+class _Scattered:
+    """A value put on a Dask cluster: the value (kept to scatter it again) and its future."""
+
+    value: Any
+    future: Any = None
+
+
 class Dask(Runner):
     """A ``dask.distributed.Client``: values scattered to every worker once, tasks mapped
-    with ``pure=False`` (a lost worker's tasks are rerun by Dask on the others)."""
+    with ``pure=False``. A lost worker's tasks are rerun by Dask on the others; a value
+    lost with the workers that held it (scattered data has no lineage) is scattered again
+    and the tasks resubmitted, up to :attr:`RESCATTER` times."""
+
+    #: Times a map is resubmitted after its scattered values were lost.
+    RESCATTER = 3
 
     def __init__(self, client: Any, owned: tuple[Any, ...] = ()):
         self.client, self.owned = client, owned
@@ -132,12 +146,27 @@ class Dask(Runner):
         threads = sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values())
         self.workers = max(1, threads)
 
-    def put(self, value: Any) -> Any:
-        return self.client.scatter(value, broadcast=True, hash=False)
+    def put(self, value: Any) -> _Scattered:
+        return self._scatter(_Scattered(value))
+
+    def _scatter(self, shared: _Scattered) -> _Scattered:
+        shared.future = self.client.scatter(shared.value, broadcast=True, hash=False)
+        return shared
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], **shared: Any) -> list[Any]:
-        futures = self.client.map(fn, list(items), pure=False, **shared)
-        return self.client.gather(futures)
+        scattered = [v for v in shared.values() if isinstance(v, _Scattered)]
+        for attempt in range(self.RESCATTER + 1):
+            kwargs = {k: v.future if isinstance(v, _Scattered) else v for k, v in shared.items()}
+            futures = self.client.map(fn, list(items), pure=False, **kwargs)
+            try:
+                return self.client.gather(futures)
+            except CancelledError:
+                lost = [v for v in scattered if v.future.status != "finished"]
+                if not lost or attempt == self.RESCATTER:
+                    raise
+                for value in lost:
+                    self._scatter(value)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         for thing in self.owned:

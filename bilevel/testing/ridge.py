@@ -16,13 +16,16 @@ generated problems (:func:`~bilevel.testing.ridge_problems`), by
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ..backend import namespace
 from ..problem import BilevelProblem
 from ._ops import ops
 
-__all__ = ["linear", "ridge_objectives", "ridge_oracles", "ridge_problem"]
+__all__ = ["RidgeInner", "RidgeOuter", "linear", "ridge_objectives", "ridge_oracles",
+           "ridge_problem"]
 
 Objectives = tuple[Callable[..., Any], Callable[..., Any]]
 
@@ -42,10 +45,35 @@ def _squared_error(w: Any, X: Any, y: Any, mean: bool) -> Any:
     return total / y.shape[-1] if mean else total
 
 
+@dataclass(frozen=True)
+class RidgeInner:
+    """``g(w, λ) = (c/2)‖Xw − y‖² + ½ Σ_j ρ_j w_j²`` with ``ρ = penalty(λ)`` (default exp);
+    a picklable callable ``(w, λ, data)``."""
+
+    mean: bool = False
+    penalty: Callable[[Any], Any] | None = None
+
+    def __call__(self, w: Any, lam: Any, data: dict) -> Any:
+        rho = ops.exp if self.penalty is None else self.penalty
+        fit = _squared_error(w, data["X"], data["y"], self.mean)
+        return fit + 0.5 * ops.sum(rho(lam) * w * w, axis=-1)
+
+
+@dataclass(frozen=True)
+class RidgeOuter:
+    """``f(w) = (c_v/2)‖X_v w − y_v‖²``; a picklable callable ``(w, λ, data)``."""
+
+    mean: bool = False
+
+    def __call__(self, w: Any, lam: Any, data: dict) -> Any:
+        return _squared_error(w, data["X_val"], data["y_val"], self.mean)
+
+
 def ridge_objectives(
     *, mean: bool = False, penalty: Callable[[Any], Any] | None = None
 ) -> Objectives:
-    """``(g, f)`` of ridge regression taking ``(w, λ, data)``.
+    """``(g, f)`` of ridge regression taking ``(w, λ, data)``: :class:`RidgeInner` and
+    :class:`RidgeOuter` (picklable with a picklable ``penalty``).
 
     Parameters
     ----------
@@ -56,16 +84,7 @@ def ridge_objectives(
 
     Cost of ``g``: O(N d) per problem; its Hessian is ``c XᵀX + diag ρ``.
     """
-    rho = ops.exp if penalty is None else penalty
-
-    def g(w: Any, lam: Any, data: dict) -> Any:
-        fit = _squared_error(w, data["X"], data["y"], mean)
-        return fit + 0.5 * ops.sum(rho(lam) * w * w, axis=-1)
-
-    def f(w: Any, lam: Any, data: dict) -> Any:
-        return _squared_error(w, data["X_val"], data["y_val"], mean)
-
-    return g, f
+    return RidgeInner(mean, penalty), RidgeOuter(mean)
 
 
 def _identity(lam: Any) -> Any:
@@ -127,19 +146,41 @@ def ridge_oracles(X: Any, y: Any, X_val: Any, y_val: Any, groups: Any = None) ->
     Cost per oracle: two matrix-vector products with ``X`` (O(N n)); unbatched ``w``. Pass
     the result as ``oracles=`` of :func:`ridge_problem` (with the matching ``penalty``).
     """
-    xp = namespace(X)
+    bound = dict(X=X, y=y, X_val=X_val, y_val=y_val, groups=groups)
+    return {name: partial(fn, **bound) for name, fn in (
+        ("inner_grad", _oracle_grad), ("inner_hvp", _oracle_hvp),
+        ("inner_mixed_vjp", _oracle_mixed_vjp), ("inner_mixed_jvp", _oracle_mixed_jvp),
+        ("outer_grads", _oracle_outer))}
 
-    def spread(v: Any) -> Any:  # per-penalty values onto the features
-        return v if groups is None else v @ groups.T
 
-    def gather(v: Any) -> Any:  # per-feature values summed per penalty
-        return v if groups is None else v @ groups
+def _spread(v: Any, groups: Any) -> Any:
+    """Per-penalty values onto the features."""
+    return v if groups is None else v @ groups.T
 
-    return {
-        "inner_grad": lambda w, lam, data: X.T @ (X @ w - y) + spread(xp.exp(lam)) * w,
-        "inner_hvp": lambda w, lam, v, data: X.T @ (X @ v) + spread(xp.exp(lam)) * v,
-        "inner_mixed_vjp": lambda w, lam, u, data: gather(spread(xp.exp(lam)) * w * u),
-        "inner_mixed_jvp": lambda w, lam, e, data: spread(xp.exp(lam) * e) * w,
-        "outer_grads": lambda w, lam, data: (X_val.T @ (X_val @ w - y_val),
-                                             xp.zeros_like(lam)),
-    }
+
+def _gather(v: Any, groups: Any) -> Any:
+    """Per-feature values summed per penalty."""
+    return v if groups is None else v @ groups
+
+
+def _oracle_grad(w: Any, lam: Any, data: Any, *, X: Any, y: Any, groups: Any,
+                 **_: Any) -> Any:
+    return X.T @ (X @ w - y) + _spread(namespace(X).exp(lam), groups) * w
+
+
+def _oracle_hvp(w: Any, lam: Any, v: Any, data: Any, *, X: Any, groups: Any, **_: Any) -> Any:
+    return X.T @ (X @ v) + _spread(namespace(X).exp(lam), groups) * v
+
+
+def _oracle_mixed_vjp(w: Any, lam: Any, u: Any, data: Any, *, X: Any, groups: Any,
+                      **_: Any) -> Any:
+    return _gather(_spread(namespace(X).exp(lam), groups) * w * u, groups)
+
+
+def _oracle_mixed_jvp(w: Any, lam: Any, e: Any, data: Any, *, X: Any, groups: Any,
+                      **_: Any) -> Any:
+    return _spread(namespace(X).exp(lam) * e, groups) * w
+
+
+def _oracle_outer(w: Any, lam: Any, data: Any, *, X_val: Any, y_val: Any, **_: Any) -> Any:
+    return X_val.T @ (X_val @ w - y_val), namespace(X_val).zeros_like(lam)
