@@ -46,6 +46,7 @@ BENCHMARKS = {
              "bilevel.numpy overhead per primitive",
     "meta": "seconds and peak memory per meta-iteration of each meta-learning algorithm",
     "peers": "bilevel against PyTorch eager and JAX jit (when installed), same hypergradients",
+    "distributed": "seconds per meta-iteration against Dask workers; overhead per iteration",
 }
 _OWN_ROWS = ("speed", "meta")  # modules taking a RowLog; the others are run per method
 

@@ -207,3 +207,40 @@ def test_values_lost_with_every_worker_are_sent_again(client):
         shared = runner.put(np.arange(3.0))
         client.restart()
         assert runner.map(_scaled_sum, [1, 2], values=shared) == [3.0, 6.0]
+
+
+# ------------------------------------------------------------------ command line
+def _meta_train(tmp_path, name, *flags):
+    from bilevel.cli import main
+    from bilevel.meta import load_checkpoint
+
+    out = os.fspath(tmp_path / name)
+    code = main(["meta-train", "--quick", "--hidden", "4", "--steps", "3", "--meta-batch", "4",
+                 "--eval-every", "0", "--no-progress", "--out", out, *flags])
+    return code, (load_checkpoint(os.path.join(out, "checkpoint.npz"))["params"]
+                  if code == 0 else None)
+
+
+def test_cli_scheduler_equals_parts_in_process(client, tmp_path, capsys):
+    code, there = _meta_train(tmp_path, "cluster", "--scheduler", client.scheduler.address)
+    assert code == 0
+    code, here = _meta_train(tmp_path, "here", "--parts", "2")
+    np.testing.assert_array_equal(there, here)
+
+
+def test_cli_errors_name_the_flags(tmp_path, capsys, monkeypatch):
+    assert _meta_train(tmp_path, "a", "--parts", "5")[0] == 2
+    assert "--parts must be at most --meta-batch 4" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    assert _meta_train(tmp_path, "b", "--workers", "2")[0] == 2
+    assert 'pip install "bilevel[distributed]"' in capsys.readouterr().err
+
+
+def test_bench_row_on_the_cluster(client):
+    from bilevel.bench import distributed as bench
+    from bilevel.outer.executor import Dask
+
+    row = bench._measure("sinusoid MLP", Dask(client), 2, quick=True, seed=0, repeats=1)
+    assert row["workers"] == row["parts"] == 2 and row["seconds"] > 0
+    assert row["overhead_seconds"] > 0 and row["speedup"] > 0
+    assert "| sinusoid MLP |" in bench.to_markdown({"rows": [row], "cpus": 2})

@@ -263,15 +263,15 @@ def fingerprint(algorithm: MetaAlgorithm, sampler: Any, optimizer: Any, seed: in
     """What determines a meta-training run, field by field (stored in its checkpoint; a
     resume is refused when a field differs): the algorithm's ``repr`` and its options, the
     model, the task sampler, the outer optimizer, the seed, the meta-batch, θ0
-    (``"init"`` for the algorithm's seeded initialization) and, for a meta-batch split in
-    parts, their number. Cost: one hash of every array these hold
+    (``"init"`` for the algorithm's seeded initialization) and the number of parts of a
+    split meta-batch (``None``: unsplit). Cost: one hash of every array these hold
     (:func:`bilevel.outer.describe`)."""
     options = {k: v for k, v in public_fields(algorithm).items() if k != "model"}
-    split = {} if parts is None else {"parts": int(parts)}
     return {"algorithm": repr(algorithm), "algorithm_options": describe(options),
             "model": describe(getattr(algorithm, "model", None)), "tasks": describe(sampler),
             "optimizer": describe(optimizer), "seed": int(seed), "meta_batch": meta_batch,
-            "theta0": "init" if theta0 is None else describe(theta0), **split}
+            "theta0": "init" if theta0 is None else describe(theta0),
+            "parts": None if parts is None else int(parts)}
 
 
 def _parts(executor: Any, parts: int | None, runner: Any, meta_batch: int) -> int | None:

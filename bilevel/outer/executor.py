@@ -182,8 +182,21 @@ def _local(spec: Local) -> Dask:
     return Dask(client, owned=(client, cluster))
 
 
+#: Seconds to wait for a Dask scheduler given by its address.
+CONNECT_TIMEOUT = 20
+
+
 def _address(address: str) -> Dask:
-    client = _distributed().Client(address)
+    distributed = _distributed()
+    try:
+        client = distributed.Client(address, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise UsageError(
+            f"cannot reach the Dask scheduler at {address!r} ({err}); start one (dask "
+            "scheduler) or pass executor='local'",
+            cli=f"--scheduler {address}: cannot reach the Dask scheduler ({err}); start "
+                "one with `dask scheduler`, or use --workers N for a local cluster",
+        ) from err
     return Dask(client, owned=(client,))
 
 
