@@ -6,7 +6,8 @@ is started and every problem's meta-batch is split in ``W`` parts
 seeded meta-batch; the same split is timed in this process, interleaved with the cluster
 calls (so both see the same load), and so is an empty round trip (``θ`` sent to the
 workers, ``W`` tasks that return nothing): the fixed overhead of an iteration. Medians over
-``repeats`` calls after one warm-up call.
+``repeats`` calls after one warm-up call. BLAS runs on one thread in this process while
+timing (:mod:`threadpoolctl`), as it does on the workers.
 
 Problems: MAML on sinusoid regression (1-40-40-1 tanh MLP, 5 inner steps) and MAML on
 5-way 1-shot Omniglot with a Conv4 (from ``$BILEVEL_OMNIGLOT`` or
@@ -15,6 +16,7 @@ Problems: MAML on sinusoid regression (1-40-40-1 tanh MLP, 5 inner steps) and MA
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -79,6 +81,16 @@ def _nothing(part: int, *, params: Any) -> None:
     """An empty task: what an iteration costs besides the work."""
 
 
+def _one_blas_thread() -> Any:
+    """BLAS limited to one thread here, as on the Dask workers (whose nanny sets
+    ``OMP_NUM_THREADS=1`` and friends), when :mod:`threadpoolctl` is installed."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - installed with scikit-learn
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
 def _timed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -101,11 +113,12 @@ def _measure(name: str, runner: Runner, workers: int, quick: bool, seed: int,
                                                  params=runner.put(theta)),
     }
     times: dict[str, list[float]] = {k: [] for k in calls}
-    for t in range(repeats + 1):  # the first round warms up
-        for key, call in calls.items():
-            spent = _timed(lambda call=call, t=t: call(t))
-            if t:
-                times[key].append(spent)
+    with _one_blas_thread():
+        for t in range(repeats + 1):  # the first round warms up
+            for key, call in calls.items():
+                spent = _timed(lambda call=call, t=t: call(t))
+                if t:
+                    times[key].append(spent)
     row = {k: statistics.median(v) for k, v in times.items()}
     row["speedup"] = row["in_process_seconds"] / row["seconds"]
     return dict(problem=name, data=data, meta_batch=T, workers=workers, parts=workers,

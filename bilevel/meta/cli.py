@@ -57,6 +57,7 @@ from .algorithms import (
     Reptile,
 )
 from .curves import plot_curve, results_table
+from .distributed import split_parts
 from .presets import PRESETS, apply_preset
 from .train import Evaluation, evaluate, fingerprint, load_checkpoint, train
 
@@ -340,14 +341,13 @@ def _executor(args: argparse.Namespace) -> Any:
 
 
 def _resolve_parts(args: argparse.Namespace, runner: Runner) -> None:
-    """``--parts``: checked against ``--meta-batch``; with ``--workers``/``--scheduler``
-    and no ``--parts``, one part per worker (at most ``--meta-batch``). Recorded in
-    ``config.json``: a resume needs the same number."""
-    if args.parts is None and (args.workers is not None or args.scheduler is not None):
-        args.parts = min(runner.workers, args.meta_batch)
-    if args.parts is not None and args.parts > args.meta_batch:
+    """``--parts`` (default with ``--workers``/``--scheduler``: one per worker, at most
+    ``--meta-batch``), recorded in ``config.json``: a resume needs the same number."""
+    try:
+        args.parts = split_parts(_executor(args), args.parts, runner.workers, args.meta_batch)
+    except ValueError as err:
         raise UsageError(f"--parts must be at most --meta-batch {args.meta_batch}, "
-                         f"got {args.parts}")
+                         f"got {args.parts}") from err
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -385,7 +385,7 @@ def meta_train_main(argv: Sequence[str] | None = None) -> int:
             evaluation=Evaluation(args.eval_every, args.eval_tasks, eval_sampler),
             checkpointing=checkpointing,
             monitoring=_monitoring(args, memory_every=args.memory_every),
-            executor=runner, parts=args.parts,
+            executor=None if args.parts is None else runner, parts=args.parts,
         )
     with atomic_write(os.path.join(args.out, "history.json"), "w") as fh:
         json.dump({"history": result.history, "evaluations": result.evaluations}, fh)

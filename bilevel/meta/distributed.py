@@ -37,7 +37,7 @@ from .algorithms import MetaStep
 from .tasks import Episode
 
 __all__ = ["STREAM", "PartedMetaGradient", "SeededTasks", "call_meta_gradient",
-           "combine_parts", "meta_gradient", "part_sizes"]
+           "combine_parts", "meta_gradient", "part_sizes", "split_parts"]
 
 #: Third entry of the seed sequence ``[seed, STREAM, t, j]`` of part ``j`` of iteration
 #: ``t`` (``[seed, 0]`` is the task stream of an unsplit run, ``[seed, 1]`` the
@@ -50,6 +50,18 @@ def part_sizes(n_tasks: int, parts: int) -> list[int]:
     one larger than the others."""
     base, extra = divmod(int(n_tasks), int(parts))
     return [base + (j < extra) for j in range(int(parts))]
+
+
+def split_parts(executor: Any, parts: int | None, workers: int, meta_batch: int) -> int | None:
+    """The number of parts of each meta-batch of :func:`bilevel.meta.train`: ``parts``
+    (at most ``meta_batch``), else one per worker of an ``executor`` (at most
+    ``meta_batch``), else ``None`` (one unsplit meta-batch)."""
+    if parts is None:
+        return None if executor is None else min(int(workers), meta_batch)
+    parts = integer(1)("parts", parts)
+    if parts > meta_batch:
+        raise ValueError(f"parts must be at most meta_batch={meta_batch}, got {parts}")
+    return parts
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from ..outer.fingerprint import public_fields
 from ..problem import NonFiniteError
 from ..validation import Validated, integer, number, one_of, option
 from .algorithms import MetaAlgorithm
-from .distributed import STREAM, PartedMetaGradient, call_meta_gradient
+from .distributed import STREAM, PartedMetaGradient, call_meta_gradient, split_parts
 from .heldout import evaluate, held_out_episodes
 
 __all__ = [
@@ -274,17 +274,6 @@ def fingerprint(algorithm: MetaAlgorithm, sampler: Any, optimizer: Any, seed: in
             "parts": None if parts is None else int(parts)}
 
 
-def _parts(executor: Any, parts: int | None, runner: Any, meta_batch: int) -> int | None:
-    """The number of parts of each meta-batch: ``parts``, else one per worker of an
-    ``executor`` (at most ``meta_batch``), else ``None`` (one unsplit meta-batch)."""
-    if parts is None:
-        return None if executor is None else min(runner.workers, meta_batch)
-    parts = integer(1)("parts", parts)
-    if parts > meta_batch:
-        raise ValueError(f"parts must be at most meta_batch={meta_batch}, got {parts}")
-    return parts
-
-
 class _Bookkeeping:
     """After each update: the failure-rate warning and the held-out evaluations."""
 
@@ -429,7 +418,7 @@ def train(
     optimizer = Adam(1e-3) if optimizer is None else optimizer
     backend = getattr(sampler, "backend", None) or "numpy"
     with open_executor(executor) as runner:
-        parts = _parts(executor, parts, runner, meta_batch)
+        parts = split_parts(executor, parts, runner.workers, meta_batch)
         config = fingerprint(algorithm, sampler, optimizer, seed, meta_batch, theta0, parts)
         if theta0 is not None and not all_finite(theta0):
             raise ValueError("theta0 contains NaN or inf: pass finite initial meta-parameters "
