@@ -5,7 +5,9 @@ computes the same result bit for bit (so it can be sent to another process: Dask
 from __future__ import annotations
 
 import inspect
+import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ import bilevel.meta  # noqa: F401  (registers the meta-learning algorithms)
 from bilevel import CG, BilevelProblem, GradientDescent, Implicit, hypergrad, registry
 from bilevel.api import HypergradResult
 from bilevel.hpo import problems
-from bilevel.meta import Episode, FewShotDataset, QuadraticTasks, Sinusoid
+from bilevel.meta import Episode, FewShotDataset, Omniglot, QuadraticTasks, Sinusoid
 from bilevel.meta.algorithms import MAML
 from bilevel.meta.conv_models import ConvCoLearner
 from bilevel.meta.models import MLP, Conv4, QuadraticModel
@@ -158,9 +160,18 @@ SAMPLERS = {
 }
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
+ROOT = Path(__file__).resolve().parents[1]
+OMNIGLOT = next((p for p in [Path(os.environ.get("BILEVEL_OMNIGLOT") or ROOT / "missing"),
+                             ROOT.parent / "shared" / "data" / "omniglot"]
+                 if p.exists() and any(p.glob("*.zip"))), None)
+
+
+@pytest.mark.parametrize("name", [*SAMPLERS, "Omniglot"])
 def test_task_samplers_roundtrip(name):
-    sampler = SAMPLERS[name]()
+    if name == "Omniglot" and OMNIGLOT is None:
+        pytest.skip("no Omniglot archives ($BILEVEL_OMNIGLOT or ../shared/data/omniglot)")
+    sampler = (Omniglot(OMNIGLOT, ways=3, n_shot=1, n_query=2) if name == "Omniglot"
+               else SAMPLERS[name]())
     copy = roundtrip(sampler)
     a, b = (s.sample(3, np.random.default_rng(4)) for s in (sampler, copy))
     assert isinstance(b, Episode)

@@ -18,8 +18,9 @@ so the result depends on ``P`` and the seeds only: the same in this process
 number of workers and whichever worker ran which part (a lost worker's part is rerun).
 
 Cost per iteration: one broadcast of ``θ`` (``O(n)`` bytes per worker), ``P`` task
-launches (about 10-25 ms on a local Dask cluster, see :doc:`/distributed`) and ``P``
-gradients of ``O(n)`` back; memory on a worker: one part's meta-gradient.
+launches (a few tens of milliseconds in all on a local Dask cluster, see
+:doc:`/distributed`) and ``P`` gradients of ``O(n)`` back; memory on a worker: one part's
+meta-gradient.
 """
 
 from __future__ import annotations

@@ -3,18 +3,13 @@
 Meta-gradient chunks, cross-validation folds and HPO restarts are independent pieces of
 work; they run wherever ``executor=`` says (see :doc:`/distributed`):
 
-=================================================  ==========================================
-``executor=``                                      runs
-=================================================  ==========================================
-``None``                                           here, one piece after the other
-``"local"`` or :class:`Local` ``(workers)``        a Dask ``LocalCluster`` of worker
-                                                   processes sized to the machine (started
-                                                   and closed by the call)
-a scheduler address (``"tcp://host:8786"``)        that Dask cluster
-a ``dask.distributed.Client``                      its cluster (left open)
-any object with ``submit`` (``concurrent.futures``  its workers (left open)
-executors, loky's reusable executor, ...)
-=================================================  ==========================================
+* ``None``: here, one piece after the other;
+* ``"local"`` or :class:`Local` ``(workers)``: a Dask ``LocalCluster`` of worker processes
+  sized to the machine, started and closed by the call;
+* a scheduler address (``"tcp://host:8786"``): that Dask cluster;
+* a ``dask.distributed.Client``: its cluster (left open);
+* any object with ``submit`` (:mod:`concurrent.futures` executors, loky's reusable
+  executor, ...): its workers (left open).
 
 :func:`open_executor` turns any of them into a :class:`Runner` with two operations:
 ``put(value)`` sends a value to the workers once (Dask: ``scatter(broadcast=True,
