@@ -417,12 +417,13 @@ def train(
     steps, meta_batch = integer(1)("steps", steps), integer(1)("meta_batch", meta_batch)
     optimizer = Adam(1e-3) if optimizer is None else optimizer
     backend = getattr(sampler, "backend", None) or "numpy"
+    if theta0 is not None and not all_finite(theta0):
+        raise ValueError("theta0 contains NaN or inf: pass finite initial meta-parameters "
+                         "(or theta0=None for the algorithm's initialisation)")
+    split_parts(None, parts, 1, meta_batch)  # an explicit parts, before a cluster starts
     with open_executor(executor) as runner:
         parts = split_parts(executor, parts, runner.workers, meta_batch)
         config = fingerprint(algorithm, sampler, optimizer, seed, meta_batch, theta0, parts)
-        if theta0 is not None and not all_finite(theta0):
-            raise ValueError("theta0 contains NaN or inf: pass finite initial meta-parameters "
-                             "(or theta0=None for the algorithm's initialisation)")
         params = algorithm.init(np.random.default_rng([int(seed), 1]), backend) \
             if theta0 is None else theta0
         state = LoopState(params=params, optimizer_state=optimizer.init(params),

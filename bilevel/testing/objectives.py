@@ -1,7 +1,7 @@
 """Objectives of the generated problems, written with :mod:`bilevel.numpy`.
 
-Each builder returns ``(g, f)`` (module-level functions bound by :func:`functools.partial`,
-or methods of a small record: they pickle) taking ``(w, λ, data)`` with ``w`` of shape ``(n,)``, or
+Each builder returns ``(g, f)`` (module-level functions bound by :class:`Bound`, or methods
+of a small record: they pickle) taking ``(w, λ, data)`` with ``w`` of shape ``(n,)``, or
 ``(B, n)`` when ``batched`` (then every data array has a leading ``B`` axis and the
 objectives return ``(B,)``). All are O(n²) (quadratics) or O(N·n) (data terms) per call.
 """
@@ -10,16 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from ._ops import ops
 from .ridge import ridge_objectives
 
-__all__ = ["MLPObjectives", "mlp", "proximal_inner", "proximal_outer", "proximal_quadratic",
-           "quadratic", "quadratic_inner", "quadratic_outer", "ridge"]
+__all__ = ["Bound", "MLPObjectives", "mlp", "proximal_inner", "proximal_outer",
+           "proximal_quadratic", "quadratic", "quadratic_inner", "quadratic_outer", "ridge"]
 
 Objectives = tuple[Callable[..., Any], Callable[..., Any]]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """``fn(w, λ, data, mv=mv)``: an objective with its ``einsum`` layout bound (a
+    picklable callable; no keyword dict built per call, unlike :func:`functools.partial`)."""
+
+    fn: Callable[..., Any]
+    mv: str
+
+    def __call__(self, w: Any, lam: Any, data: dict) -> Any:
+        return self.fn(w, lam, data, mv=self.mv)
 
 
 def _mv(batched: bool) -> str:
@@ -42,7 +53,7 @@ def quadratic_outer(w: Any, lam: Any, data: dict, *, mv: str = "ij,j->i") -> Any
 def quadratic(batched: bool) -> Objectives:
     """``g = ½wᵀHw − wᵀ(Bλ + c)``, ``f = ½‖Cw − d‖² + ½γ‖λ‖²`` (data keys H, B, c, C, d, gamma)."""
     mv = _mv(batched)
-    return partial(quadratic_inner, mv=mv), partial(quadratic_outer, mv=mv)
+    return Bound(quadratic_inner, mv), Bound(quadratic_outer, mv)
 
 
 def ridge(batched: bool) -> Objectives:
@@ -73,7 +84,7 @@ def proximal_quadratic(batched: bool) -> Objectives:
     Data keys P, a, Q, b, prox (the scalar r).
     """
     mv = _mv(batched)
-    return partial(proximal_inner, mv=mv), partial(proximal_outer, mv=mv)
+    return Bound(proximal_inner, mv), Bound(proximal_outer, mv)
 
 
 def mlp_shapes(inputs: int, hidden: int) -> tuple[int, ...]:

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from ..backend import namespace
 from ..problem import BilevelProblem
 from ._ops import ops
 
-__all__ = ["RidgeInner", "RidgeOuter", "linear", "ridge_objectives", "ridge_oracles",
-           "ridge_problem"]
+__all__ = ["RidgeInner", "RidgeOracles", "RidgeOuter", "linear", "ridge_objectives",
+           "ridge_oracles", "ridge_problem"]
 
 Objectives = tuple[Callable[..., Any], Callable[..., Any]]
 
@@ -146,11 +145,7 @@ def ridge_oracles(X: Any, y: Any, X_val: Any, y_val: Any, groups: Any = None) ->
     Cost per oracle: two matrix-vector products with ``X`` (O(N n)); unbatched ``w``. Pass
     the result as ``oracles=`` of :func:`ridge_problem` (with the matching ``penalty``).
     """
-    bound = dict(X=X, y=y, X_val=X_val, y_val=y_val, groups=groups)
-    return {name: partial(fn, **bound) for name, fn in (
-        ("inner_grad", _oracle_grad), ("inner_hvp", _oracle_hvp),
-        ("inner_mixed_vjp", _oracle_mixed_vjp), ("inner_mixed_jvp", _oracle_mixed_jvp),
-        ("outer_grads", _oracle_outer))}
+    return RidgeOracles(X, y, X_val, y_val, groups).as_dict()
 
 
 def _spread(v: Any, groups: Any) -> Any:
@@ -163,24 +158,39 @@ def _gather(v: Any, groups: Any) -> Any:
     return v if groups is None else v @ groups
 
 
-def _oracle_grad(w: Any, lam: Any, data: Any, *, X: Any, y: Any, groups: Any,
-                 **_: Any) -> Any:
-    return X.T @ (X @ w - y) + _spread(namespace(X).exp(lam), groups) * w
+@dataclass(frozen=True, eq=False)
+class RidgeOracles:
+    """The oracles of :func:`ridge_oracles` as methods of a record of the data (they
+    pickle, unlike closures)."""
 
+    X: Any
+    y: Any
+    X_val: Any
+    y_val: Any
+    groups: Any = None
 
-def _oracle_hvp(w: Any, lam: Any, v: Any, data: Any, *, X: Any, groups: Any, **_: Any) -> Any:
-    return X.T @ (X @ v) + _spread(namespace(X).exp(lam), groups) * v
+    def as_dict(self) -> dict:
+        """The ``oracles=`` dict of :class:`~bilevel.problem.BilevelProblem`."""
+        return {"inner_grad": self.inner_grad, "inner_hvp": self.inner_hvp,
+                "inner_mixed_vjp": self.inner_mixed_vjp,
+                "inner_mixed_jvp": self.inner_mixed_jvp, "outer_grads": self.outer_grads}
 
+    def _penalty(self, lam: Any) -> Any:
+        return _spread(namespace(self.X).exp(lam), self.groups)
 
-def _oracle_mixed_vjp(w: Any, lam: Any, u: Any, data: Any, *, X: Any, groups: Any,
-                      **_: Any) -> Any:
-    return _gather(_spread(namespace(X).exp(lam), groups) * w * u, groups)
+    def inner_grad(self, w: Any, lam: Any, data: Any) -> Any:
+        X = self.X
+        return X.T @ (X @ w - self.y) + self._penalty(lam) * w
 
+    def inner_hvp(self, w: Any, lam: Any, v: Any, data: Any) -> Any:
+        return self.X.T @ (self.X @ v) + self._penalty(lam) * v
 
-def _oracle_mixed_jvp(w: Any, lam: Any, e: Any, data: Any, *, X: Any, groups: Any,
-                      **_: Any) -> Any:
-    return _spread(namespace(X).exp(lam) * e, groups) * w
+    def inner_mixed_vjp(self, w: Any, lam: Any, u: Any, data: Any) -> Any:
+        return _gather(self._penalty(lam) * w * u, self.groups)
 
+    def inner_mixed_jvp(self, w: Any, lam: Any, e: Any, data: Any) -> Any:
+        return _spread(namespace(self.X).exp(lam) * e, self.groups) * w
 
-def _oracle_outer(w: Any, lam: Any, data: Any, *, X_val: Any, y_val: Any, **_: Any) -> Any:
-    return X_val.T @ (X_val @ w - y_val), namespace(X_val).zeros_like(lam)
+    def outer_grads(self, w: Any, lam: Any, data: Any) -> Any:
+        Xv = self.X_val
+        return Xv.T @ (Xv @ w - self.y_val), namespace(Xv).zeros_like(lam)
