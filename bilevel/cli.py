@@ -48,6 +48,7 @@ BENCHMARKS = {
     "peers": "bilevel against PyTorch eager and JAX jit (when installed), same hypergradients",
     "hpo_large": "one HPO step, per-feature ridge N=20,000 d=2,000, vs hand-written Cholesky",
     "stochastic": "suboptimality against time and oracle calls of SOBA, SABA, AmIGO, StocBiO",
+    "distributed": "seconds per meta-iteration against Dask workers; overhead per iteration",
 }
 _OWN_ROWS = ("speed", "meta")  # modules taking a RowLog; the others are run per method
 

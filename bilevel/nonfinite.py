@@ -46,6 +46,9 @@ class NonFiniteError(FloatingPointError):
         super().__init__(message)
         self.what = what
 
+    def __reduce__(self) -> tuple:  # pickles (re-raised from a worker process)
+        return type(self), (self.what, str(self)), self.__dict__
+
 
 class at_step:  # lower case: used like contextlib's context managers
     """Context manager: a :class:`NonFiniteError` raised inside gets ``err.step = k``.

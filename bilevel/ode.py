@@ -107,6 +107,9 @@ class ODEDivergenceError(FloatingPointError):
         self.step = step
         self.y = y
 
+    def __reduce__(self) -> tuple:  # pickles (re-raised from a worker process)
+        return type(self), (str(self), self.step, self.y), self.__dict__
+
 
 def get_scheme(name_or_tableau: str | Tableau) -> Tableau:
     """The :class:`Tableau` named ``name_or_tableau`` (a tableau is returned as is).

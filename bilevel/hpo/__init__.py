@@ -16,6 +16,15 @@ regularized logistic regression, data hyper-cleaning, step-size and momentum tun
 from . import problems
 from .checkpoint import load_checkpoint, save_checkpoint
 from .minimize import SGD, Adam, HPOResult, MinimizeOptions, minimize
+from .parallel import (
+    CrossValidation,
+    Restarts,
+    cross_validate,
+    fold_indices,
+    grid_starts,
+    minimize_many,
+    random_starts,
+)
 from .problems import (
     TunedGradientDescent,
     TunedMomentum,
@@ -47,4 +56,11 @@ __all__ = [
     "problems",
     "ridge",
     "save_checkpoint",
+    "CrossValidation",
+    "Restarts",
+    "cross_validate",
+    "fold_indices",
+    "grid_starts",
+    "minimize_many",
+    "random_starts",
 ]

@@ -28,6 +28,7 @@ squared errors.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import bilevel.numpy as bnp
@@ -140,19 +141,7 @@ def logistic(
     X, y = pair(("X_train", "y_train"), X_train, y_train, "i")
     Xv, yv = pair(("X_val", "y_val"), X_val, y_val, "i")
     same_features(X, Xv)
-    d = X.shape[1]
-
-    def loss(w: Any, Xd: Any, s: Any) -> Any:
-        margin = s * (linear(w[..., :d], Xd) + w[..., d:])
-        return bnp.mean(bnp.softplus(-margin), axis=-1)
-
-    def g(w: Any, lam: Any, data: dict) -> Any:
-        coef = w[..., :d]
-        return loss(w, data["X"], data["s"]) + 0.5 * bnp.sum(bnp.exp(lam) * coef * coef, axis=-1)
-
-    def f(w: Any, lam: Any, data: dict) -> Any:
-        return loss(w, data["X_val"], data["s_val"])
-
+    objectives = _Logistic(X.shape[1])
     data = {
         "X": X,
         "s": _labels_pm("y_train", y),
@@ -160,7 +149,27 @@ def logistic(
         "s_val": _labels_pm("y_val", yv),
     }
     name = "logistic_per_feature" if per_feature else "logistic"
-    return BilevelProblem(g, f, data=data, name=name)
+    return BilevelProblem(objectives.inner, objectives.outer, data=data, name=name)
+
+
+@dataclass(frozen=True)
+class _Logistic:
+    """The objectives of :func:`logistic` for ``d`` features (picklable methods)."""
+
+    d: int
+
+    def loss(self, w: Any, Xd: Any, s: Any) -> Any:
+        d = self.d
+        margin = s * (linear(w[..., :d], Xd) + w[..., d:])
+        return bnp.mean(bnp.softplus(-margin), axis=-1)
+
+    def inner(self, w: Any, lam: Any, data: dict) -> Any:
+        coef = w[..., : self.d]
+        return (self.loss(w, data["X"], data["s"])
+                + 0.5 * bnp.sum(bnp.exp(lam) * coef * coef, axis=-1))
+
+    def outer(self, w: Any, lam: Any, data: dict) -> Any:
+        return self.loss(w, data["X_val"], data["s_val"])
 
 
 # ----------------------------------------------------------------------- hyper-cleaning
@@ -213,27 +222,47 @@ def hyper_cleaning(
         raise ValueError(
             f"n_classes must be at least 2 and exceed every label ({top - 1}), got {C}"
         )
-    d = X.shape[1]
     ones = xp.ones((X.shape[0], 1), dtype=X.dtype)
     ones_v = xp.ones((Xv.shape[0], 1), dtype=X.dtype)
-
-    def logits(w: Any, Xa: Any) -> Any:
-        return bnp.matmul(Xa, bnp.reshape(w, (d + 1, C)))
-
-    def g(w: Any, lam: Any, data: dict) -> Any:
-        ce = bnp.softmax_cross_entropy(logits(w, data["X"]), data["y"], reduction="none")
-        return bnp.mean(bnp.sigmoid(lam) * ce) + 0.5 * l2 * bnp.sum(w * w)
-
-    def f(w: Any, lam: Any, data: dict) -> Any:
-        return bnp.softmax_cross_entropy(logits(w, data["X_val"]), data["y_val"])
-
+    d = X.shape[1]
     data = {
         "X": xp.concat([X, ones], axis=1),
         "y": y,
         "X_val": xp.concat([Xv, ones_v], axis=1),
         "y_val": yv,
     }
-    return BilevelProblem(g, f, data=data, name="hyper_cleaning")
+    return BilevelProblem(_CleaningInner(d, C, float(l2)), _CleaningOuter(d, C), data=data,
+                          name="hyper_cleaning")
+
+
+def _cleaning_logits(w: Any, Xa: Any, d: int, C: int) -> Any:
+    return bnp.matmul(Xa, bnp.reshape(w, (d + 1, C)))
+
+
+@dataclass(frozen=True)
+class _CleaningInner:
+    """``g`` of :func:`hyper_cleaning` (a picklable callable)."""
+
+    d: int
+    C: int
+    l2: float
+
+    def __call__(self, w: Any, lam: Any, data: dict) -> Any:
+        logits = _cleaning_logits(w, data["X"], self.d, self.C)
+        ce = bnp.softmax_cross_entropy(logits, data["y"], reduction="none")
+        return bnp.mean(bnp.sigmoid(lam) * ce) + 0.5 * self.l2 * bnp.sum(w * w)
+
+
+@dataclass(frozen=True)
+class _CleaningOuter:
+    """``f`` of :func:`hyper_cleaning` (a picklable callable)."""
+
+    d: int
+    C: int
+
+    def __call__(self, w: Any, lam: Any, data: dict) -> Any:
+        logits = _cleaning_logits(w, data["X_val"], self.d, self.C)
+        return bnp.softmax_cross_entropy(logits, data["y_val"])
 
 
 # ----------------------------------------------------------------------- optimizer tuning

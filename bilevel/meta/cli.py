@@ -13,7 +13,10 @@ when the run matches) only under the flags it was started with (those of
 ``--out``/``config.json`` that determine the run): a changed ``--activation``, ``--hidden``,
 ``--algorithm`` ... is refused, naming the flags, unless ``--no-resume`` is given.
 ``--inner-lr`` and ``--inner-steps`` default to the algorithm's own (:func:`inner_defaults`);
-``--backend`` picks NumPy or CuPy; ``--quick`` is a smoke run of seconds.
+``--backend`` picks NumPy or CuPy; ``--quick`` is a smoke run of seconds. ``--workers N``
+(a local Dask cluster) or ``--scheduler ADDRESS`` (an existing one) computes the
+meta-gradients on workers, each meta-batch split in ``--parts`` parts
+(:mod:`bilevel.meta.distributed`; see :doc:`/distributed`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from ..outer import (
     atomic_write,
     resumable,
 )
+from ..outer.executor import Local, Runner, open_executor
 from ..outer.usage import Parser, at_least, check_flags, output_folder, positive
 from ..registry import lookup, names, spelling
 from .algorithms import (
@@ -53,6 +57,7 @@ from .algorithms import (
     Reptile,
 )
 from .curves import plot_curve, results_table
+from .distributed import split_parts
 from .presets import PRESETS, apply_preset
 from .train import Evaluation, evaluate, fingerprint, load_checkpoint, train
 
@@ -236,6 +241,17 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     resume.add_argument("--no-resume", action="store_true",
                         help="start afresh, overwriting the run in --out")
     p.add_argument("--no-progress", action="store_true")
+    cluster = p.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="meta-gradients on a local Dask cluster of N worker processes "
+                         "(needs pip install \"bilevel[distributed]\")")
+    cluster.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="meta-gradients on the Dask cluster of this scheduler "
+                         "(tcp://host:8786)")
+    p.add_argument("--parts", type=int, default=None, metavar="P",
+                   help="split each meta-batch in P parts drawn from their own seeds (default "
+                   "with --workers/--scheduler: one per worker); the run depends on P, not on "
+                   "where the parts run (docs/distributed.rst)")
     return p
 
 
@@ -257,9 +273,10 @@ _FLAGS = {  # dest -> check of the parsed value (messages name the flag)
     "damping": at_least(0), "head_reg": at_least(0), "cml_weight": at_least(0),
     "steps": at_least(1), "meta_batch": at_least(1), "lr": positive, "eval_every": at_least(0),
     "eval_tasks": at_least(1), "checkpoint_every": at_least(1), "memory_every": at_least(0),
+    "workers": at_least(1), "parts": at_least(1),
 }
 _NOT_RUN = ("out", "resume", "no_resume", "no_progress", "steps", "eval_every", "eval_tasks",
-            "checkpoint_every", "memory_every", "quick")
+            "checkpoint_every", "memory_every", "quick", "workers", "scheduler")
 """Flags that may change between a run and its resume (they do not change the iterates)."""
 
 
@@ -310,10 +327,27 @@ def _check_resume(args: argparse.Namespace, algorithm: Any, sampler: Any, optimi
         with warnings.catch_warnings():  # a fallback to checkpoint.npz.prev: train() says so
             warnings.simplefilter("ignore", CheckpointWarning)
             resumable(checkpointing, fingerprint(algorithm, sampler, optimizer, args.seed,
-                                                 args.meta_batch),
+                                                 args.meta_batch, parts=args.parts),
                       getattr(sampler, "backend", None) or "numpy")
     except ResumeError as err:
         raise UsageError(err.for_cli()) from err
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    """What ``--workers`` / ``--scheduler`` ask for (``None``: this process)."""
+    if args.workers is not None:
+        return Local(args.workers)
+    return args.scheduler
+
+
+def _resolve_parts(args: argparse.Namespace, runner: Runner) -> None:
+    """``--parts`` (default with ``--workers``/``--scheduler``: one per worker, at most
+    ``--meta-batch``), recorded in ``config.json``: a resume needs the same number."""
+    try:
+        args.parts = split_parts(_executor(args), args.parts, runner.workers, args.meta_batch)
+    except ValueError as err:
+        raise UsageError(f"--parts must be at most --meta-batch {args.meta_batch}, "
+                         f"got {args.parts}") from err
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -341,15 +375,18 @@ def meta_train_main(argv: Sequence[str] | None = None) -> int:
     optimizer = get_optimizer(args.optimizer, args.lr)
     checkpointing = Checkpointing(os.path.join(args.out, "checkpoint.npz"),
                                   every=args.checkpoint_every, resume=not args.no_resume)
-    _check_resume(args, algorithm, sampler, optimizer, checkpointing)
-    _write_json(os.path.join(args.out, "config.json"), vars(args))
-    result = train(
-        algorithm, sampler, steps=args.steps, meta_batch=args.meta_batch,
-        optimizer=optimizer, seed=args.seed,
-        evaluation=Evaluation(args.eval_every, args.eval_tasks, eval_sampler),
-        checkpointing=checkpointing,
-        monitoring=_monitoring(args, memory_every=args.memory_every),
-    )
+    with open_executor(_executor(args)) as runner:
+        _resolve_parts(args, runner)
+        _check_resume(args, algorithm, sampler, optimizer, checkpointing)
+        _write_json(os.path.join(args.out, "config.json"), vars(args))
+        result = train(
+            algorithm, sampler, steps=args.steps, meta_batch=args.meta_batch,
+            optimizer=optimizer, seed=args.seed,
+            evaluation=Evaluation(args.eval_every, args.eval_tasks, eval_sampler),
+            checkpointing=checkpointing,
+            monitoring=_monitoring(args, memory_every=args.memory_every),
+            executor=None if args.parts is None else runner, parts=args.parts,
+        )
     with atomic_write(os.path.join(args.out, "history.json"), "w") as fh:
         json.dump({"history": result.history, "evaluations": result.evaluations}, fh)
     png = plot_curve(result.history, result.evaluations, os.path.join(args.out, "curve.png"),

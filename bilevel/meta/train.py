@@ -35,10 +35,12 @@ from ..outer import (
     restore,
 )
 from ..outer.checkpoint import save_checkpoint as _save_tree
+from ..outer.executor import open_executor
 from ..outer.fingerprint import public_fields
 from ..problem import NonFiniteError
 from ..validation import Validated, integer, number, one_of, option
 from .algorithms import MetaAlgorithm
+from .distributed import STREAM, PartedMetaGradient, call_meta_gradient, split_parts
 from .heldout import evaluate, held_out_episodes
 
 __all__ = [
@@ -195,9 +197,10 @@ class _MetaStep:
     """One meta-iteration: sample a meta-batch, take its meta-gradient, apply the policy."""
 
     def __init__(self, algorithm: MetaAlgorithm, sampler: Any, meta_batch: int,
-                 failures: FailurePolicy, chunks: int | str | None = "auto"):
+                 failures: FailurePolicy, chunks: int | str | None = "auto",
+                 parted: tuple[PartedMetaGradient, int] | None = None):
         self.algorithm, self.sampler, self.meta_batch = algorithm, sampler, meta_batch
-        self.policy, self.chunks = failures.on_failure, chunks
+        self.policy, self.chunks, self.parted = failures.on_failure, chunks, parted
 
     def _apply(self, ok: bool, fraction: float, masked: bool) -> bool:
         if self.policy == "apply":
@@ -206,16 +209,19 @@ class _MetaStep:
             return fraction > 0
         return ok
 
-    def _gradient(self, params: Any, episode: Any) -> tuple[Any, Any]:
-        """The algorithm's meta-gradient; a non-finite value raised inside it (a NaN in the
-        data or the parameters) becomes a failed step that the policy handles."""
+    def _gradient(self, state: LoopState) -> tuple[Any, Any]:
+        """The algorithm's meta-gradient of this iteration's meta-batch (drawn from the task
+        stream, or part by part from seeds when split); a non-finite value raised inside it
+        (a NaN in the data or the parameters) becomes a failed step that the policy handles."""
+        episode = None
+        if self.parted is None:
+            episode = self.sampler.sample(self.meta_batch, state.rng)
         try:
-            if self.chunks == "auto":  # the algorithm's own default (user algorithms too)
-                return self.algorithm.meta_gradient(params, episode,
-                                                    drop_failed=self.policy == "drop")
-            return self.algorithm.meta_gradient(params, episode,
-                                                drop_failed=self.policy == "drop",
-                                                chunks=self.chunks)
+            if episode is None:
+                gradient, seed = self.parted
+                return gradient(state.params, (seed, STREAM, state.step))
+            return call_meta_gradient(self.algorithm, state.params, episode,
+                                      self.policy == "drop", self.chunks)
         except NonFiniteError as err:
             message = f"non-finite value in the meta-gradient ({err}); check the tasks' data"
             return None, {"success": False, "success_fraction": 0.0, "message": message,
@@ -223,8 +229,7 @@ class _MetaStep:
 
     def __call__(self, state: LoopState) -> Step:
         it = state.step
-        episode = self.sampler.sample(self.meta_batch, state.rng)
-        grad, info = self._gradient(state.params, episode)
+        grad, info = self._gradient(state)
         ok = bool(info.get("success", True))
         fraction = float(info.get("success_fraction", 1.0 if ok else 0.0))
         if not ok and self.policy == "raise":
@@ -254,17 +259,19 @@ def _finite(x: Any) -> bool:
 
 
 def fingerprint(algorithm: MetaAlgorithm, sampler: Any, optimizer: Any, seed: int,
-                meta_batch: int, theta0: Any = None) -> dict[str, Any]:
+                meta_batch: int, theta0: Any = None, parts: int | None = None) -> dict[str, Any]:
     """What determines a meta-training run, field by field (stored in its checkpoint; a
     resume is refused when a field differs): the algorithm's ``repr`` and its options, the
-    model, the task sampler, the outer optimizer, the seed, the meta-batch and θ0
-    (``"init"`` for the algorithm's seeded initialization). Cost: one hash of every array
-    these hold (:func:`bilevel.outer.describe`)."""
+    model, the task sampler, the outer optimizer, the seed, the meta-batch, θ0
+    (``"init"`` for the algorithm's seeded initialization) and the number of parts of a
+    split meta-batch (``None``: unsplit). Cost: one hash of every array these hold
+    (:func:`bilevel.outer.describe`)."""
     options = {k: v for k, v in public_fields(algorithm).items() if k != "model"}
     return {"algorithm": repr(algorithm), "algorithm_options": describe(options),
             "model": describe(getattr(algorithm, "model", None)), "tasks": describe(sampler),
             "optimizer": describe(optimizer), "seed": int(seed), "meta_batch": meta_batch,
-            "theta0": "init" if theta0 is None else describe(theta0)}
+            "theta0": "init" if theta0 is None else describe(theta0),
+            "parts": None if parts is None else int(parts)}
 
 
 class _Bookkeeping:
@@ -315,6 +322,8 @@ def train(
     checkpointing: Checkpointing | None = None,
     monitoring: Monitoring | None = None,
     chunks: int | str | None = "auto",
+    executor: Any = None,
+    parts: int | None = None,
     **legacy: Any,
 ) -> TrainResult:
     """Meta-train ``algorithm`` on tasks from ``sampler``.
@@ -360,6 +369,19 @@ def train(
         Tasks per micro-batch of each meta-gradient (``"auto"``, the default: sized so that
         peak memory does not grow with ``meta_batch``; ``None``: the whole meta-batch at
         once). Any choice gives the same meta-gradient bit for bit.
+    executor : optional
+        Where the meta-gradients run (:mod:`bilevel.outer.executor`): ``None`` (here),
+        ``"local"`` (a Dask ``LocalCluster`` sized to the machine, closed at the end), a
+        Dask scheduler address, a ``dask.distributed.Client``, or any executor with
+        ``submit`` (``concurrent.futures``). With an executor, each meta-batch is split in
+        ``parts`` (:mod:`bilevel.meta.distributed`): part ``j`` of iteration ``t`` is drawn
+        on a worker from the seed ``[seed, 3, t, j]``, θ is sent once per iteration and the
+        parts' meta-gradients are summed in part order, so the run is bit-identical to
+        ``train(..., parts=P)`` in this process, whatever the executor and its size.
+    parts : int, optional
+        Parts per meta-batch (at most ``meta_batch``; default: one per worker of
+        ``executor``, and no split without one). Part of the run's fingerprint: pass it
+        explicitly to resume on a cluster of another size.
     monitoring : Monitoring, optional
         Progress bar (default: only when stderr is a terminal) and memory measurement:
         the ``peak_memory`` of the meta-iteration every ``memory_every`` iterations
@@ -395,32 +417,38 @@ def train(
     steps, meta_batch = integer(1)("steps", steps), integer(1)("meta_batch", meta_batch)
     optimizer = Adam(1e-3) if optimizer is None else optimizer
     backend = getattr(sampler, "backend", None) or "numpy"
-    config = fingerprint(algorithm, sampler, optimizer, seed, meta_batch, theta0)
     if theta0 is not None and not all_finite(theta0):
         raise ValueError("theta0 contains NaN or inf: pass finite initial meta-parameters "
                          "(or theta0=None for the algorithm's initialisation)")
-    params = algorithm.init(np.random.default_rng([int(seed), 1]), backend) \
-        if theta0 is None else theta0
-    state = LoopState(params=params, optimizer_state=optimizer.init(params),
-                      rng=np.random.default_rng([int(seed), 0]), history=_empty(HISTORY_KEYS),
-                      extra={"evaluations": _empty(EVAL_KEYS)})
-    try:
-        state = restore(state, args["checkpointing"], config, name_of(params))
-    except ResumeError as err:
-        raise _ResumeMismatch(str(err), err.cli, err.fields) from err
-    start = state.step
-    ev = args["evaluation"]
-    episodes = held_out_episodes(ev.sampler or sampler, ev.tasks, seed=[int(seed), 2],
-                                 batch=meta_batch) if ev.every else None
+    split_parts(None, parts, 1, meta_batch)  # an explicit parts, before a cluster starts
+    with open_executor(executor) as runner:
+        parts = split_parts(executor, parts, runner.workers, meta_batch)
+        config = fingerprint(algorithm, sampler, optimizer, seed, meta_batch, theta0, parts)
+        params = algorithm.init(np.random.default_rng([int(seed), 1]), backend) \
+            if theta0 is None else theta0
+        state = LoopState(params=params, optimizer_state=optimizer.init(params),
+                          rng=np.random.default_rng([int(seed), 0]), history=_empty(HISTORY_KEYS),
+                          extra={"evaluations": _empty(EVAL_KEYS)})
+        try:
+            state = restore(state, args["checkpointing"], config, name_of(params))
+        except ResumeError as err:
+            raise _ResumeMismatch(str(err), err.cli, err.fields) from err
+        start = state.step
+        ev = args["evaluation"]
+        episodes = held_out_episodes(ev.sampler or sampler, ev.tasks, seed=[int(seed), 2],
+                                     batch=meta_batch) if ev.every else None
 
-    def user_callback(st: LoopState, out: Step) -> bool:
-        callback(st.step - 1, st.params, st.history)
-        return False
+        def user_callback(st: LoopState, out: Step) -> bool:
+            callback(st.step - 1, st.params, st.history)
+            return False
 
-    drive(_MetaStep(algorithm, sampler, meta_batch, args["failures"], chunks), state, optimizer,
-          steps=steps, config=config, checkpointing=args["checkpointing"],
-          monitoring=args["monitoring"], index="iteration", backend=backend,
-          record=_Bookkeeping(algorithm, args["failures"], ev, episodes, steps),
-          callback=None if callback is None else user_callback, desc=type(algorithm).__name__)
+        parted = None if parts is None else (PartedMetaGradient(
+            algorithm, sampler, meta_batch, parts, runner, chunks=chunks,
+            drop_failed=args["failures"].on_failure == "drop"), int(seed))
+        drive(_MetaStep(algorithm, sampler, meta_batch, args["failures"], chunks, parted), state,
+              optimizer, steps=steps, config=config, checkpointing=args["checkpointing"],
+              monitoring=args["monitoring"], index="iteration", backend=backend,
+              record=_Bookkeeping(algorithm, args["failures"], ev, episodes, steps),
+              callback=None if callback is None else user_callback, desc=type(algorithm).__name__)
     return TrainResult(theta=state.params, history=state.history,
                        evaluations=state.extra["evaluations"], start_iteration=start)

@@ -59,6 +59,9 @@ class HypergradError(RuntimeError):
         super().__init__(message)
         self.result = result
 
+    def __reduce__(self) -> tuple:  # pickles (re-raised from a worker process)
+        return type(self), (str(self), self.result), self.__dict__
+
 
 class HypergradResult(dict):
     """Result of :func:`~bilevel.api.hypergrad` with attribute access (like ``OptimizeResult``).

@@ -16,13 +16,15 @@ generated problems (:func:`~bilevel.testing.ridge_problems`), by
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..backend import namespace
 from ..problem import BilevelProblem
 from ._ops import ops
 
-__all__ = ["linear", "ridge_objectives", "ridge_oracles", "ridge_problem"]
+__all__ = ["RidgeInner", "RidgeOracles", "RidgeOuter", "linear", "ridge_objectives",
+           "ridge_oracles", "ridge_problem"]
 
 Objectives = tuple[Callable[..., Any], Callable[..., Any]]
 
@@ -42,10 +44,35 @@ def _squared_error(w: Any, X: Any, y: Any, mean: bool) -> Any:
     return total / y.shape[-1] if mean else total
 
 
+@dataclass(frozen=True)
+class RidgeInner:
+    """``g(w, λ) = (c/2)‖Xw − y‖² + ½ Σ_j ρ_j w_j²`` with ``ρ = penalty(λ)`` (default exp);
+    a picklable callable ``(w, λ, data)``."""
+
+    mean: bool = False
+    penalty: Callable[[Any], Any] | None = None
+
+    def __call__(self, w: Any, lam: Any, data: dict) -> Any:
+        rho = ops.exp if self.penalty is None else self.penalty
+        fit = _squared_error(w, data["X"], data["y"], self.mean)
+        return fit + 0.5 * ops.sum(rho(lam) * w * w, axis=-1)
+
+
+@dataclass(frozen=True)
+class RidgeOuter:
+    """``f(w) = (c_v/2)‖X_v w − y_v‖²``; a picklable callable ``(w, λ, data)``."""
+
+    mean: bool = False
+
+    def __call__(self, w: Any, lam: Any, data: dict) -> Any:
+        return _squared_error(w, data["X_val"], data["y_val"], self.mean)
+
+
 def ridge_objectives(
     *, mean: bool = False, penalty: Callable[[Any], Any] | None = None
 ) -> Objectives:
-    """``(g, f)`` of ridge regression taking ``(w, λ, data)``.
+    """``(g, f)`` of ridge regression taking ``(w, λ, data)``: :class:`RidgeInner` and
+    :class:`RidgeOuter` (picklable with a picklable ``penalty``).
 
     Parameters
     ----------
@@ -56,16 +83,7 @@ def ridge_objectives(
 
     Cost of ``g``: O(N d) per problem; its Hessian is ``c XᵀX + diag ρ``.
     """
-    rho = ops.exp if penalty is None else penalty
-
-    def g(w: Any, lam: Any, data: dict) -> Any:
-        fit = _squared_error(w, data["X"], data["y"], mean)
-        return fit + 0.5 * ops.sum(rho(lam) * w * w, axis=-1)
-
-    def f(w: Any, lam: Any, data: dict) -> Any:
-        return _squared_error(w, data["X_val"], data["y_val"], mean)
-
-    return g, f
+    return RidgeInner(mean, penalty), RidgeOuter(mean)
 
 
 def _identity(lam: Any) -> Any:
@@ -127,19 +145,52 @@ def ridge_oracles(X: Any, y: Any, X_val: Any, y_val: Any, groups: Any = None) ->
     Cost per oracle: two matrix-vector products with ``X`` (O(N n)); unbatched ``w``. Pass
     the result as ``oracles=`` of :func:`ridge_problem` (with the matching ``penalty``).
     """
-    xp = namespace(X)
+    return RidgeOracles(X, y, X_val, y_val, groups).as_dict()
 
-    def spread(v: Any) -> Any:  # per-penalty values onto the features
-        return v if groups is None else v @ groups.T
 
-    def gather(v: Any) -> Any:  # per-feature values summed per penalty
-        return v if groups is None else v @ groups
+def _spread(v: Any, groups: Any) -> Any:
+    """Per-penalty values onto the features."""
+    return v if groups is None else v @ groups.T
 
-    return {
-        "inner_grad": lambda w, lam, data: X.T @ (X @ w - y) + spread(xp.exp(lam)) * w,
-        "inner_hvp": lambda w, lam, v, data: X.T @ (X @ v) + spread(xp.exp(lam)) * v,
-        "inner_mixed_vjp": lambda w, lam, u, data: gather(spread(xp.exp(lam)) * w * u),
-        "inner_mixed_jvp": lambda w, lam, e, data: spread(xp.exp(lam) * e) * w,
-        "outer_grads": lambda w, lam, data: (X_val.T @ (X_val @ w - y_val),
-                                             xp.zeros_like(lam)),
-    }
+
+def _gather(v: Any, groups: Any) -> Any:
+    """Per-feature values summed per penalty."""
+    return v if groups is None else v @ groups
+
+
+@dataclass(frozen=True, eq=False)
+class RidgeOracles:
+    """The oracles of :func:`ridge_oracles` as methods of a record of the data (they
+    pickle, unlike closures)."""
+
+    X: Any
+    y: Any
+    X_val: Any
+    y_val: Any
+    groups: Any = None
+
+    def as_dict(self) -> dict:
+        """The ``oracles=`` dict of :class:`~bilevel.problem.BilevelProblem`."""
+        return {"inner_grad": self.inner_grad, "inner_hvp": self.inner_hvp,
+                "inner_mixed_vjp": self.inner_mixed_vjp,
+                "inner_mixed_jvp": self.inner_mixed_jvp, "outer_grads": self.outer_grads}
+
+    def _penalty(self, lam: Any) -> Any:
+        return _spread(namespace(self.X).exp(lam), self.groups)
+
+    def inner_grad(self, w: Any, lam: Any, data: Any) -> Any:
+        X = self.X
+        return X.T @ (X @ w - self.y) + self._penalty(lam) * w
+
+    def inner_hvp(self, w: Any, lam: Any, v: Any, data: Any) -> Any:
+        return self.X.T @ (self.X @ v) + self._penalty(lam) * v
+
+    def inner_mixed_vjp(self, w: Any, lam: Any, u: Any, data: Any) -> Any:
+        return _gather(self._penalty(lam) * w * u, self.groups)
+
+    def inner_mixed_jvp(self, w: Any, lam: Any, e: Any, data: Any) -> Any:
+        return _spread(namespace(self.X).exp(lam) * e, self.groups) * w
+
+    def outer_grads(self, w: Any, lam: Any, data: Any) -> Any:
+        Xv = self.X_val
+        return Xv.T @ (Xv @ w - self.y_val), namespace(Xv).zeros_like(lam)
