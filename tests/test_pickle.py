@@ -24,6 +24,9 @@ from bilevel.meta.models import MLP, Conv4, QuadraticModel
 from bilevel.methods.base import HypergradError
 from bilevel.nonfinite import NonFiniteError
 from bilevel.ode import ODEDivergenceError
+from bilevel.outer import Monitoring
+from bilevel.stochastic import solve
+from bilevel.stochastic.quadratic import quadratic
 from bilevel.testing import ridge_oracles, ridge_problem, strategies
 
 RNG = np.random.default_rng(0)
@@ -112,8 +115,8 @@ def _result_arrays(out):
     return out
 
 
-REGISTERED = [(kind, name) for kind in ("method", "solver", "dynamics", "optimizer", "algorithm")
-              for name in registry.names(kind)]
+KINDS = ("method", "solver", "dynamics", "optimizer", "algorithm")
+REGISTERED = [(kind, name) for kind in KINDS for name in registry.names(kind)]
 
 
 @pytest.mark.parametrize(("kind", "name"), REGISTERED)
@@ -125,9 +128,22 @@ def test_registered_classes_roundtrip(kind, name):
 
 
 def test_every_kind_is_covered():
-    assert {k for k, _ in REGISTERED} == {"method", "solver", "dynamics", "optimizer",
-                                          "algorithm"}
+    """Every registry kind is round-tripped here (``stochastic`` by its own test below)."""
+    assert {k for k, _ in REGISTERED} == set(KINDS)
+    assert set(registry._REGISTRY) <= {*KINDS, "stochastic"}
     assert len(REGISTERED) >= 20
+
+
+@pytest.mark.parametrize("name", registry.names("stochastic"))
+def test_stochastic_methods_and_problem_roundtrip(name):
+    """A stochastic method and its problem unpickled run the same seeded steps bit for bit."""
+    fam = quadratic(n_inner=64, n_outer=32, dim_inner=5, dim_outer=3, seed=1)
+    method = registry.lookup("stochastic", name)()
+    quiet = Monitoring(progress=False, memory=None)
+    runs = [solve(p, m, fam.lam0, fam.w0, steps=6, eval_every=3, monitoring=quiet)
+            for p, m in ((fam.problem, method), roundtrip((fam.problem, method)))]
+    assert repr(roundtrip(method)) == repr(method)
+    np.testing.assert_array_equal(runs[0].lam, runs[1].lam)
 
 
 # ------------------------------------------------------------------ models and samplers
