@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("bilevel.methods",),
     ("bilevel.api", "bilevel"),
     ("bilevel.outer",),
-    ("bilevel.testing", "bilevel.hpo", "bilevel.meta", "bilevel.optim"),
+    ("bilevel.testing", "bilevel.hpo", "bilevel.meta", "bilevel.optim", "bilevel.sklearn"),
     ("bilevel.bench", "bilevel.demo", "bilevel.cli", "bilevel.__main__"),
 ]
 
