@@ -21,18 +21,24 @@ pass sees exactly the batches of the forward pass.
 from .base import Dynamics, State, run
 from .descent import GradientDescent, Momentum
 from .flow import GradientFlow
+from .lbfgs import LBFGS
+from .newton import Newton
 from .newton_cg import NewtonCG
 from .schedules import MinibatchIndices, PerStep, StepSize, minibatch_indices, step_size
+from .solved import Solved
 from .watch import StabilityWatch
 
 __all__ = [
     "Dynamics",
     "GradientDescent",
     "GradientFlow",
+    "LBFGS",
     "MinibatchIndices",
     "Momentum",
+    "Newton",
     "NewtonCG",
     "PerStep",
+    "Solved",
     "StabilityWatch",
     "State",
     "StepSize",

@@ -1,13 +1,15 @@
-"""Approximate implicit differentiation (AID, HOAG, iMAML).
+"""Approximate implicit differentiation (AID, HOAG, iMAML), at any optimality condition.
 
 The implicit function theorem at a stationary inner point ``∇_w g(w*, λ) = 0`` gives::
 
     ∇F(λ) = ∇_λ f − Mᵀ v,      (H + δI) v = ∇_w f,      H = ∇²_ww g,  M = ∇²_wλ g
 
-all at ``(w*, λ)``. :class:`Implicit` runs the inner dynamics without recording anything,
-replaces ``w*`` by the last iterate ``w_K`` and solves the linear system with any solver of
-:mod:`bilevel.linalg` through Hessian-vector products at one traced point
-(:func:`implicit_vjp`); :func:`implicit_diagnostics` judges the result.
+all at ``(w*, λ)``; at a general condition ``F(w*, λ) = 0`` (:mod:`bilevel.conditions`)
+``H`` becomes ``J = ∂_w F`` (the system is ``(J + δI)ᵀ v = ∇_w f``) and ``M`` becomes
+``∂_λ F``. :class:`Implicit` runs the inner dynamics without recording anything (none with
+:class:`~bilevel.dynamics.Solved`), replaces ``w*`` by the last iterate ``w_K`` and solves
+the linear system with any solver of :mod:`bilevel.linalg` through products at one traced
+point (:func:`implicit_vjp`); :func:`implicit_diagnostics` judges the result.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ..backend import namespace
-from ..dynamics import Dynamics, run
-from ..linalg import CG
+from ..conditions import Condition, Stationarity
+from ..dynamics import Dynamics, Solved, run
+from ..linalg import CG, GMRES
 from ..problem import BilevelProblem
 from ..registry import register
 from ..validation import Validated, nonnegative, one_of, option, optional, positive
@@ -34,7 +37,7 @@ from .base import (
     outcome,
 )
 
-__all__ = ["Implicit", "ImplicitVJP", "implicit_diagnostics", "implicit_vjp"]
+__all__ = ["Implicit", "ImplicitVJP", "default_solver", "implicit_diagnostics", "implicit_vjp"]
 
 
 class ImplicitVJP(NamedTuple):
@@ -44,34 +47,40 @@ class ImplicitVJP(NamedTuple):
     value: Any  # f(w, λ)
     v: Any  # the solver's solution of (H + δI) v = ∇_w f
     solve: Any  # its SolveResult
-    inner_residual: Any  # ‖∇_w g(w, λ)‖ per problem (from the same trace)
+    inner_residual: Any  # ‖F(w, λ)‖ per problem (‖∇_w g‖ by default; from the same trace)
+
+
+STATIONARITY = Stationarity()
 
 
 def implicit_vjp(
     problem: BilevelProblem, w: Any, lam: Any, solver: Callable, damping: float = 0.0,
-    x0: Any = None,
+    x0: Any = None, condition: Condition = STATIONARITY,
 ) -> ImplicitVJP:
-    """The IFT hypergradient at ``w``: ``∇_λ f − Mᵀ v`` with ``(H + δI) v = ∇_w f``.
+    """The IFT hypergradient at ``w``: ``∇_λ f − (∂_λ F)ᵀ v`` with ``(J + δI)ᵀ v = ∇_w f``.
 
-    The gradient map of ``g`` is traced once at ``(w, λ)``; each solver iteration is one
-    reverse pass over that trace (an HVP), and ``Mᵀ v`` one more. ``x0`` warm-starts the
-    solver.
+    ``F`` is the ``condition`` (``∇_w g`` by default: ``J = H``, ``∂_λ F = M``). It is
+    traced once at ``(w, λ)``; each solver iteration is one reverse pass over that trace
+    (an HVP), and ``(∂_λ F)ᵀ v`` one more. ``x0`` warm-starts the solver.
     """
     value, b, grad_lam = problem.outer_value_and_grads(w, lam)
-    lin = problem.linearize(w, lam)
-    sol = solver(lin.hvp, b, x0, damping=damping)
+    lin = condition.linearize(problem, w, lam)
+    sol = solver(lin.transpose_matvec, b, x0, damping=damping)
     grad = grad_lam - lin.mixed_vjp(sol.x)
-    return ImplicitVJP(grad, value, sol.x, sol, norm_per_problem(lin.grad))
+    return ImplicitVJP(grad, value, sol.x, sol, norm_per_problem(lin.residual))
 
 
 def implicit_diagnostics(ift: ImplicitVJP, g0_norm: Any, inner_tol: float | None,
-                         on_unconverged: str = "drop") -> dict:
+                         on_unconverged: str = "drop", *, symbol: str = "∇_w g",
+                         given: bool = False) -> dict:
     """``success``, ``message``, ``inner_converged`` and ``problem_success`` of a result.
 
     A problem passes when its linear solve converged (no CG breakdown) and, with
-    ``inner_tol``, ``‖∇_w g(w_K)‖ ≤ inner_tol · max(1, ‖∇_w g(w_0)‖)``. With
-    ``on_unconverged="keep"`` an unconverged or broken-down linear solve is accepted (its
-    residual is reported); only a non-finite solution fails.
+    ``inner_tol``, ``‖F(w_K)‖ ≤ inner_tol · max(1, ‖F(w_0)‖)`` (``F = ∇_w g`` by default,
+    named ``symbol`` in the message; ``given=True``: ``w_K`` is a given solution and
+    ``g0_norm`` is ``‖F(0)‖``). With ``on_unconverged="keep"`` an unconverged or
+    broken-down linear solve is accepted (its residual is reported); only a non-finite
+    solution fails.
     """
     xp = namespace(ift.v)
     sol, problems, inner_ok = ift.solve, [], None
@@ -81,13 +90,8 @@ def implicit_diagnostics(ift: ImplicitVJP, g0_norm: Any, inner_tol: float | None
         threshold = inner_tol * xp.maximum(g0_norm, xp.ones_like(g0_norm))
         inner_ok = ift.inner_residual <= threshold
         if not bool(xp.all(inner_ok)):
-            problems.append(
-                f"inner solve not converged: ‖∇_w g(w_K)‖ = {largest(ift.inner_residual):.3e}"
-                f" > {largest(threshold):.3e} (inner_tol={inner_tol:g}·max(1, ‖∇_w g(w_0)‖)); "
-                "the implicit formula assumes a stationary inner point, so the "
-                "hypergradient is biased. Raise the inner steps or step size, or "
-                "warm-start w with a HypergradState"
-            )
+            problems.append(_inner_message(ift.inner_residual, threshold, inner_tol, symbol,
+                                           given))
     if not sol.converged or sol.breakdown:
         problems.append(f"linear solve failed: {sol.message}")
     per_problem = _problem_success(xp, sol, inner_ok, ift.v)
@@ -96,6 +100,25 @@ def implicit_diagnostics(ift: ImplicitVJP, g0_norm: Any, inner_tol: float | None
         problems.append(f"{n_ok} of {per_problem.shape[0]} problems passed")
     return dict(outcome(problems), problem_success=per_problem,
                 inner_converged=inner_ok is None or bool(xp.all(inner_ok)))
+
+
+def _inner_message(residual: Any, threshold: Any, inner_tol: float, symbol: str,
+                   given: bool) -> str:
+    """Why the inner test failed: an unconverged inner solve, or a poor given solution."""
+    if given:
+        return (
+            f"the given solution is not optimal: ‖{symbol}(w)‖ = {largest(residual):.3e} > "
+            f"{largest(threshold):.3e} (inner_tol={inner_tol:g}·max(1, ‖{symbol}(0)‖)); the "
+            "implicit formula holds only at a solution, so the hypergradient is biased. "
+            "Solve the inner problem to a tighter tolerance (or raise inner_tol)"
+        )
+    return (
+        f"inner solve not converged: ‖{symbol}(w_K)‖ = {largest(residual):.3e}"
+        f" > {largest(threshold):.3e} (inner_tol={inner_tol:g}·max(1, ‖{symbol}(w_0)‖)); "
+        "the implicit formula assumes a stationary inner point, so the "
+        "hypergradient is biased. Raise the inner steps or step size, or "
+        "warm-start w with a HypergradState"
+    )
 
 
 def _kept(xp: Any, sol: Any, v: Any) -> Any:
@@ -128,6 +151,23 @@ def _linear_solver(name: str, value: Any) -> Callable:
             f"FixedPoint(alpha, maxiter, tol) or Direct(); got {type(value).__name__}"
         )
     return value
+
+
+def _condition(name: str, value: Any) -> Condition:
+    """Check: an optimality condition of :mod:`bilevel.conditions`."""
+    if not isinstance(value, Condition):
+        raise TypeError(
+            f"{name} must be an optimality condition such as Stationarity(), Root(F), "
+            f"FixedPoint(T) or ProximalGradient(...) (bilevel.conditions); got "
+            f"{type(value).__name__}"
+        )
+    return value
+
+
+def default_solver(condition: Condition) -> Callable:
+    """The linear solver for ``condition``'s Jacobian: ``CG()`` when it is symmetric
+    positive definite (the stationarity default), ``GMRES()`` otherwise."""
+    return CG() if condition.symmetric else GMRES()
 
 
 def _schedule(name: str, value: Any) -> Any:
@@ -164,11 +204,14 @@ class Implicit(Validated, Method):
     Parameters
     ----------
     solver : callable, optional
-        A solver object of :mod:`bilevel.linalg`: ``CG(tol, atol, maxiter)`` (default
-        ``CG()``, needs ``H + δI ≻ 0``), ``Neumann(alpha, maxiter)``,
-        ``FixedPoint(alpha, maxiter, tol)`` (both need ``α·λ_max(H + δI) < 2``) or
-        ``Direct()`` (small ``n``). Any callable ``solver(matvec, b, x0, damping) ->
-        SolveResult`` works.
+        A solver object of :mod:`bilevel.linalg`: ``CG(tol, atol, maxiter)`` (needs
+        ``H + δI ≻ 0``), ``Neumann(alpha, maxiter)``, ``FixedPoint(alpha, maxiter, tol)``
+        (both need ``α·λ_max(H + δI) < 2``), ``Direct()`` (small ``n``; ``cache=True``
+        reuses the factorisation while the matrix stays the same), or for a Jacobian that
+        is not symmetric positive definite ``GMRES(...)`` or ``BiCGSTAB(...)``. Any
+        callable ``solver(matvec, b, x0, damping) -> SolveResult`` works. Default
+        (``None``): chosen by the condition, ``CG()`` for :class:`Stationarity` and
+        symmetric roots, ``GMRES()`` otherwise (:func:`default_solver`).
     damping : float
         ``δ ≥ 0``: solve ``(H + δI) v = ∇_w f`` (regularizes singular or slightly
         indefinite Hessians; biases the result by ``O(δ)``).
@@ -191,6 +234,18 @@ class Implicit(Validated, Method):
         ``"keep"``: the approximate solution is accepted and its residual reported; only a
         non-finite solution fails. A fixed-budget solver (``CG.fixed(J)``) never reports
         an unconverged solve, so it drops nothing under either policy.
+    condition : Condition
+        The optimality condition ``F(w*, λ) = 0`` that defines the inner solution
+        (:mod:`bilevel.conditions`): :class:`~bilevel.conditions.Stationarity` (default,
+        ``F = ∇_w g``), :class:`~bilevel.conditions.Root`,
+        :class:`~bilevel.conditions.FixedPoint` or
+        :class:`~bilevel.conditions.ProximalGradient` (Lasso, elastic net). The system
+        becomes ``(∂_w F + δI)ᵀ v = ∇_w f`` and the result ``∇_λ f − (∂_λ F)ᵀ v``; the
+        inner test and ``inner_residual`` use ``‖F‖``.
+
+    With ``dynamics=Solved()`` no inner step runs: ``w0`` is the solution (from
+    scikit-learn, ``scipy.optimize.minimize``, ...), and the inner test compares
+    ``‖F(w0)‖`` with ``inner_tol·max(1, ‖F(0)‖)``, so a poor solution fails loudly.
 
     Notes
     -----
@@ -211,20 +266,25 @@ class Implicit(Validated, Method):
     Pedregosa, "Hyperparameter optimization with approximate gradient", ICML 2016 (HOAG).
     Rajeswaran et al., "Meta-learning with implicit gradients", NeurIPS 2019 (iMAML).
     Grazzi et al., "On the iteration complexity of hypergradient computation", ICML 2020.
+    Blondel et al., "Efficient and modular implicit differentiation", NeurIPS 2022.
+    Bertrand et al., "Implicit differentiation of Lasso-type models for hyperparameter
+    optimization", ICML 2020.
     """
 
-    solver: Callable = option(CG(), check=_linear_solver)
+    solver: Callable | None = option(None, check=_linear_solver)
     damping: float = option(0.0, check=nonnegative)
     inner_tol: float | None = option(1e-6, check=optional(positive), kw_only=True)
     tol_schedule: Callable[[int], float] | None = option(None, check=_schedule, kw_only=True)
     warm_start: bool = option(True, check=flag, kw_only=True)
     on_unconverged: str = option("drop", check=one_of(("drop", "keep")), kw_only=True)
+    condition: Condition = option(STATIONARITY, check=_condition, kw_only=True)
 
     name = "implicit"
 
     def __post_init__(self) -> None:
         if self.solver is None:
-            object.__setattr__(self, "solver", type(self).solver)
+            condition = _condition("condition", self.condition)
+            object.__setattr__(self, "solver", default_solver(condition))
         super().__post_init__()
         if self.tol_schedule is not None and not hasattr(self.solver, "tol"):
             raise ValueError(
@@ -241,10 +301,12 @@ class Implicit(Validated, Method):
         state: HypergradState | None,
     ) -> HypergradResult:
         solver, inner_tol = self._solver_and_tol(state)
-        g0_norm = None if inner_tol is None else norm_per_problem(problem.inner_grad(w0, lam))
+        given = isinstance(dynamics, Solved)
+        g0_norm = None if inner_tol is None else norm_per_problem(
+            self.condition.residual(problem, 0 * w0 if given else w0, lam))
         w = dynamics.weights(run(problem, dynamics, w0, lam))
         x0 = self._warm_start(state, w)
-        ift = implicit_vjp(problem, w, lam, solver, self.damping, x0)
+        ift = implicit_vjp(problem, w, lam, solver, self.damping, x0, self.condition)
         return HypergradResult(
             grad=ift.grad, w=w, value=ift.value, v=ift.v,
             linear_solve=ift.solve,
@@ -253,8 +315,15 @@ class Implicit(Validated, Method):
             inner_residual=ift.inner_residual,
             warm_started=x0 is not None,
             tol=getattr(solver, "tol", None),
-            **implicit_diagnostics(ift, g0_norm, inner_tol, self.on_unconverged),
+            **implicit_diagnostics(ift, g0_norm, inner_tol, self.on_unconverged,
+                                   symbol=self.condition.symbol, given=given),
         )
+
+    def __repr__(self) -> str:
+        """The constructor call, with ``solver`` shown only when not the condition's choice."""
+        shown = super().__repr__()
+        chosen = f"solver={default_solver(self.condition)!r}"
+        return shown.replace(f"({chosen}, ", "(").replace(f"({chosen})", "()")
 
     def _solver_and_tol(self, state: HypergradState | None) -> tuple[Callable, float | None]:
         """The solver and inner tolerance of this call (``tol_schedule`` at ``state.t``)."""
