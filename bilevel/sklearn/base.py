@@ -17,9 +17,11 @@ from scipy.linalg import cho_solve
 from sklearn.base import is_classifier
 from sklearn.model_selection import check_cv
 
-from ..api import HypergradResult, HypergradState
+from ..api import HypergradResult, HypergradState, hypergrad
+from ..conditions import Condition, Stationarity
+from ..dynamics import Solved
 from ..linalg import SolveResult
-from ..methods.implicit import implicit_diagnostics, implicit_vjp
+from ..methods import Implicit
 from ..problem import BilevelProblem
 from .search import CVObjective, Fold, Tuned, tune
 
@@ -27,22 +29,21 @@ __all__ = ["CholeskySolve", "HypergradCVMixin", "diagnostics", "implicit_at"]
 
 
 def implicit_at(problem: BilevelProblem, lam: Any, w: Any, solver: Callable,
-                state: HypergradState) -> HypergradResult:
-    """Implicit hypergradient at a solution ``w`` from any inner solver.
+                state: HypergradState, condition: Condition | None = None) -> HypergradResult:
+    """Implicit hypergradient at a solution ``w`` from any inner solver:
+    ``hypergrad(problem, lam, w, dynamics=Solved(), method=Implicit(solver, condition))``.
 
-    ``∇F(λ) = ∇_λ f − M(w, λ)ᵀ v`` with ``H(w, λ) v = ∇_w f(w, λ)`` (the implicit function
-    theorem at ``∇_w g(w, λ) = 0``), the linear solve warm-started from ``state.v``. The
-    result carries ``inner_residual = ‖∇_w g(w, λ)‖`` (how stationary the given ``w`` is)
-    and the solver's diagnostics. Cost: one trace of ``∇_w g`` at ``(w, λ)``, the solver's
-    Hessian-vector products, one mixed product and one outer gradient.
+    ``∇F(λ) = ∇_λ f − (∂_λ F)ᵀ v`` with ``(∂_w F)ᵀ v = ∇_w f`` at the optimality condition
+    ``F(w, λ) = 0`` (``∇_w g`` by default; the implicit function theorem), the linear
+    solve warm-started from ``state.v``. The result carries ``inner_residual = ‖F(w, λ)‖``
+    (how well ``w`` solves the inner problem; ``success`` is False above
+    ``1e-6·max(1, ‖F(0, λ)‖)``) and the solver's diagnostics. Cost: one trace of ``F`` at
+    ``(w, λ)``, the solver's products, one mixed product and one outer gradient.
     """
-    x0 = state.v if state.v is not None and np.shape(state.v) == np.shape(w) else None
-    ift = implicit_vjp(problem, w, lam, solver, 0.0, x0)
-    state.v, state.w, state.t = ift.v, w, state.t + 1
-    diag = implicit_diagnostics(ift, None, None)
-    return HypergradResult(grad=ift.grad, w=w, value=ift.value, v=ift.v,
-                           linear_solve=ift.solve, inner_residual=ift.inner_residual,
-                           n_hvp=ift.solve.n_matvec, **diag)
+    state.w = None  # the given w is the solution: no warm start of the iterate
+    method = Implicit(solver, inner_tol=1e-6, condition=condition or Stationarity())
+    return hypergrad(problem, lam, w, dynamics=Solved(), method=method, state=state,
+                     on_failure="ignore")
 
 
 class CholeskySolve:
