@@ -16,13 +16,20 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
-from bilevel.sklearn import HypergradLogisticRegression, HypergradRidge  # noqa: E402
+from bilevel.sklearn import (  # noqa: E402
+    HypergradElasticNet,
+    HypergradLasso,
+    HypergradLogisticRegression,
+    HypergradRidge,
+)
 
 # small searches: check_estimator fits each estimator about a hundred times
 CHECKED = [
     HypergradRidge(alphas=3, max_iter=2, cv=3),
     HypergradRidge(per_feature=False, alphas=3, max_iter=2, cv=3),
     HypergradLogisticRegression(alphas=2, max_iter=1, cv=2),
+    HypergradLasso(alphas=3, max_iter=2, cv=3),
+    HypergradElasticNet(l1_ratio=(0.5,), alphas=2, max_iter=1, cv=2),
 ]
 
 
@@ -91,6 +98,38 @@ def test_logistic_hypergradient_equals_fd_of_the_cv_loss_by_sklearn_logistic():
     assert est.hypergradient_["value"] == pytest.approx(logistic_loss(u), rel=1e-6)
     np.testing.assert_allclose(est.hypergradient_["grad"], _fd(logistic_loss, u, 1e-4),
                                rtol=1e-4)
+
+
+@pytest.mark.parametrize("l2", [False, True])
+def test_lasso_and_elastic_net_hypergradient_equal_fd_of_the_cv_loss(l2):
+    """Through the proximal-gradient fixed point, against central differences of the K-fold
+    loss computed with scikit-learn's ElasticNet (support constant over the step)."""
+    from sklearn.linear_model import ElasticNet
+
+    X, y = load_diabetes(return_X_y=True)
+    X, y = X[:200], y[:200]
+    cv = KFold(3)
+    if l2:
+        est = HypergradElasticNet(l1_ratio=(0.7,), alphas=[0.05, 0.2], max_iter=0, cv=cv)
+    else:
+        est = HypergradLasso(alphas=[0.05, 0.2], max_iter=0, cv=cv)
+    est.fit(X, y)
+
+    def enet_loss(u):
+        l1, l2_ = np.exp(u[0]), (np.exp(u[1]) if len(u) > 1 else 0.0)
+
+        def loss(Xt, yt, Xv, yv):
+            model = ElasticNet(alpha=l1 + l2_, l1_ratio=l1 / (l1 + l2_), tol=1e-14,
+                               max_iter=1_000_000).fit(Xt, yt)
+            return 0.5 * np.mean((model.predict(Xv) - yv) ** 2) / yt.var()
+
+        return _cv_loss(loss, X, y, list(cv.split(X)))
+
+    a, r = est.alpha_, est.l1_ratio_
+    u = np.log([a * r, a * (1 - r)]) if l2 else np.log([a])
+    assert est.hypergradient_["value"] == pytest.approx(enet_loss(u), rel=1e-8)
+    np.testing.assert_allclose(est.hypergradient_["grad"], _fd(enet_loss, u, 1e-6), rtol=1e-4)
+    assert est.hypergradient_["success"]
 
 
 def test_tuned_ridge_and_logistic_beat_the_untuned_start_on_bundled_data():

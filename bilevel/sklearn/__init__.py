@@ -14,5 +14,11 @@ See :doc:`/sklearn`. Needs scikit-learn (≥ 1.6) and scipy.
 
 from .logistic import HypergradLogisticRegression
 from .ridge import HypergradRidge
+from .sparse import HypergradElasticNet, HypergradLasso
 
-__all__ = ["HypergradLogisticRegression", "HypergradRidge"]
+__all__ = [
+    "HypergradElasticNet",
+    "HypergradLasso",
+    "HypergradLogisticRegression",
+    "HypergradRidge",
+]

@@ -28,14 +28,15 @@ from .search import CVObjective, Fold, Tuned, tune
 __all__ = ["CholeskySolve", "HypergradCVMixin", "diagnostics", "implicit_at"]
 
 
-def implicit_at(problem: BilevelProblem, lam: Any, w: Any, solver: Callable,
+def implicit_at(problem: BilevelProblem, lam: Any, w: Any, solver: Callable | None,
                 state: HypergradState, condition: Condition | None = None) -> HypergradResult:
     """Implicit hypergradient at a solution ``w`` from any inner solver:
     ``hypergrad(problem, lam, w, dynamics=Solved(), method=Implicit(solver, condition))``.
 
     ``∇F(λ) = ∇_λ f − (∂_λ F)ᵀ v`` with ``(∂_w F)ᵀ v = ∇_w f`` at the optimality condition
     ``F(w, λ) = 0`` (``∇_w g`` by default; the implicit function theorem), the linear
-    solve warm-started from ``state.v``. The result carries ``inner_residual = ‖F(w, λ)‖``
+    solve (``solver``; ``None``: chosen by the condition) warm-started from ``state.v``. The
+    result carries ``inner_residual = ‖F(w, λ)‖``
     (how well ``w`` solves the inner problem; ``success`` is False above
     ``1e-6·max(1, ‖F(0, λ)‖)``) and the solver's diagnostics. Cost: one trace of ``F`` at
     ``(w, λ)``, the solver's products, one mixed product and one outer gradient.
@@ -113,10 +114,15 @@ class HypergradCVMixin:
         splitter = check_cv(self.cv, y, classifier=is_classifier(self))
         return list(splitter.split(X, y))
 
-    def _tune(self, folds: list[Fold], n_features: int, scale: float) -> Tuned:
-        """Minimize the K-fold objective; returns the search (see :func:`.search.tune`)."""
-        m = n_features if self.per_feature else 1
-        return tune(CVObjective(folds), self._grid(scale), m, self.max_iter, self.tol)
+    def _tune(self, folds: list[Fold], grid: np.ndarray) -> Tuned:
+        """Minimize the K-fold objective from the rows of ``grid`` (log-penalties, shape
+        ``(points, m)``); returns the search (see :func:`.search.tune`)."""
+        return tune(CVObjective(folds), grid, self.max_iter, self.tol)
+
+    def _shared_grid(self, scale: float, n_features: int) -> np.ndarray:
+        """:meth:`_grid` as rows of ``n_features`` equal penalties (``per_feature``) or one."""
+        values = self._grid(scale)
+        return np.repeat(values[:, None], n_features if self.per_feature else 1, axis=1)
 
 
 def diagnostics(found: Tuned) -> dict:

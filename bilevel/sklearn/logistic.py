@@ -77,7 +77,7 @@ class LogisticFold:
 
     def __init__(self, X: np.ndarray, y01: np.ndarray, X_val: np.ndarray,
                  y01_val: np.ndarray):
-        self.n_train = len(y01)
+        self.offset = float(np.log(len(y01)))
         self.X, self.y = X, y01
         self.problem = problems.logistic(X, y01, X_val, y01_val)
         self.state = HypergradState()
@@ -187,7 +187,7 @@ class HypergradLogisticRegression(LinearClassifierMixin, ClassifierMixin, Hyperg
 
     def _fit_binary(self, X: np.ndarray, y01: np.ndarray, splits: list, scale: float) -> tuple:
         folds = [LogisticFold(X[tr], y01[tr], X[va], y01[va]) for tr, va in splits]
-        found = self._tune(folds, X.shape[1], scale)
+        found = self._tune(folds, self._shared_grid(scale, X.shape[1]))
         rho = np.broadcast_to(np.exp(found.best.u) / len(y01), (X.shape[1],))
         return fit_logistic(X, y01, rho)[0], found
 

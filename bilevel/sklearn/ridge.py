@@ -40,10 +40,10 @@ class RidgeFold:
                  fit_intercept: bool = True):
         x_mean, y_mean, y_scale = _center(X, y, fit_intercept)
         Xc, yc = X - x_mean, (y - y_mean) / y_scale
-        self.n_train = len(y)
+        self.offset = float(np.log(len(y)))
         self.problem = problems.ridge(Xc, yc, X_val - x_mean, (y_val - y_mean) / y_scale)
-        self.gram = Xc.T @ Xc / self.n_train
-        self.rhs = Xc.T @ yc / self.n_train
+        self.gram = Xc.T @ Xc / len(y)
+        self.rhs = Xc.T @ yc / len(y)
         self.state = HypergradState()
 
     def solve(self, lam: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -135,7 +135,8 @@ class HypergradRidge(RegressorMixin, HypergradCVMixin, BaseEstimator):
                  for tr, va in self._splits(X, y)]
         x_mean, y_mean, _ = _center(X, y, self.fit_intercept)
         Xc = X - x_mean
-        found = self._tune(folds, X.shape[1], float(np.mean(np.sum(Xc * Xc, axis=0))) or 1.0)
+        scale = float(np.mean(np.sum(Xc * Xc, axis=0))) or 1.0
+        found = self._tune(folds, self._shared_grid(scale, X.shape[1]))
         alpha = np.broadcast_to(np.exp(found.best.u), (X.shape[1],))
         self.coef_ = cho_solve(cho_factor(Xc.T @ Xc + np.diag(alpha)), Xc.T @ (y - y_mean))
         self.intercept_ = float(y_mean - x_mean @ self.coef_)

@@ -5,6 +5,7 @@ convention (the penalty multiplies a *sum* of training losses), the outer object
 
     F(u) = (1/K) Σ_k F_k(u − log N_k),      u = log α,   ∇F(u) = (1/K) Σ_k ∇F_k
 
+(``u − 0`` for penalties on a mean loss: each fold says its ``offset``)
 where ``F_k(λ)`` is the validation loss of fold ``k`` at the inner solution of the
 mean-loss problem with per-sample penalties ``exp(λ)`` (the convention of
 :mod:`bilevel.hpo.problems`), and ``∇F_k`` its hypergradient (each fold is a callable
@@ -37,7 +38,7 @@ class Fold(Protocol):
     ``success``, ``message``, ``inner_residual``); ``fold.value(λ)`` returns the validation
     loss alone (no derivative: the grid needs no more)."""
 
-    n_train: int
+    offset: float  # log(penalty per sample / scikit-learn's penalty): log N_k or 0
 
     def __call__(self, lam: np.ndarray) -> HypergradResult: ...
 
@@ -69,7 +70,7 @@ class CVObjective:
 
     def __call__(self, u: np.ndarray) -> tuple[float, np.ndarray]:
         u = np.array(u, dtype=np.float64)
-        results = [fold(u - np.log(fold.n_train)) for fold in self.folds]
+        results = [fold(u - fold.offset) for fold in self.folds]
         value = float(np.mean([float(r.value) for r in results]))
         grad = np.mean([np.asarray(r.grad, dtype=np.float64) for r in results], axis=0)
         finite = np.isfinite(value) and bool(np.all(np.isfinite(grad)))
@@ -83,7 +84,7 @@ class CVObjective:
     def value(self, u: np.ndarray) -> float:
         """``F(u)`` alone (inner solves, no hypergradient), recorded with a NaN gradient."""
         u = np.array(u, dtype=np.float64)
-        value = float(np.mean([fold.value(u - np.log(fold.n_train)) for fold in self.folds]))
+        value = float(np.mean([fold.value(u - fold.offset) for fold in self.folds]))
         for key, item in {"log_alpha": u, "value": value, "grad_norm": float("nan"),
                           "inner_residual": float("nan"), "success": True,
                           "time": time.perf_counter() - self._start}.items():
@@ -111,28 +112,26 @@ class Tuned:
     extra: dict = field(default_factory=dict)
 
 
-def tune(objective: CVObjective, grid: np.ndarray, m: int, max_iter: int,
-         tol: float) -> Tuned:
-    """Minimize ``objective`` over ``u ∈ [min grid, max grid]^m``.
+def tune(objective: CVObjective, grid: np.ndarray, max_iter: int, tol: float) -> Tuned:
+    """Minimize ``objective`` over ``u`` in the box spanned by the rows of ``grid``.
 
-    First the value ``F(u·1)`` for each ``u`` of ``grid`` (log-penalties, one shared
-    value), then L-BFGS-B with hypergradients (at most ``max_iter`` iterations,
-    projected-gradient tolerance ``tol``) from the best of them. Returns the best point
+    First the value ``F(u)`` for each row ``u`` of ``grid`` (log-penalties), then L-BFGS-B
+    with hypergradients (at most ``max_iter`` iterations, projected-gradient tolerance
+    ``tol``) from the best of them. Returns the best point
     evaluated with its hypergradient (with ``max_iter=0``: the best grid point). Cost:
     ``len(grid)`` inner solves per fold, plus one inner solve and one hypergradient per fold
     for each L-BFGS-B evaluation (about 1.1 per iteration).
     """
-    values = [objective.value(np.full(m, u)) for u in grid]
+    values = [objective.value(u) for u in grid]
     if not np.any(np.isfinite(values)):
         raise ValueError("the validation loss is not finite at any penalty of the grid; "
                          "check the data for NaN/inf or extreme scales")
-    start = np.full(m, grid[int(np.nanargmin(np.where(np.isfinite(values), values, np.nan)))])
+    start = grid[int(np.nanargmin(np.where(np.isfinite(values), values, np.nan)))]
     objective(start)
     n_iter, message = 1, "grid only (max_iter=0)"
     if max_iter > 0:
-        low, high = float(np.min(grid)), float(np.max(grid))
         opt = scipy_minimize(objective, start, jac=True, method="L-BFGS-B",
-                             bounds=[(low, high)] * m,
+                             bounds=list(zip(grid.min(axis=0), grid.max(axis=0), strict=True)),
                              options={"maxiter": int(max_iter), "gtol": float(tol)})
         n_iter, message = 1 + int(opt.nit), str(opt.message)
     if objective.best is None:
