@@ -175,3 +175,14 @@ def test_multiclass_one_vs_rest_and_bad_parameters():
         HypergradRidge(alpha_range=(1.0, 0.1)).fit(X, y)
     with pytest.raises(ValueError, match="alphas"):
         HypergradRidge(alphas=0).fit(X, y)
+
+
+def test_bench_sklearn_quick_table(tmp_path):
+    from bilevel.bench import sklearn as bench
+
+    result = bench.run(quick=True, problems=("diabetes",))
+    names = {row["estimator"] for row in result["rows"]}
+    assert {"HypergradRidge (per feature)", "RidgeCV (LOO)", "LassoCV"} <= names
+    assert all(0.2 < row["score"] < 0.7 for row in result["rows"])
+    assert "| diabetes | HypergradLasso |" in bench.to_markdown(result)
+    assert bench.plot(result, str(tmp_path / "sklearn.png")).endswith("sklearn.png")
