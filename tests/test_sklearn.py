@@ -26,7 +26,7 @@ from bilevel.sklearn import (  # noqa: E402
 # small searches: check_estimator fits each estimator about a hundred times
 CHECKED = [
     HypergradRidge(alphas=3, max_iter=2, cv=3),
-    HypergradRidge(per_feature=False, alphas=3, max_iter=2, cv=3),
+    HypergradRidge(per_feature=True, alphas=3, max_iter=2, cv=3),
     HypergradLogisticRegression(alphas=2, max_iter=1, cv=2),
     HypergradLasso(alphas=3, max_iter=2, cv=3),
     HypergradElasticNet(l1_ratio=(0.5,), alphas=2, max_iter=1, cv=2),
@@ -150,7 +150,7 @@ def test_tuned_ridge_and_logistic_beat_the_untuned_start_on_bundled_data():
 
 def test_clone_pipeline_and_cross_val_score():
     X, y = load_diabetes(return_X_y=True)
-    est = HypergradRidge(alphas=3, max_iter=5, cv=3)
+    est = HypergradRidge(per_feature=True, alphas=3, max_iter=5, cv=3)
     twin = clone(est)
     assert twin.get_params() == est.get_params() and not hasattr(twin, "coef_")
     scores = cross_val_score(make_pipeline(StandardScaler(), est), X, y, cv=3)

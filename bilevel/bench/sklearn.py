@@ -62,8 +62,9 @@ _GRID = np.logspace(-3, 3, 20)
 
 def _regression(max_iter: int) -> dict[str, Callable[[], Any]]:
     return {
-        "HypergradRidge (per feature)": lambda: HypergradRidge(max_iter=max_iter),
-        "HypergradRidge (one α)": lambda: HypergradRidge(per_feature=False, max_iter=max_iter),
+        "HypergradRidge (per feature)":
+            lambda: HypergradRidge(per_feature=True, max_iter=max_iter),
+        "HypergradRidge (one α)": lambda: HypergradRidge(max_iter=max_iter),
         "RidgeCV (LOO)": lambda: RidgeCV(alphas=np.logspace(-3, 3, 50)),
         "GridSearchCV(Ridge), 20 α": lambda: GridSearchCV(Ridge(), {"alpha": _GRID}, cv=5),
         "HypergradLasso": lambda: HypergradLasso(max_iter=max_iter),

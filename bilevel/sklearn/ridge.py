@@ -73,7 +73,9 @@ class HypergradRidge(RegressorMixin, HypergradCVMixin, BaseEstimator):
     Parameters
     ----------
     per_feature : bool
-        One penalty per feature (default) or one shared penalty.
+        One penalty per feature, or one shared penalty (default: the safer choice when
+        validation data are few; per-feature penalties pay off with many features of
+        unequal relevance, see :doc:`/sklearn`).
     alphas : int or array-like
         Starting grid of shared penalties: an int gives that many points geometrically
         spaced over ``alpha_range`` times the mean diagonal of the centred ``XᵀX``; an
@@ -116,7 +118,7 @@ class HypergradRidge(RegressorMixin, HypergradCVMixin, BaseEstimator):
     formed once, O(N d²)) and one hypergradient (a few O(N d) oracle calls).
     """
 
-    def __init__(self, per_feature: bool = True, *, alphas: Any = 7,
+    def __init__(self, per_feature: bool = False, *, alphas: Any = 7,
                  alpha_range: tuple[float, float] = (1e-6, 1e3), cv: Any = 5,
                  max_iter: int = 100, tol: float = 1e-6, fit_intercept: bool = True):
         self.per_feature = per_feature
