@@ -177,6 +177,7 @@ def test_multiclass_one_vs_rest_and_bad_parameters():
         HypergradRidge(alphas=0).fit(X, y)
 
 
+@pytest.mark.slow  # integration run (seconds)
 def test_bench_sklearn_quick_table(tmp_path):
     from bilevel.bench import sklearn as bench
 
