@@ -17,8 +17,16 @@ from .api import (
     hypergrad,
     value_and_hypergrad,
 )
-from .dynamics import GradientDescent, GradientFlow, Momentum, minibatch_indices
-from .linalg import CG, Direct, FixedPoint, Neumann
+from .dynamics import (
+    LBFGS,
+    GradientDescent,
+    GradientFlow,
+    Momentum,
+    Newton,
+    Solved,
+    minibatch_indices,
+)
+from .linalg import CG, GMRES, BiCGSTAB, Direct, FixedPoint, Neumann
 from .methods import *  # noqa: F403
 from .methods import __all__ as _methods_all
 from .nonfinite import TracingError
@@ -27,19 +35,24 @@ from .problem import BilevelProblem, NonFiniteError
 __version__ = "0.1.0"
 
 __all__ = [
+    "BiCGSTAB",
     "BilevelProblem",
     "CG",
     "Direct",
     "FixedPoint",
+    "GMRES",
     "GradientDescent",
     "GradientFlow",
     "HypergradError",
     "HypergradResult",
     "HypergradState",
     "HypergradWarning",
+    "LBFGS",
     "Momentum",
     "Neumann",
+    "Newton",
     "NonFiniteError",
+    "Solved",
     "TracingError",
     "hypergrad",
     "minibatch_indices",

@@ -102,3 +102,13 @@ def test_functions_registry_and_options():
     assert pickle.loads(pickle.dumps(GMRES(restart=5))) == GMRES(restart=5)
     with pytest.raises(ValueError, match="restart"):
         GMRES(restart=0)
+
+
+@pytest.mark.parametrize("solver", SOLVERS + [GMRES.fixed(5)], ids=repr)
+def test_runs_on_the_array_api_alone(solver):
+    """Only the arrays' own namespace is used (array_api_strict stands in for CuPy)."""
+    xs = pytest.importorskip("array_api_strict")
+    A = xs.asarray(nonsymmetric(15))
+    b = xs.asarray(RNG.standard_normal((2, 15)))
+    res = solver(lambda v: v @ A.T, b)
+    assert res.converged and type(res.x) is type(b)

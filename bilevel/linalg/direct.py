@@ -44,8 +44,8 @@ class Direct(LinearSolver):
         Largest ``n`` accepted; larger systems raise ``ValueError``.
     cache
         Keep ``A`` and the Cholesky factor of ``A + δI`` (LU when not positive definite)
-        for the next call. Each later call checks the operator along two fixed random
-        probes: the same matrix reuses the factor; a change on the diagonal only (``A +
+        for the next call. Each later call checks the operator along fixed random probes:
+        the same matrix (one probe) reuses the factor; a change on the diagonal only (``A +
         diag(d)``: penalties ``e^λ`` of ridge regression, a damping) updates ``A`` and
         refactors without new matvecs; any other change materialises again. The residual
         ``‖(A + δI)x − b‖`` of a cached solve is measured with ``matvec`` itself (one
@@ -56,8 +56,8 @@ class Direct(LinearSolver):
     Notes
     -----
     Cost: ``n`` matvecs (or ``⌈n/256⌉`` batched products) and ``O(B·n³)`` flops; with
-    ``cache=True`` and an unchanged or diagonally changed matrix, 3 matvecs, ``O(n³/3)``
-    for a new factor (none when unchanged) and ``O(n²)`` for the solves. Memory:
+    ``cache=True``, 2 matvecs for an unchanged matrix and 3 with ``O(n³/3)`` for a new
+    factor after a diagonal change, and ``O(n²)`` for the solves. Memory:
     ``O(B·n²)``. A reference and a fast path for small and medium ``n``, not a scalable
     solver.
     """
