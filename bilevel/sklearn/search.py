@@ -1,25 +1,26 @@
 """The outer problem of the estimators: a K-fold validation loss over log-penalties.
 
-With folds ``k = 1..K`` (training size ``N_k``) and penalties ``α`` in scikit-learn's
-convention (the penalty multiplies a *sum* of training losses), the outer objective is::
+With folds ``k = 1..K`` and penalties ``α`` in scikit-learn's scaling, the outer objective
+is::
 
-    F(u) = (1/K) Σ_k F_k(u − log N_k),      u = log α,   ∇F(u) = (1/K) Σ_k ∇F_k
+    F(u) = (1/K) Σ_k F_k(u − o_k),      u = log α,   ∇F(u) = (1/K) Σ_k ∇F_k
 
-(``u − 0`` for penalties on a mean loss: each fold says its ``offset``)
 where ``F_k(λ)`` is the validation loss of fold ``k`` at the inner solution of the
 mean-loss problem with per-sample penalties ``exp(λ)`` (the convention of
-:mod:`bilevel.hpo.problems`), and ``∇F_k`` its hypergradient (each fold is a callable
-returning a :class:`bilevel.HypergradResult`). :func:`tune` evaluates a coarse grid of one
-shared penalty, then runs L-BFGS-B on ``u`` from the best grid point within the grid's
-range; the answer is the best evaluated point, so the search never ends worse (on ``F``)
-than the best grid value.
+:mod:`bilevel.hpo.problems`) and ``∇F_k`` its hypergradient (each fold is a callable
+returning a :class:`bilevel.HypergradResult`). The fold's ``offset`` ``o_k`` converts the
+scaling: ``log N_k`` (its training size) when scikit-learn's penalty multiplies a *sum* of
+training losses (ridge, logistic regression), ``0`` when it multiplies a mean (Lasso,
+elastic net). :func:`tune` evaluates a coarse grid, then runs L-BFGS-B on ``u`` from the
+best grid point within the grid's range; the answer is the best point evaluated with its
+hypergradient.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -109,7 +110,6 @@ class Tuned:
     history: dict[str, np.ndarray]
     n_iter: int
     message: str
-    extra: dict = field(default_factory=dict)
 
 
 def tune(objective: CVObjective, grid: np.ndarray, max_iter: int, tol: float) -> Tuned:
