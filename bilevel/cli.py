@@ -49,6 +49,7 @@ BENCHMARKS = {
     "hpo_large": "one HPO step, per-feature ridge N=20,000 d=2,000, vs hand-written Cholesky",
     "stochastic": "suboptimality against time and oracle calls of SOBA, SABA, AmIGO, StocBiO",
     "distributed": "seconds per meta-iteration against Dask workers; overhead per iteration",
+    "sklearn": "bilevel.sklearn estimators against RidgeCV, LassoCV, ... and GridSearchCV",
 }
 _OWN_ROWS = ("speed", "meta")  # modules taking a RowLog; the others are run per method
 

@@ -197,6 +197,24 @@ def test_minimize_lowers_validation_ridge(method):
     assert res.best_value <= res.history["value"].min()
 
 
+def test_result_has_scipy_names():
+    """x, fun, jac: the best evaluated λ, F there and ∇F there; nit, nfev: step counts."""
+    X, y, Xv, yv = _regression(7, n=60, d=5, noise=1.5)
+    prob = problems.ridge(X, y, Xv, yv)
+    inner = GradientDescent(0.3, 20)
+    res = minimize(prob, np.zeros(5), np.zeros(5), dynamics=inner,
+                   method=Implicit(CG(), inner_tol=None), steps=6, monitoring=QUIET)
+    np.testing.assert_array_equal(res.x, res.best_lam)
+    assert res.fun == res.best_value == res.history["value"].min()
+    assert res.nit == res.nfev == res.steps == 6
+    assert res.success and isinstance(res.message, str)
+    best = int(np.argmin(res.history["value"]))
+    assert np.linalg.norm(res.jac) == pytest.approx(res.history["grad_norm"][best])
+    again = hypergrad(prob, res.x, np.zeros(5), dynamics=inner,
+                      method=Implicit(CG(), inner_tol=None))
+    assert float(again.value) == pytest.approx(res.fun, rel=0.05)
+
+
 def test_minimize_lowers_validation_logistic_and_tunes_step_size():
     X, y, Xv, yv = _regression(8, n=80, d=4, noise=2.0)
     prob = problems.logistic(X, (y > 0).astype(int), Xv, (yv > 0).astype(int))

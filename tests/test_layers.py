@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("bilevel.api", "bilevel"),
     ("bilevel.outer",),
     ("bilevel.testing", "bilevel.hpo", "bilevel.meta", "bilevel.optim",
-     "bilevel.stochastic"),
+     "bilevel.stochastic", "bilevel.sklearn"),
     ("bilevel.bench", "bilevel.demo", "bilevel.cli", "bilevel.__main__"),
 ]
 

@@ -79,6 +79,15 @@ class HPOResult(HypergradResult):
         Outer objective F(λ_t) at the last evaluated λ.
     best_lam, best_value
         The evaluated λ with the lowest outer value, and that value.
+    x, fun, jac
+        scipy's names (:class:`scipy.optimize.OptimizeResult`) for the answer: the best
+        evaluated λ (``best_lam``), its outer value F(x) (``best_value``) and its
+        hypergradient ∇F(x) (NaN when none was computed). ``x`` is an evaluated point, so
+        ``fun`` and ``jac`` belong to it; ``lam`` is the optimizer's last iterate, one
+        update past the last evaluation.
+    nit, nfev
+        scipy's names for the outer steps done (``steps``) and the hypergradients computed
+        (``n_hypergrad``); each hypergradient evaluates F once.
     history : dict of numpy arrays
         Per outer step: ``step``, ``value`` (F(λ_t) at the last inner iterate),
         ``grad_norm`` (‖∇_λ F‖), ``inner_residual`` (‖∇_w g‖), ``time`` (seconds),
@@ -250,7 +259,7 @@ class _HypergradStep:
         state.extra["hypergrad_state"] = None if hs is None else {
             "w": hs.w, "v": hs.v, "t": hs.t, "extra": hs.extra}
         if value < state.extra["best"]["value"]:
-            state.extra["best"] = {"value": value, "lam": lam}
+            state.extra["best"] = {"value": value, "lam": lam, "grad": res.grad}
         row = {"value": value, "grad_norm": _norm(res.grad) if grad_ok else float("nan"),
                "inner_residual": _scalar(res.get("inner_residual")), "n_grad": int(res.n_grad),
                "n_hvp": int(res.n_hvp), "n_jvp": int(res.n_jvp), "success": bool(res.success)}
@@ -302,10 +311,15 @@ def _result(state: LoopState, step: _HypergradStep, stop: str | None, steps: int
         message = f"{message}; the last hypergradient failed its diagnostics: {step.last.message}"
     hist = _history_arrays(state.history)
     best = state.extra["best"]
+    best_lam = best["lam"]
+    jac = best.get("grad")
+    if jac is None:  # no successful step, or a checkpoint written before ``jac`` existed
+        jac = namespace(best_lam).full(best_lam.shape, float("nan"))
     return HPOResult(
         lam=step.T.forward(state.params), u=state.params,
         value=hist["value"][-1] if len(hist["value"]) else float("nan"),
-        best_lam=best["lam"], best_value=best["value"], history=hist,
+        best_lam=best_lam, best_value=best["value"], history=hist,
+        x=best_lam, fun=best["value"], jac=jac, nit=len(hist["step"]), nfev=len(hist["step"]),
         steps=len(hist["step"]), n_hypergrad=len(hist["step"]),
         n_grad=int(hist["n_grad"].sum()), n_hvp=int(hist["n_hvp"].sum()),
         n_jvp=int(hist["n_jvp"].sum()), time=float(hist["time"].sum()),
