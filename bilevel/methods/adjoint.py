@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import namespace
+from ..backend import device, namespace
 from ..dynamics import Dynamics, GradientFlow, StabilityWatch
 from ..linalg.lanczos import lanczos_max_eigenvalue
 from ..ode import rk_step
@@ -100,7 +100,8 @@ class ContinuousAdjointStep:
 def _lanczos_top(lin: Any, a: Any, iters: int) -> np.ndarray:
     """Lanczos estimate of ``λ_max(H)`` started from ``a/‖a‖`` plus a fixed random vector."""
     xp = namespace(a)
-    r = xp.asarray(np.random.default_rng(0).standard_normal(tuple(a.shape)), dtype=a.dtype)
+    r = xp.asarray(np.random.default_rng(0).standard_normal(tuple(a.shape)), dtype=a.dtype,
+                   device=device(a))
     an = norm_per_problem(a)
     v0 = a / per_problem(xp.where(an > 0, an, xp.ones_like(an)), a) + r / per_problem(
         norm_per_problem(r), r

@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ..backend import namespace
+from ..backend import device, namespace
 from ..dynamics import Dynamics
 from ..problem import BilevelProblem
 from ..registry import register
@@ -102,8 +102,9 @@ def _unit_directions(lam: Any, batched: bool) -> list:
     m = math.prod(shape)
     out = []
     for j in range(m):
-        e = xp.zeros((m,), dtype=lam.dtype)
-        e = xp.reshape(xp.where(xp.arange(m) == j, xp.ones_like(e), e), shape)
+        e = xp.zeros((m,), dtype=lam.dtype, device=device(lam))
+        e = xp.reshape(xp.where(xp.arange(m, device=device(lam)) == j, xp.ones_like(e), e),
+                       shape)
         out.append(xp.broadcast_to(e, tuple(lam.shape)) if batched else e)
     return out
 

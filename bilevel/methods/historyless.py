@@ -54,7 +54,7 @@ class _Divergence:
         xp = namespace(r_norm)
         if self.scale is None:
             self.scale = r_norm
-            self.diverged = xp.zeros(r_norm.shape, dtype=xp.bool)
+            self.diverged = xp.zeros_like(r_norm, dtype=xp.bool)
         self.scale = xp.maximum(self.scale, norm_per_problem(b))
         blown = ~(r_norm <= _DIVERGENCE_FACTOR * self.scale) & ~self.diverged  # also NaN
         if bool(xp.any(blown)):
