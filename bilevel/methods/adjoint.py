@@ -137,7 +137,7 @@ def _reconstructing_sweep(problem: BilevelProblem, lam: Any, flow: GradientFlow)
             u = u_prev
         w0 = s0[0]
         scale = xp.maximum(norm_per_problem(w0), norm_per_problem(s[0]))
-        tiny = float(xp.finfo(w0.dtype).tiny)
+        tiny = float(xp.finfo(w0.dtype).smallest_normal)
         return largest(norm_per_problem(u - w0) / xp.maximum(scale, xp.full_like(scale, tiny)))
 
     return sweep
@@ -381,6 +381,7 @@ def _in_forward_pass(err: NonFiniteError, monitor: StabilityMonitor) -> bool:
     forward step? (Backward errors of a stable forward pass are left to
     :func:`~bilevel.api.hypergrad`.)"""
     K = monitor.steps
-    return monitor.next_k < K or err.step == K or monitor.worst("forward")[1] is not None
+    return (getattr(err, "forward_pass", False) or monitor.next_k < K or err.step == K
+            or monitor.worst("forward")[1] is not None)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..backend import device, namespace
 from ..dynamics import Dynamics
+from ..nonfinite import deferred_checks
 from ..problem import BilevelProblem
 from ..registry import register
 from ..validation import Validated, number, option
@@ -75,10 +76,11 @@ class Forward(Validated, Method):
         s = dynamics.init(w0)
         tangents = [dynamics.cotangent(problem.init_jvp(lam, e) if problem.init is not None
                                        else 0 * w0) for e in directions]   # Z_0 = C
-        for k in range(dynamics.steps):  # Z_{k+1} = A_k Z_k + B_k, one column at a time
-            with at_step(k):
-                s, tangents = _step_with_tangents(problem, dynamics, s, lam, k, tangents,
-                                                  directions)
+        with deferred_checks():
+            for k in range(dynamics.steps):  # Z_{k+1} = A_k Z_k + B_k, column by column
+                with at_step(k):
+                    s, tangents = _step_with_tangents(problem, dynamics, s, lam, k,
+                                                      tangents, directions)
         w = dynamics.weights(s)
         value, gw, gl = problem.outer_value_and_grads(w, lam)
         grad = _add_projections(gl, gw, [dynamics.weights(t) for t in tangents], directions)

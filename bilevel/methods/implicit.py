@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from ..backend import namespace
 from ..dynamics import Dynamics, run
 from ..linalg import CG
+from ..nonfinite import deferred_checks
 from ..problem import BilevelProblem
 from ..registry import register
 from ..validation import Validated, nonnegative, one_of, option, optional, positive
@@ -57,10 +58,11 @@ def implicit_vjp(
     reverse pass over that trace (an HVP), and ``Mᵀ v`` one more. ``x0`` warm-starts the
     solver.
     """
-    value, b, grad_lam = problem.outer_value_and_grads(w, lam)
-    lin = problem.linearize(w, lam)
-    sol = solver(lin.hvp, b, x0, damping=damping)
-    grad = grad_lam - lin.mixed_vjp(sol.x)
+    with deferred_checks():  # the solver's HVPs are checked on the device, read once
+        value, b, grad_lam = problem.outer_value_and_grads(w, lam)
+        lin = problem.linearize(w, lam)
+        sol = solver(lin.hvp, b, x0, damping=damping)
+        grad = grad_lam - lin.mixed_vjp(sol.x)
     return ImplicitVJP(grad, value, sol.x, sol, norm_per_problem(lin.grad))
 
 
