@@ -22,7 +22,7 @@ The arrays' own namespace is used throughout (``bilevel.backend.namespace``), so
 solvers run unchanged on NumPy and CuPy.
 """
 
-from bilevel.linalg.cg import CG, cg
+from bilevel.linalg.cg import CG, cg, jacobi
 from bilevel.linalg.direct import Direct, direct
 from bilevel.linalg.fixed_point import FixedPoint, Neumann, fixed_point, neumann
 from bilevel.linalg.lanczos import lanczos_max_eigenvalue
@@ -39,6 +39,7 @@ __all__ = [
     "cg",
     "direct",
     "fixed_point",
+    "jacobi",
     "lanczos_max_eigenvalue",
     "neumann",
 ]
