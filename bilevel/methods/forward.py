@@ -53,6 +53,13 @@ class Forward(Validated, Method):
     -----
     Memory O(n·m) for Z plus O(n), independent of K; time K·m JVPs. Use it for a
     handful of scalar hyperparameters (penalties, a step size, momentum).
+
+    The m columns are propagated one JVP each, not as one batched sweep: autograd's forward
+    mode carries one tangent of the shape of its input per trace (it has no vectorizing
+    map), and stacking the directions as a problem batch would need objectives that accept
+    an extra leading axis, which a user's ``g`` need not. The columns stay on the device
+    and the loop reads nothing from it (the finiteness checks of the JVPs are read once,
+    after the last step).
     """
 
     warn_ratio: float = option(1.0, check=_ratio)
