@@ -187,12 +187,12 @@ class _Run:
     def __init__(self, xp: Any, op: Matvec, precond: Any, b: Array, b_norm: Array,
                  x: Array, warm: bool) -> None:
         self.xp, self.op, self.precond, self.b, self.b_norm = xp, op, precond, b, b_norm
+        self.host = type(b) is np.ndarray
         self.x, self.r = x, (b - op(x) if warm else b)
         self.n_matvec = int(warm)
-        self.z = self.r if precond is None else precond(self.r)
-        self.p = self.z
+        self.p = self.r if precond is None else precond(self.r)
         self.rr = dot(xp, self.r, self.r)
-        self.rz = self.rr if precond is None else dot(xp, self.r, self.z)
+        self.rz = self.rr if precond is None else dot(xp, self.r, self.p)
         self.r_norm = xp.sqrt(self.rr)
         self.tiny = float(xp.finfo(b.dtype).smallest_normal)
         self.broken = ~(xp.isfinite(self.rr) & xp.isfinite(self.rz))
@@ -240,29 +240,32 @@ class _Run:
         alpha = xp.where(active, self.rz / safe_pAp, xp.zeros_like(self.rz))
         x_new = self.x + column(alpha) * self.p
         r_new = self.r - column(alpha) * Ap
-        z_new = r_new if self.precond is None else self.precond(r_new)
+        plain = self.precond is None
+        z_new = r_new if plain else self.precond(r_new)
         rr_new = dot(xp, r_new, r_new)
-        rz_new = rr_new if self.precond is None else dot(xp, r_new, z_new)
-        finite = xp.isfinite(rr_new) & xp.isfinite(rz_new) & xp.all(xp.isfinite(x_new), axis=-1)
-        nonfinite = active & ~finite
+        rz_new = rr_new if plain else dot(xp, r_new, z_new)
+        finite = xp.isfinite(rr_new) & xp.all(xp.isfinite(x_new), axis=-1)
+        nonfinite = active & ~(finite if plain else finite & xp.isfinite(rz_new))
         self._broke(nonfinite, xp.zeros_like(bad), iteration, pAp)
         self.nonfinite = self.nonfinite | nonfinite
         active = active & ~nonfinite
         keep = column(active)
         self.x = xp.where(keep, x_new, self.x)
         self.r = xp.where(keep, r_new, self.r)
-        self.z = xp.where(keep, z_new, self.z)
         safe_rz = xp.where(self.rz > 0, self.rz, xp.ones_like(self.rz))
         beta = xp.where(active, rz_new / safe_rz, xp.zeros_like(self.rz))
         self.p = xp.where(keep, z_new + column(beta) * self.p, self.p)
         self.rr = xp.where(active, rr_new, self.rr)
-        self.rz = xp.where(active, rz_new, self.rz)
+        self.rz = self.rr if plain else xp.where(active, rz_new, self.rz)
         self.r_norm = xp.sqrt(self.rr)
         return active
 
     def _broke(self, now: Array, curvature: Array, iteration: int, pAp: Array) -> None:
-        """Record the problems breaking down ``now`` (at ``iteration``), on the device."""
+        """Record the problems breaking down ``now`` (at ``iteration``), on the device (on
+        NumPy, where a read is free, only when one does)."""
         xp = self.xp
+        if self.host and not now.any():
+            return
         self.broken = self.broken | now
         self.broke_at = xp.where(now, float(iteration), self.broke_at)
         self.curvature = xp.where(now, curvature, self.curvature)

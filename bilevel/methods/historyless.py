@@ -178,7 +178,7 @@ class Historyless(Validated, Method):
         if self.damping:
             r = r + self.damping * v
         diverged = watch.update(k, norm_per_problem(r), b)
-        beta = self.beta if self.beta is not None else float(dynamics.lr_at(k))
+        beta = self.beta if self.beta is not None else dynamics.lr_at(k)
         v = namespace(v).where(per_problem(diverged, v), v, v - beta * r)
         if isinstance(dynamics, GradientDescent):  # reuse the traced gradient
             return (w - dynamics.lr_at(k) * lin.grad,), v
