@@ -16,6 +16,7 @@ NumPy arrays are still checked at once (a read costs nothing on the host).
 from __future__ import annotations
 
 import contextvars
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -69,33 +70,36 @@ _BIG = 2**40
 
 
 class _Ledger:
-    """The open deferred checks: labels on the host, the first failure on the device."""
+    """The open deferred checks: the first failure's index on the device; on the host, per
+    check, its step and label id (16 bytes a check, labels stored once)."""
 
-    __slots__ = ("first", "labels", "step")
+    __slots__ = ("first", "ids", "labels", "step", "steps")
 
     def __init__(self) -> None:
-        self.labels: list[tuple[str, str, int | None]] = []
+        self.labels: dict[tuple[str, str], int] = {}
+        self.ids, self.steps = array("H"), array("q")
         self.first: Any = None
         self.step: int | None = None
 
     def record(self, what: str, name: str, x: Any) -> None:
         """Track ``all(isfinite(x))`` on the device (one reduction, no read)."""
         xp = namespace(x)
-        code = xp.astype(xp.all(xp.isfinite(x)), xp.int64) * _BIG + len(self.labels)
-        self.labels.append((what, name, self.step))
+        code = xp.astype(xp.all(xp.isfinite(x)), xp.int64) * _BIG + len(self.ids)
+        self.ids.append(self.labels.setdefault((what, name), len(self.labels)))
+        self.steps.append(-1 if self.step is None else self.step)
         self.first = code if self.first is None else xp.minimum(self.first, code)
 
     def settle(self) -> None:
         """One host read; raise the first failed check's :class:`NonFiniteError`."""
-        first, labels = self.first, self.labels
-        self.first, self.labels = None, []
+        first, labels, ids, steps = self.first, self.labels, self.ids, self.steps
+        self.first, self.labels, self.ids, self.steps = None, {}, array("H"), array("q")
         if first is None:
             return
         index = int(first)
         if index < _BIG:
-            what, name, step = labels[index]
+            what, name = next(label for label, i in labels.items() if i == ids[index])
             err = NonFiniteError(what, nonfinite_message(what, name))
-            err.step = step
+            err.step = None if steps[index] < 0 else steps[index]
             raise err
 
 
