@@ -316,3 +316,15 @@ def test_hpo_problems_run_on_the_device(name):
     assert_on_device(results[0].grad)
     np.testing.assert_allclose(to_numpy(results[0].grad), results[1].grad, rtol=1e-9,
                                atol=1e-14)
+
+
+def test_ode_divergence_is_found_at_the_same_step_on_the_device():
+    from bilevel import ode
+
+    found = []
+    for convert in (np.asarray, on_device):
+        with pytest.raises(ode.ODEDivergenceError) as info, np.errstate(over="ignore"):
+            ode.integrate(lambda v: v**2, convert(np.ones(2)), 1.0, 50, "euler")
+        found.append((info.value.step, to_numpy(info.value.y)))
+    assert found[0][0] == found[1][0]
+    np.testing.assert_array_equal(found[0][1], found[1][1])
