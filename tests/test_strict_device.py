@@ -328,3 +328,25 @@ def test_ode_divergence_is_found_at_the_same_step_on_the_device():
         found.append((info.value.step, to_numpy(info.value.y)))
     assert found[0][0] == found[1][0]
     np.testing.assert_array_equal(found[0][1], found[1][1])
+
+
+def test_a_diverging_backward_reconstruction_fails_alike_on_the_device():
+    """Adjoint("reconstruct"): the same step and cause on the device (checks deferred)."""
+
+    def g_stiff(w, lam):
+        return 0.5 * bnp.sum(bnp.exp(lam) * w * w)
+
+    def f_target(w, lam):
+        return 0.5 * bnp.sum((w - 1.0) ** 2)
+
+    found = []
+    for convert in (np.asarray, on_device):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = hypergrad(BilevelProblem(g_stiff, f_target),
+                            convert(np.log(np.array([300.0, 1.0]))), convert(np.ones(2)),
+                            dynamics=GradientFlow(10.0, 1200), method=Adjoint("reconstruct"),
+                            on_failure="ignore")
+        assert not res.success
+        found.append((res.get("nonfinite_step"), res.message))
+    assert found[0] == found[1] and found[0][0] is not None

@@ -120,6 +120,10 @@ def flow(K):
     return GradientFlow(0.2, K, scheme="rk4")
 
 
+def short_flow(K):
+    return GradientFlow(0.01, K, scheme="rk4")
+
+
 # method, dynamics, largest number of reads allowed per call
 CASES = {
     "reverse": (Reverse(), descent, 12),
@@ -131,6 +135,7 @@ CASES = {
     "historyless": (Historyless(tol=None), descent, 16),
     "adjoint-rk4": (Adjoint(), flow, 16),
     "adjoint-continuous": (Adjoint("store", discrete=False, stiffness_iters=0), flow, 16),
+    "adjoint-reconstruct": (Adjoint("reconstruct"), short_flow, 16),
     "forward": (Forward(), descent, 12),
     "first-order": (FirstOrder(), descent, 12),
 }
