@@ -132,7 +132,7 @@ class deferred_checks:  # lower case: used like contextlib's context managers
         _LEDGER.reset(self.token)
         if kind is None:
             self.ledger.settle()
-        elif not issubclass(kind, NonFiniteError):
+        elif issubclass(kind, Exception) and not issubclass(kind, NonFiniteError):
             try:
                 self.ledger.settle()
             except NonFiniteError as first:
