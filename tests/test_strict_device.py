@@ -350,3 +350,21 @@ def test_a_diverging_backward_reconstruction_fails_alike_on_the_device():
         assert not res.success
         found.append((res.get("nonfinite_step"), res.message))
     assert found[0] == found[1] and found[0][0] is not None
+
+
+@pytest.mark.parametrize("name", ["maml", "imaml"])
+def test_conv4_meta_gradients_on_the_device(name, device_tile):
+    """Convolutions, pooling and normalization of Conv4 through MAML and iMAML."""
+    from bilevel.meta import Episode
+    from bilevel.meta.conv_models import Conv4
+
+    rng = np.random.default_rng(0)
+    arrays = (rng.standard_normal((2, 5, 1, 12, 12)), rng.integers(0, 5, (2, 5)),
+              rng.standard_normal((2, 5, 1, 12, 12)), rng.integers(0, 5, (2, 5)))
+    model = Conv4(1, hidden=4, ways=5, image_size=12, dtype="float64")
+    alg = registry.lookup("algorithm", name)(model, inner_lr=0.1, steps=2, fast_oracles=False)
+    theta = alg.init(np.random.default_rng(1))
+    grad, _ = alg.meta_gradient(on_device(theta), Episode(*map(on_device, arrays)))
+    ref, _ = alg.meta_gradient(theta, Episode(*arrays))
+    assert_on_device(grad)
+    np.testing.assert_allclose(to_numpy(grad), ref, rtol=1e-9, atol=1e-12)
