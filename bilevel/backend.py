@@ -21,6 +21,7 @@ __all__ = [
     "available",
     "asarray",
     "current",
+    "device",
     "is_array",
     "module",
     "name_of",
@@ -45,6 +46,12 @@ def unbox(x: Any) -> Any:
     while hasattr(x, "_value") and hasattr(x, "_trace"):
         x = x._value
     return x
+
+
+def device(x: Any) -> Any:
+    """The device of the array ``x`` (boxes unwrapped), for ``device=`` when creating arrays
+    beside it; ``None`` (the default device) for scalars and objects without one."""
+    return getattr(unbox(x), "device", None)
 
 
 def is_array(x: Any) -> bool:
@@ -210,10 +217,18 @@ def asarray(x: Any, backend: str | None = None, dtype: Any = None) -> Any:
     mod = module(backend)
     x = unbox(x)
     if mod is np:
-        if type(x).__module__.split(".")[0] == "cupy":
+        library = type(x).__module__.split(".")[0]
+        if library == "cupy":
             x = x.get()
+        elif library == "array_api_strict":  # the stand-in device: through its CPU device
+            x = x.to_device(_strict_cpu(x))
         return np.asarray(x, dtype=dtype)
     return mod.asarray(x, dtype=dtype)
+
+
+def _strict_cpu(x: Any) -> Any:
+    """The CPU device of ``array_api_strict`` (the library of ``x``)."""
+    return type(x.device)("CPU_DEVICE")
 
 
 def _map(tree: Any, fn: Any) -> Any:

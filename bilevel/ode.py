@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bilevel.backend import namespace
+from bilevel.backend import name_of, namespace
 
 __all__ = [
     "SCHEMES",
@@ -361,7 +361,9 @@ def integrate(
         Optional ``(k, y_k) -> None`` called for ``k = 0..K`` (initial state included).
     check_finite
         Raise :class:`ODEDivergenceError` (with the step index and the last finite state)
-        as soon as a state has a non-finite entry, instead of propagating NaN.
+        when a state has a non-finite entry, instead of propagating NaN: at once on NumPy;
+        on other backends after the last step (the test stays on the device, one read per
+        call), with the same step and state.
 
     Returns
     -------
@@ -374,19 +376,53 @@ def integrate(
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     xp = namespace(y0)
     y = y0
+    what = f"{tab.name}, h={h:g}, {steps} steps"
+    watch = _Divergence(xp, y0, what) if check_finite else None
     if callback is not None:
         callback(0, y)
     for k in range(steps):
         y_next = rk_step(f, y, h, tab)
-        if check_finite and not bool(xp.all(xp.isfinite(y_next))):
-            raise ODEDivergenceError(
-                f"ODE integration ({tab.name}, h={h:g}) produced non-finite values at step "
-                f"{k + 1} of {steps}: the flow blows up or h is beyond the stability region "
-                "(reduce h or use a higher-order scheme)",
-                step=k,
-                y=y,
-            )
+        if watch is not None:
+            watch.record(k, y, y_next)
         y = y_next
         if callback is not None:
             callback(k + 1, y)
+    if watch is not None:
+        watch.read()
     return y
+
+
+class _Divergence:
+    """The non-finite test of :func:`integrate`: immediate on NumPy; elsewhere the first
+    non-finite step and the last finite state stay on the device until :meth:`read`."""
+
+    def __init__(self, xp: Any, y0: Array, what: str) -> None:
+        self.xp, self.host, self.what = xp, name_of(y0) == "numpy", what
+        self.first: Any = None if self.host else xp.full((), -1.0, dtype=y0.dtype,
+                                                           device=y0.device)
+        self.last = y0  # the last finite state
+
+    def record(self, k: int, y: Array, y_next: Array) -> None:
+        """Test ``y_{k+1} = y_next`` (``y = y_k``)."""
+        xp = self.xp
+        if self.host:
+            if not bool(xp.all(xp.isfinite(y_next))):
+                self.first, self.last = k, y
+                self.read()
+            return
+        fresh = ~xp.all(xp.isfinite(y_next)) & (self.first < 0)
+        self.first = xp.where(fresh, float(k), self.first)
+        self.last = xp.where(self.first < 0, y_next, self.last)
+
+    def read(self) -> None:
+        """Raise :class:`ODEDivergenceError` if a state was not finite (one read)."""
+        step = self.first if self.host else int(self.first)
+        if step is None or step < 0:
+            return
+        raise ODEDivergenceError(
+            f"ODE integration ({self.what}) produced non-finite values at step {step + 1}: "
+            "the flow blows up or h is beyond the stability region (reduce h or use a "
+            "higher-order scheme)",
+            step=step,
+            y=self.last,
+        )

@@ -37,13 +37,15 @@ from autograd.core import defjvp_argnums, defvjp_argnums, make_vjp
 from autograd.differential_operators import make_jvp
 from autograd.tracer import isbox, primitive
 
-from .backend import is_array, namespace, unbox
+from .backend import device, is_array, namespace, unbox
 from .nonfinite import (
     TRACE_ADVICE,
     NonFiniteError,
     TracingError,
     all_finite,
+    defer_check,
     has_box,
+    nonfinite_message,
     traced_vjp,
 )
 
@@ -82,7 +84,7 @@ def check_user_output(name: str, out: Any, like: Any, arg: str) -> Any:
 
 def one_like(w: Any) -> Any:
     """The scalar 1 in the dtype and namespace of ``w`` (the seed of a reverse pass)."""
-    return namespace(w).asarray(1.0, dtype=unbox(w).dtype)
+    return namespace(w).asarray(1.0, dtype=unbox(w).dtype, device=device(w))
 
 
 def _zero_if_none(t: Any, like: Any) -> Any:
@@ -235,19 +237,17 @@ class DerivedOracles:
         """Return ``value``; raise :class:`NonFiniteError` naming ``what`` if it has NaN/inf.
 
         ``value`` may be a tuple of arrays. No-op when the problem has ``check_finite=False``.
-        Cost: one host read per array.
+        Cost: one reduction per array, and one host read per array, except for device
+        arrays inside :class:`~bilevel.nonfinite.deferred_checks` (the methods' loops),
+        whose flags stay on the device and are read once at the end of the loop.
         """
         if self.check_finite:
             vals = value if isinstance(value, (tuple, list)) else (value,)
             for v in vals:
-                scalar = isinstance(v, (float, np.generic))
-                if v is not None and (scalar or is_array(v)) and not all_finite(v):
-                    raise NonFiniteError(
-                        what,
-                        f"{what} of problem {self.name!r} contains NaN or inf. Check the "
-                        "objective for overflow (large exponents, log of 0) or lower the "
-                        "inner step size.",
-                    )
+                if v is None or not (isinstance(v, (float, np.generic)) or is_array(v)):
+                    continue
+                if not defer_check(what, self.name, v) and not all_finite(v):
+                    raise NonFiniteError(what, nonfinite_message(what, self.name))
         return value
 
     def _user(self, name: str, like: Any, arg: str, *args: Any) -> Any:
@@ -285,7 +285,8 @@ class DerivedOracles:
         """
         xp = namespace(lam)
         rng = np.random.default_rng(0)
-        shift = xp.asarray(rng.standard_normal(tuple(lam.shape)), dtype=unbox(lam).dtype)
+        shift = xp.asarray(rng.standard_normal(tuple(lam.shape)), dtype=unbox(lam).dtype,
+                           device=device(lam))
         moved = lam + 1e-3 * (1.0 + xp.abs(lam)) * shift
         probes = {"the inner gradient ∇_w g": lambda l_: self.grad_map(w, l_, data),
                   "the outer objective f": lambda l_: self.evaluate("outer", w, l_, data)}

@@ -70,9 +70,12 @@ def _check_callables(inner: Any, outer: Any, init: Any, oracles: dict[str, Any])
 
 
 def _float_kind(x: Any) -> str:
+    """NumPy's dtype kind letter of ``x`` ("f" for real floating), for any Array-API array."""
     kind = getattr(getattr(x, "dtype", None), "kind", None)
     if kind is None:
-        kind = np.dtype(str(x.dtype)).kind if hasattr(x, "dtype") else "O"
+        if not hasattr(x, "dtype"):
+            return "O"
+        kind = "f" if namespace(x).isdtype(x.dtype, "real floating") else "?"
     return kind
 
 

@@ -141,7 +141,7 @@ class StabilityMonitor:
             if eps is None:
                 eps = self.eps[u.dtype] = float(namespace(u).finfo(u.dtype).eps)
             # ‖Δu‖ above √eps·max(‖u_k‖, ‖u_{k+1}‖): q is not rounding noise
-            resolved = dn2 > eps * ((un2 > un2_prev) * (un2 - un2_prev) + un2_prev)
+            resolved = dn2 > eps * namespace(u).maximum(un2, un2_prev)
             valid = resolved | (dn2 != dn2) | (dn2 == math.inf)
             self._record("forward", dot_per_problem(grad - g0, du), dn2, valid, k - 1,
                          self.bound)

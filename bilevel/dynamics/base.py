@@ -10,7 +10,7 @@ from autograd.builtins import tuple as traced_tuple
 from autograd.core import make_vjp
 from autograd.differential_operators import make_jvp
 
-from ..nonfinite import at_step
+from ..nonfinite import at_step, deferred_checks
 from ..ode import Tableau
 from ..problem import BilevelProblem
 from ..validation import integer
@@ -154,14 +154,16 @@ def run(
     """Run steps ``start .. stop−1`` of the dynamics from ``state`` (default ``init(w0)``).
 
     ``on_step(k, state_k)`` is called with the state *before* step ``k``. A non-finite
-    gradient raises :class:`bilevel.nonfinite.NonFiniteError` with ``err.step = k``.
+    gradient raises :class:`bilevel.nonfinite.NonFiniteError` with ``err.step = k``; on a
+    device the steps' checks are read once, after the loop (:class:`deferred_checks`).
     Memory: O(size of one state); nothing is recorded unless ``on_step`` keeps it.
     """
     stop = dynamics.steps if stop is None else stop
     s = dynamics.init(w0) if state is None else state
-    for k in range(start, stop):
-        if on_step is not None:
-            on_step(k, s)
-        with at_step(k):
-            s = dynamics.step(problem, s, lam, k)
+    with deferred_checks():
+        for k in range(start, stop):
+            if on_step is not None:
+                on_step(k, s)
+            with at_step(k):
+                s = dynamics.step(problem, s, lam, k)
     return s

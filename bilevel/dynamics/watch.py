@@ -68,9 +68,10 @@ class StabilityWatch:
         grow = xp.where(xp.isnan(s), xp.inf, grow)  # a NaN quotient is a failure
         self.log_growth = self.log_growth + grow
         if self.largest is None:
-            self.largest, self.first = s, xp.where(beyond, float(k), -1.0)
+            self.largest, self.first = s, xp.where(beyond, float(k), xp.full_like(s, -1.0))
             return
-        self.largest = xp.fmax(self.largest, s)
+        # fmax (NaN ignored), in Array-API functions
+        self.largest = xp.where(xp.isnan(s) | (self.largest >= s), self.largest, s)
         self.first = xp.where(beyond, float(k), self.first)
 
     def report(self) -> tuple[dict[str, Any], str | None]:
@@ -81,8 +82,9 @@ class StabilityWatch:
         One host read."""
         if self.largest is None:
             return {}, None
-        largest, first = to_host(self.largest), to_host(self.first)
-        growth = to_host(self.log_growth + 0.0 * self.largest)
+        xp = namespace(self.largest)
+        largest, first, growth = to_host(xp.stack(
+            [self.largest, self.first, self.log_growth + 0.0 * self.largest])).reshape(3, -1)
         first = first.copy()
         first[~(growth > math.log(GROWTH_LIMIT))] = -1.0  # beyond the bound, but harmless
         worst = float(largest.max())

@@ -24,7 +24,7 @@ solvers run unchanged on NumPy and CuPy.
 """
 
 from bilevel.linalg.bicgstab import BiCGSTAB, bicgstab
-from bilevel.linalg.cg import CG, cg
+from bilevel.linalg.cg import CG, cg, jacobi
 from bilevel.linalg.direct import Direct, direct
 from bilevel.linalg.fixed_point import FixedPoint, Neumann, fixed_point, neumann
 from bilevel.linalg.gmres import GMRES, gmres
@@ -46,6 +46,7 @@ __all__ = [
     "direct",
     "fixed_point",
     "gmres",
+    "jacobi",
     "lanczos_max_eigenvalue",
     "neumann",
 ]

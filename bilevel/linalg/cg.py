@@ -1,4 +1,9 @@
-"""Conjugate gradients for a symmetric positive definite ``(A + δI) x = b``, with breakdowns."""
+"""(Preconditioned) conjugate gradients for an SPD ``(A + δI) x = b``, with breakdowns.
+
+Every per-problem quantity (flags, iteration counts, the residual history, what a breakdown
+looked like) stays on the arrays' device while CG iterates; the convergence test reads one
+flag every ``check_every`` iterations and the result is read back once, at the end.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from bilevel.linalg.result import SolveResult, max_ratio
+import numpy as np
+
+from bilevel.backend import namespace
+from bilevel.batch import to_host
+from bilevel.linalg.result import SolveResult
 from bilevel.linalg.system import (
     LinearSolver,
     Matvec,
@@ -20,35 +29,53 @@ from bilevel.linalg.system import (
 from bilevel.registry import register
 from bilevel.validation import integer, nonnegative, option, optional
 
-__all__ = ["CG", "cg"]
+__all__ = ["CG", "CHECK_EVERY", "cg", "jacobi"]
 
 Array = Any
+
+#: Iterations between two convergence reads on a device (``check_every=None``, not NumPy).
+CHECK_EVERY = 5
+
+
+def jacobi(diagonal: Array) -> Array:
+    """The Jacobi preconditioner ``M = diag(A)⁻¹`` from the diagonal of ``A + δI``.
+
+    ``diagonal`` has the shape of ``b`` (or broadcasts to it); entries that are not positive
+    get ``M = 1`` (no scaling), so ``M`` stays positive definite. Pass the result as
+    ``CG()(matvec, b, M=jacobi(d))``.
+    """
+    xp = namespace(diagonal)
+    good = diagonal > 0
+    return xp.where(good, 1.0 / xp.where(good, diagonal, 1.0), 1.0)
 
 
 @register("solver")
 @dataclass(frozen=True)
 class CG(LinearSolver):
-    """Conjugate gradients: ``CG(tol, atol, maxiter)(matvec, b, x0=None, damping=0.0)``.
+    """Conjugate gradients: ``CG(tol, atol, maxiter, check_every)(matvec, b, x0, damping, M)``.
 
-    Iterates, per problem (all dot products along the last axis)::
+    Iterates, per problem (all dot products along the last axis), with the preconditioner
+    ``M ≈ (A + δI)⁻¹`` (``z = r`` without one)::
 
-        r₀ = b − (A + δI) x₀,  p₀ = r₀
-        αⱼ = rⱼᵀrⱼ / pⱼᵀ(A + δI)pⱼ
-        xⱼ₊₁ = xⱼ + αⱼ pⱼ,  rⱼ₊₁ = rⱼ − αⱼ (A + δI) pⱼ
-        pⱼ₊₁ = rⱼ₊₁ + (rⱼ₊₁ᵀrⱼ₊₁ / rⱼᵀrⱼ) pⱼ
+        r₀ = b − (A + δI) x₀,  z₀ = M r₀,  p₀ = z₀
+        αⱼ = rⱼᵀzⱼ / pⱼᵀ(A + δI)pⱼ
+        xⱼ₊₁ = xⱼ + αⱼ pⱼ,  rⱼ₊₁ = rⱼ − αⱼ (A + δI) pⱼ,  zⱼ₊₁ = M rⱼ₊₁
+        pⱼ₊₁ = zⱼ₊₁ + (rⱼ₊₁ᵀzⱼ₊₁ / rⱼᵀzⱼ) pⱼ
 
     A problem stops when ``‖rⱼ‖ ≤ max(tol·‖b‖, atol)`` (it keeps its iterate while the
-    others go on), or at a *breakdown*: ``pᵀ(A + δI)p ≤ 0`` (the matrix is not positive
-    definite along ``p``) or a non-finite value. A broken-down problem keeps its last
-    finite iterate and is reported with ``breakdown=True``, ``converged=False`` and a
+    others go on), when ``‖rⱼ‖²`` underflows below the smallest normal number (the residual
+    is zero to working precision: counted converged, also with ``tol=0``, instead of
+    iterating on denormals), or at a *breakdown*: ``pᵀ(A + δI)p ≤ 0`` (the matrix is not
+    positive definite along ``p``) or a non-finite value. A broken-down problem keeps its
+    last finite iterate and is reported with ``breakdown=True``, ``converged=False`` and a
     message that suggests a damping large enough to restore positive curvature.
 
     *Fixed budget* (``tol=None``, or :meth:`CG.fixed`): exactly ``maxiter`` iterations
-    (fewer only where the residual is exactly 0 or at a breakdown), and the iterate is
-    accepted: every problem that did not break down is reported converged, with its
-    residual in ``residual_norm``. This is the estimator of iMAML (5 steps) and of
-    memory-reduced meta-learning (20 steps), whose released code runs a set number of CG
-    steps with no stopping test; a truncated solve is then not a failure.
+    (fewer only where the residual is zero or at a breakdown), and the iterate is accepted:
+    every problem that did not break down is reported converged, with its residual in
+    ``residual_norm``. This is the estimator of iMAML (5 steps) and of memory-reduced
+    meta-learning (20 steps), whose released code runs a set number of CG steps with no
+    stopping test; a truncated solve is then not a failure.
 
     Parameters
     ----------
@@ -58,17 +85,30 @@ class CG(LinearSolver):
     maxiter
         Iteration cap; ``10·n`` by default. In exact arithmetic CG solves an SPD system in
         ``n`` iterations. Required with ``tol=None``.
+    check_every
+        Iterations between two reads of the convergence flags (each read synchronizes a
+        GPU with the host). ``None``: every iteration on NumPy (a read is free there),
+        every :data:`CHECK_EVERY` iterations on other backends. Trade-off: the solve may
+        run up to ``check_every − 1`` iterations after the last problem stopped; they
+        change nothing (stopped problems keep their iterate) but cost a matvec each
+        (``n_matvec``), while ``iterations`` and the residual history report the
+        iterations that did work.
 
     Notes
     -----
     The result's ``residual_norm`` is the recursively updated residual ``‖rⱼ‖``. Cost: one
-    matvec per iteration (plus one when ``x0`` is given). Memory: four work arrays of the
-    shape of ``b`` (``x, r, p, Ap``) besides what ``matvec`` holds.
+    matvec per iteration (plus one when ``x0`` is given) and one application of ``M``.
+    Memory: five work arrays of the shape of ``b`` (``x, r, z, p, Ap``; four without
+    ``M``) besides what ``matvec`` holds. The Jacobi preconditioner :func:`jacobi`
+    (``M = diag(A + δI)⁻¹``) cuts the iterations of a badly scaled, diagonally dominant
+    system from ``O(√κ(A))`` to ``O(√κ(D^{-1/2} A D^{-1/2}))``.
 
     References
     ----------
     M. R. Hestenes, E. Stiefel, "Methods of conjugate gradients for solving linear
     systems", J. Res. Nat. Bur. Standards 49 (1952).
+    Y. Saad, *Iterative Methods for Sparse Linear Systems*, 2nd ed., SIAM 2003, §9.2
+    (preconditioned CG).
     """
 
     name: ClassVar[str] = "cg"
@@ -76,6 +116,7 @@ class CG(LinearSolver):
     tol: float | None = option(1e-10, check=optional(nonnegative))
     atol: float = option(0.0, check=nonnegative)
     maxiter: int | None = option(None, check=optional(integer(minimum=0)))
+    check_every: int | None = option(None, check=optional(integer(minimum=1)))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -84,6 +125,10 @@ class CG(LinearSolver):
                 "CG(tol=None) runs a fixed budget of iterations and needs maxiter; "
                 "write CG.fixed(J) or CG(tol=None, maxiter=J)"
             )
+
+    def __repr__(self) -> str:
+        every = "" if self.check_every is None else f", check_every={self.check_every!r}"
+        return f"CG(tol={self.tol!r}, atol={self.atol!r}, maxiter={self.maxiter!r}{every})"
 
     @classmethod
     def fixed(cls, iterations: int) -> CG:
@@ -96,9 +141,15 @@ class CG(LinearSolver):
         return self.tol is None
 
     def __call__(
-        self, matvec: Matvec, b: Array, x0: Array | None = None, damping: float = 0.0
+        self, matvec: Matvec, b: Array, x0: Array | None = None, damping: float = 0.0,
+        *, M: Any = None,
     ) -> SolveResult:
-        """Solve ``(A + δI) x = b`` with ``A v = matvec(v)``, ``δ = damping``, from ``x0``."""
+        """Solve ``(A + δI) x = b`` with ``A v = matvec(v)``, ``δ = damping``, from ``x0``.
+
+        ``M`` (optional) is the preconditioner ``≈ (A + δI)⁻¹``: an array (the inverse of
+        a diagonal, e.g. :func:`jacobi`, applied elementwise) or a callable ``r ↦ M r``
+        (symmetric positive definite).
+        """
         xp, damping = check_system(b, x0, damping)
         op = damped_operator(matvec, b, damping)
         b_norm = xp.linalg.vector_norm(b, axis=-1)
@@ -109,143 +160,209 @@ class CG(LinearSolver):
             threshold = xp.zeros_like(b_norm)
         else:
             threshold = xp.maximum(self.tol * b_norm, xp.full_like(b_norm, self.atol))
-        run = _Run(xp, op, b, b_norm, start(xp, b, b_norm, x0), x0 is not None, damping)
-        run.iterate(threshold, maxiter)
-        if self.fixed_budget:
-            return run.accepted()
-        return run.result(self.tol)
+        every = self.check_every
+        if every is None:
+            every = 1 if type(b) is np.ndarray else CHECK_EVERY
+        run = _Run(xp, op, _preconditioner(M), b, b_norm, start(xp, b, b_norm, x0),
+                   x0 is not None)
+        run.iterate(threshold, maxiter, every)
+        return run.result(self.tol, damping)
+
+
+def _preconditioner(M: Any) -> Any:
+    """``r ↦ M r`` (``None`` for no preconditioner)."""
+    if M is None or callable(M):
+        return M
+    return lambda r: M * r
 
 
 class _Run:
-    """The state of one CG solve: iterates and per-problem flags (all arrays on the device).
+    """The state of one CG solve: iterates and per-problem flags, all on the device.
 
     ``active`` problems iterate; the others keep their iterate, ``converged`` or ``broken``.
+    A breakdown records, per problem, its iteration (``broke_at``), whether it was the
+    curvature test, and ``pᵀAp`` and ``pᵀp`` there (for the message).
     """
 
-    def __init__(
-        self, xp: Any, op: Matvec, b: Array, b_norm: Array, x: Array, warm: bool, damping: float
-    ) -> None:
-        self.xp, self.op, self.b, self.b_norm, self.damping = xp, op, b, b_norm, damping
+    def __init__(self, xp: Any, op: Matvec, precond: Any, b: Array, b_norm: Array,
+                 x: Array, warm: bool) -> None:
+        self.xp, self.op, self.precond, self.b, self.b_norm = xp, op, precond, b, b_norm
+        self.host = type(b) is np.ndarray
         self.x, self.r = x, (b - op(x) if warm else b)
         self.n_matvec = int(warm)
-        self.p = self.r
+        self.p = self.r if precond is None else precond(self.r)
         self.rr = dot(xp, self.r, self.r)
+        self.rz = self.rr if precond is None else dot(xp, self.r, self.p)
         self.r_norm = xp.sqrt(self.rr)
-        self.broken = ~xp.isfinite(self.rr)
+        self.tiny = float(xp.finfo(b.dtype).smallest_normal)
+        self.broken = ~(xp.isfinite(self.rr) & xp.isfinite(self.rz))
         self.nonfinite = self.broken
-        self.failure = ""
-        if bool(xp.any(self.broken)):
-            self.failure = "CG breakdown: non-finite initial residual (check b, x0 and matvec)"
+        self.start_broken = self.broken
+        never = xp.full_like(self.rr, -1.0)
+        self.broke_at, self.curvature = never, xp.zeros_like(self.broken)
+        self.bad_pAp, self.bad_pp = never, xp.ones_like(self.rr)
+        self.steps = xp.zeros_like(self.rr)
         self.converged = xp.zeros_like(self.broken)
         self.iterations = 0
-        self.history = [max_ratio(self.r_norm, b_norm)]
+        self.history = [_largest_ratio(xp, self.r_norm, b_norm)]
 
-    def iterate(self, threshold: Array, maxiter: int) -> None:
-        """Run until every problem has converged or broken down, or ``maxiter`` iterations."""
+    def iterate(self, threshold: Array, maxiter: int, every: int) -> None:
+        """Iterate until no problem is active or ``maxiter`` iterations; read the flags
+        every ``every`` iterations."""
         xp = self.xp
-        self.converged = self.r_norm <= threshold  # False for a non-finite start
+        self.converged = self._stopped(threshold)  # False for a non-finite start
         active = ~self.converged & ~self.broken
-        while self.iterations < maxiter and bool(xp.any(active)):
-            active = self._step(active)
-            done = active & (self.r_norm <= threshold)
+        for j in range(maxiter):
+            if j % every == 0 and not bool(xp.any(active)):
+                break
+            self.steps = self.steps + xp.astype(active, self.steps.dtype)
+            active = self._step(active, j + 1)
+            done = active & self._stopped(threshold)
             self.converged = self.converged | done
             active = active & ~done
-            self.history.append(max_ratio(self.r_norm, self.b_norm))
+            self.history.append(_largest_ratio(xp, self.r_norm, self.b_norm))
 
-    def _step(self, active: Array) -> Array:
+    def _stopped(self, threshold: Array) -> Array:
+        """Converged: below the threshold, or ``‖r‖²`` under the smallest normal number."""
+        return (self.r_norm <= threshold) | (self.rr < self.tiny)
+
+    def _step(self, active: Array, iteration: int) -> Array:
         """One CG iteration on the ``active`` problems; returns those still active."""
         xp = self.xp
         Ap = self.op(self.p)
         self.n_matvec += 1
-        self.iterations += 1
         pAp = dot(xp, self.p, Ap)
         bad = active & ~(pAp > 0)  # also catches NaN
-        if bool(xp.any(bad)) and not self.failure:
-            self.failure = _curvature_message(xp, self.p, pAp, bad, self.iterations, self.damping)
-        self.broken = self.broken | bad
+        self._broke(bad, bad, iteration, pAp)
         self.nonfinite = self.nonfinite | (bad & ~xp.isfinite(pAp))
         active = active & ~bad
         safe_pAp = xp.where(active, pAp, xp.ones_like(pAp))
-        alpha = xp.where(active, self.rr / safe_pAp, xp.zeros_like(self.rr))
+        alpha = xp.where(active, self.rz / safe_pAp, xp.zeros_like(self.rz))
         x_new = self.x + column(alpha) * self.p
         r_new = self.r - column(alpha) * Ap
+        plain = self.precond is None
+        z_new = r_new if plain else self.precond(r_new)
         rr_new = dot(xp, r_new, r_new)
-        nonfinite = active & ~(xp.isfinite(rr_new) & xp.all(xp.isfinite(x_new), axis=-1))
-        if bool(xp.any(nonfinite)):
-            self.broken = self.broken | nonfinite
-            self.nonfinite = self.nonfinite | nonfinite
-            active = active & ~nonfinite
-            if not self.failure:
-                self.failure = f"CG breakdown: non-finite iterate at iteration {self.iterations}"
+        rz_new = rr_new if plain else dot(xp, r_new, z_new)
+        finite = xp.isfinite(rr_new) & xp.all(xp.isfinite(x_new), axis=-1)
+        nonfinite = active & ~(finite if plain else finite & xp.isfinite(rz_new))
+        self._broke(nonfinite, xp.zeros_like(bad), iteration, pAp)
+        self.nonfinite = self.nonfinite | nonfinite
+        active = active & ~nonfinite
         keep = column(active)
         self.x = xp.where(keep, x_new, self.x)
         self.r = xp.where(keep, r_new, self.r)
-        safe_rr = xp.where(self.rr > 0, self.rr, xp.ones_like(self.rr))
-        beta = xp.where(active, rr_new / safe_rr, xp.zeros_like(self.rr))
-        self.p = xp.where(keep, r_new + column(beta) * self.p, self.p)
+        safe_rz = xp.where(self.rz > 0, self.rz, xp.ones_like(self.rz))
+        beta = xp.where(active, rz_new / safe_rz, xp.zeros_like(self.rz))
+        self.p = xp.where(keep, z_new + column(beta) * self.p, self.p)
         self.rr = xp.where(active, rr_new, self.rr)
+        self.rz = self.rr if plain else xp.where(active, rz_new, self.rz)
         self.r_norm = xp.sqrt(self.rr)
         return active
 
-    def accepted(self) -> SolveResult:
-        """The fixed-budget result: every problem with a finite iterate is accepted.
-
-        A problem stopped by negative curvature keeps its last iterate, as truncated CG
-        does (the message says so); only a non-finite value fails a problem.
-        """
+    def _broke(self, now: Array, curvature: Array, iteration: int, pAp: Array) -> None:
+        """Record the problems breaking down ``now`` (at ``iteration``), on the device (on
+        NumPy, where a read is free, only when one does)."""
         xp = self.xp
-        rel = max_ratio(self.r_norm, self.b_norm)
-        message = (f"CG ran its fixed budget of {self.iterations} iterations "
-                   f"(largest relative residual {rel:.2e}, accepted)")
-        if bool(xp.any(self.broken)):
-            message += f"; stopped early on some problems: {self.failure}"
-        return self._result(~self.nonfinite, message, self.nonfinite)
+        if self.host and not now.any():
+            return
+        self.broken = self.broken | now
+        self.broke_at = xp.where(now, float(iteration), self.broke_at)
+        self.curvature = xp.where(now, curvature, self.curvature)
+        self.bad_pAp = xp.where(now, pAp, self.bad_pAp)
+        self.bad_pp = xp.where(now, dot(xp, self.p, self.p), self.bad_pp)
 
-    def result(self, tol: float) -> SolveResult:
-        """The :class:`SolveResult` with a message for success, breakdown or the iteration cap."""
-        xp, b = self.xp, self.b
-        rel = max_ratio(self.r_norm, self.b_norm)
-        any_broken = bool(xp.any(self.broken))
-        if bool(xp.all(self.converged)):
-            message = f"CG converged in {self.iterations} iterations (relative residual {rel:.2e})"
-        elif any_broken:
-            message = self.failure
-            if b.ndim == 2:
-                count = int(xp.sum(xp.astype(self.broken, xp.int64)))
-                message += f" [{count} of {b.shape[0]} problems broke down]"
+    def _read(self) -> dict[str, Any]:
+        """Everything the result reports, in one host read."""
+        xp, dt = self.xp, self.rr.dtype
+        flat = [xp.reshape(xp.astype(a, dt), (-1,)) for a in (
+            self.converged, self.broken, self.nonfinite, self.start_broken, self.steps,
+            self.broke_at, self.curvature, self.bad_pAp, self.bad_pp)]
+        history = xp.stack(self.history)
+        values = to_host(xp.concat(flat + [xp.reshape(history, (-1,))]))
+        size = flat[0].shape[0]
+        names = ("converged", "broken", "nonfinite", "start_broken", "steps", "broke_at",
+                 "curvature", "pAp", "pp")
+        out = {k: values[i * size:(i + 1) * size] for i, k in enumerate(names)}
+        iterations = int(out["steps"].max())
+        out["iterations"] = iterations
+        out["history"] = [float(h) for h in values[len(names) * size:][: iterations + 1]]
+        return out
+
+    def result(self, tol: float | None, damping: float) -> SolveResult:
+        """The :class:`SolveResult`, with a message for success, breakdown, the iteration
+        cap or the fixed budget."""
+        host = self._read()
+        self.iterations = iterations = host["iterations"]
+        rel = host["history"][-1]
+        failure = _failure(host, damping)
+        if tol is None:  # the fixed budget: every finite iterate is accepted
+            message = (f"CG ran its fixed budget of {iterations} iterations "
+                       f"(largest relative residual {rel:.2e}, accepted)")
+            if host["broken"].any():
+                message += f"; stopped early on some problems: {failure}"
+            return self._result(~self.nonfinite, ~host["nonfinite"].astype(bool), message,
+                                host)
+        if host["converged"].all():
+            message = f"CG converged in {iterations} iterations (relative residual {rel:.2e})"
+        elif host["broken"].any():
+            message = failure
+            if self.b.ndim == 2:
+                count = int(host["broken"].sum())
+                message += f" [{count} of {self.b.shape[0]} problems broke down]"
         else:
             message = (
-                f"CG did not converge in {self.iterations} iterations: relative residual "
+                f"CG did not converge in {iterations} iterations: relative residual "
                 f"{rel:.2e} > tol={tol:g} (raise maxiter, add damping, or precondition; "
-                f"CG.fixed({self.iterations}) accepts a fixed budget)"
+                f"CG.fixed({iterations}) accepts a fixed budget)"
             )
-        return self._result(self.converged, message, self.broken)
+        return self._result(self.converged, host["converged"].astype(bool), message, host)
 
-    def _result(self, mask: Array, message: str, broken: Array) -> SolveResult:
-        return SolveResult.of(
-            self.x,
-            mask,
-            iterations=self.iterations,
+    def _result(self, mask: Array, host_mask: np.ndarray, message: str,
+                host: dict) -> SolveResult:
+        return SolveResult(
+            x=self.x,
+            converged=bool(host_mask.all()),
+            converged_mask=mask if self.b.ndim == 2 else None,
+            iterations=host["iterations"],
             residual_norm=self.r_norm,
             b_norm=self.b_norm,
-            breakdown=bool(self.xp.any(broken)),
-            residual_history=self.history,
+            breakdown=bool(host["broken"].any()),
+            residual_history=host["history"],
             message=message,
             n_matvec=self.n_matvec,
         )
 
 
-def _curvature_message(
-    xp: Any, p: Array, pAp: Array, bad: Array, iteration: int, damping: float
-) -> str:
+def _largest_ratio(xp: Any, num: Array, den: Array) -> Array:
+    """Largest ``num / den`` over problems (``num`` where ``den = 0``), kept on the device."""
+    safe = xp.where(den > 0, den, xp.ones_like(den))
+    return xp.max(xp.reshape(xp.where(den > 0, num / safe, num), (-1,)))
+
+
+def _failure(host: dict, damping: float) -> str:
+    """Why CG broke down first: a non-finite start, ``pᵀ(A + δI)p ≤ 0`` or a non-finite
+    iterate (the earliest iteration; the worst problem there), from the values read."""
+    if host["start_broken"].any():
+        return "CG breakdown: non-finite initial residual (check b, x0 and matvec)"
+    broken = host["broken"].astype(bool) & (host["broke_at"] >= 0)
+    if not broken.any():
+        return ""
+    iteration = int(host["broke_at"][broken].min())
+    there = broken & (host["broke_at"] == iteration)
+    curved = there & host["curvature"].astype(bool)
+    if not curved.any():
+        return f"CG breakdown: non-finite iterate at iteration {iteration}"
+    pAp, pp = host["pAp"][curved], host["pp"][curved]
+    return _curvature_message(float(np.min(pAp)), float(np.min(pAp / pp)), iteration,
+                              damping)
+
+
+def _curvature_message(worst: float, rayleigh: float, iteration: int, damping: float) -> str:
     """Why CG broke down at ``pᵀ(A + δI)p ≤ 0``, and a damping that restores ``A + δI ≻ 0``.
 
     The Rayleigh quotient ``pᵀ(A + δI)p / pᵀp`` bounds ``λ_min(A + δI)`` from above.
     """
-    zero = xp.zeros_like(pAp)
-    pp = xp.where(bad, dot(xp, p, p), xp.ones_like(pAp))
-    worst = float(xp.min(xp.reshape(xp.where(bad, pAp, zero), (-1,))))
-    rayleigh = float(xp.min(xp.reshape(xp.where(bad, pAp / pp, zero), (-1,))))
     if not math.isfinite(worst):
         return f"CG breakdown: non-finite pᵀAp at iteration {iteration} (matvec returned inf/NaN)"
     gap = max(-rayleigh, 0.0)
@@ -266,10 +383,12 @@ def cg(
     atol: float = 0.0,
     maxiter: int | None = None,
     damping: float = 0.0,
+    M: Any = None,
+    check_every: int | None = None,
 ) -> SolveResult:
     """Conjugate gradients for a symmetric positive definite ``(A + δI) x = b``.
 
-    ``CG(tol, atol, maxiter)(matvec, b, x0, damping)``; see :class:`CG`.
+    ``CG(tol, atol, maxiter, check_every)(matvec, b, x0, damping, M=M)``; see :class:`CG`.
 
     Parameters
     ----------
@@ -286,9 +405,14 @@ def cg(
         Iteration cap; ``10·n`` by default.
     damping
         ``δ ≥ 0``: solve ``(A + δI) x = b``.
+    M
+        Preconditioner ``≈ (A + δI)⁻¹``: an inverse diagonal (:func:`jacobi`) or a callable.
+    check_every
+        Iterations between convergence reads (see :class:`CG`).
 
     Returns
     -------
     SolveResult
     """
-    return CG(tol=tol, atol=atol, maxiter=maxiter)(matvec, b, x0, damping)
+    return CG(tol=tol, atol=atol, maxiter=maxiter, check_every=check_every)(
+        matvec, b, x0, damping, M=M)

@@ -11,7 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from bilevel.linalg.result import SolveResult, max_ratio
+import numpy as np
+
+from bilevel.batch import to_host
+from bilevel.linalg.cg import CHECK_EVERY
+from bilevel.linalg.result import SolveResult
 from bilevel.linalg.system import (
     LinearSolver,
     Matvec,
@@ -150,6 +154,10 @@ def richardson(
 
     ``label`` names the solver in messages; with ``fixed_budget`` and ``tol = 0``,
     ``converged`` means "no divergence". Options are taken as checked by the solver classes.
+    Per-problem flags and the residual history stay on the device; the loop reads whether
+    any problem is still active every iteration on NumPy and every
+    :data:`~bilevel.linalg.cg.CHECK_EVERY` iterations elsewhere (the extra updates change
+    no stopped problem), and the result is read once.
     """
     xp, damping = check_system(b, x0, damping)
     op = damped_operator(matvec, b, damping)
@@ -157,39 +165,46 @@ def richardson(
     if not bool(xp.any(b_norm > 0)):
         return zero_solution(xp, b, b_norm, label)
     series = _Series(xp, op, b, b_norm, start(xp, b, b_norm, x0))
-    series.iterate(alpha, maxiter, tol, zero_start=x0 is None)
+    every = 1 if type(b) is np.ndarray else CHECK_EVERY
+    series.iterate(alpha, maxiter, tol, zero_start=x0 is None, every=every)
     budget = fixed_budget and tol == 0
     if budget:
         series.converged = ~series.diverged
-    return series.result(_message(series, label, alpha, tol, damping, budget))
+    host = series.read()
+    return series.result(host, _message(host, label, alpha, tol, damping, budget))
 
 
 class _Series:
-    """The state of one fixed-point solve: iterate, residual norms and per-problem flags."""
+    """The state of one fixed-point solve: iterate, residual norms and per-problem flags
+    (all on the device), and per-problem update counts ``steps``."""
 
     def __init__(self, xp: Any, op: Matvec, b: Array, b_norm: Array, v: Array) -> None:
         self.xp, self.op, self.b, self.b_norm, self.v = xp, op, b, b_norm, v
-        self.active = xp.ones(b_norm.shape, dtype=xp.bool)
-        self.diverged = xp.zeros(b_norm.shape, dtype=xp.bool)
-        self.converged = xp.zeros(b_norm.shape, dtype=xp.bool)
+        self.active = xp.ones_like(b_norm, dtype=xp.bool)
+        self.diverged = xp.zeros_like(b_norm, dtype=xp.bool)
+        self.converged = xp.zeros_like(b_norm, dtype=xp.bool)
+        self.steps = xp.zeros_like(b_norm)
         self.r_norm = b_norm
         self.limit: Array | None = None
         self.smallest: Array | None = None
         self.floor: Array | None = None
-        self.history: list[float] = []
+        self.history: list[Array] = []
         self.n_matvec = 0
         self.iterations = 0
 
-    def iterate(self, alpha: float, maxiter: int, tol: float, zero_start: bool) -> None:
+    def iterate(self, alpha: float, maxiter: int, tol: float, zero_start: bool,
+                every: int = 1) -> None:
         """Update until every problem has converged or diverged, or ``maxiter`` updates.
 
         The residual of the final iterate is always measured (a zero start skips the first
-        matvec: ``(A + δI)·0 − b = −b``).
+        matvec: ``(A + δI)·0 − b = −b``). Whether a problem is still active is read every
+        ``every`` updates.
         """
         xp, v_prev = self.xp, self.v
         threshold = tol * self.b_norm
+        updates = 0
         while True:
-            if zero_start and self.iterations == 0:
+            if zero_start and updates == 0:
                 r = -self.b
             else:
                 r = self.op(self.v) - self.b
@@ -199,22 +214,24 @@ class _Series:
                 done = self.active & (self.r_norm <= threshold)
                 self.converged = self.converged | done
                 self.active = self.active & ~done
-            if self.iterations >= maxiter or not bool(xp.any(self.active)):
+            if updates >= maxiter or (updates % every == 0 and not bool(xp.any(self.active))):
                 return
             v_prev = self.v
             self.v = xp.where(column(self.active), self.v - alpha * r, self.v)
-            self.iterations += 1
+            self.steps = self.steps + xp.astype(self.active, self.steps.dtype)
+            updates += 1
 
     def _record(self, new_norm: Array, v_prev: Array) -> None:
         """Take the new residual norms; a diverging problem stops at its last finite iterate."""
         xp = self.xp
         blown = self.active & self.diverging(new_norm)
-        if bool(xp.any(blown)):
-            self.diverged = self.diverged | blown
-            self.active = self.active & ~blown
-            self.v = xp.where(column(blown), v_prev, self.v)
+        self.diverged = self.diverged | blown
+        self.active = self.active & ~blown
+        self.v = xp.where(column(blown), v_prev, self.v)
         self.r_norm = xp.where(blown, self.r_norm, new_norm)
-        self.history.append(max_ratio(self.r_norm, self.b_norm))
+        safe = xp.where(self.b_norm > 0, self.b_norm, xp.ones_like(self.b_norm))
+        ratio = xp.where(self.b_norm > 0, self.r_norm / safe, self.r_norm)
+        self.history.append(xp.max(xp.reshape(ratio, (-1,))))
 
     def diverging(self, new_norm: Array) -> Array:
         """Per-problem divergence test of the series (the one place that decides it).
@@ -233,27 +250,41 @@ class _Series:
         self.smallest = xp.minimum(self.smallest, new_norm)
         return ~(new_norm <= self.limit) | grown  # also catches NaN/inf
 
-    def result(self, message: str) -> SolveResult:
+    def read(self) -> dict[str, Any]:
+        """Flags, update count and residual history, in one host read."""
+        xp, dt = self.xp, self.r_norm.dtype
+        flat = [xp.reshape(xp.astype(a, dt), (-1,))
+                for a in (self.converged, self.diverged, self.steps)]
+        values = to_host(xp.concat(flat + [xp.stack(self.history)]))
+        size = flat[0].shape[0]
+        steps = values[2 * size:3 * size]
+        self.iterations = iterations = int(steps.max())
+        history = [float(h) for h in values[3 * size:][: iterations + 1]]
+        return {"converged": bool(values[:size].all()),
+                "diverged": bool(values[size:2 * size].any()),
+                "iterations": iterations, "history": history}
+
+    def result(self, host: dict, message: str) -> SolveResult:
         """The :class:`SolveResult` of the solve so far."""
-        return SolveResult.of(
-            self.v,
-            self.converged,
-            iterations=self.iterations,
+        return SolveResult(
+            x=self.v,
+            converged=host["converged"],
+            converged_mask=self.converged if self.v.ndim == 2 else None,
+            iterations=host["iterations"],
             residual_norm=self.r_norm,
             b_norm=self.b_norm,
-            residual_history=self.history,
+            residual_history=host["history"],
             message=message,
             n_matvec=self.n_matvec,
         )
 
 
 def _message(
-    series: _Series, label: str, alpha: float, tol: float, damping: float, budget: bool
+    host: dict, label: str, alpha: float, tol: float, damping: float, budget: bool
 ) -> str:
     """What happened: divergence, a fixed budget summed, convergence, or the iteration cap."""
-    rel = max_ratio(series.r_norm, series.b_norm)
-    n = series.iterations
-    if bool(series.xp.any(series.diverged)):
+    rel, n = host["history"][-1], host["iterations"]
+    if host["diverged"]:
         return (
             f"{label} diverged after {n} iterations (the residual grew beyond "
             f"{GROWTH_FACTOR:g}× its smallest value, beyond {DIVERGENCE_FACTOR:.0e}·‖b‖, or "
@@ -263,7 +294,7 @@ def _message(
         )
     if budget:
         return f"{label}: {n} terms summed (fixed budget, tol=0), relative residual {rel:.2e}"
-    if bool(series.xp.all(series.converged)):
+    if host["converged"]:
         return f"{label} converged in {n} iterations (relative residual {rel:.2e})"
     return (
         f"{label} did not converge in {n} iterations: relative residual {rel:.2e} > "

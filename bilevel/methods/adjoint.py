@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import namespace
+from ..backend import device, namespace
 from ..dynamics import Dynamics, GradientFlow, StabilityWatch
 from ..linalg.lanczos import lanczos_max_eigenvalue
+from ..nonfinite import all_finite, at_step, defer_check, settle_checks
 from ..ode import rk_step
 from ..problem import BilevelProblem, NonFiniteError
 from ..recompute import default_checkpoints, reverse_sweep
@@ -100,7 +101,8 @@ class ContinuousAdjointStep:
 def _lanczos_top(lin: Any, a: Any, iters: int) -> np.ndarray:
     """Lanczos estimate of ``λ_max(H)`` started from ``a/‖a‖`` plus a fixed random vector."""
     xp = namespace(a)
-    r = xp.asarray(np.random.default_rng(0).standard_normal(tuple(a.shape)), dtype=a.dtype)
+    r = xp.asarray(np.random.default_rng(0).standard_normal(tuple(a.shape)), dtype=a.dtype,
+                   device=device(a))
     an = norm_per_problem(a)
     v0 = a / per_problem(xp.where(an > 0, an, xp.ones_like(an)), a) + r / per_problem(
         norm_per_problem(r), r
@@ -117,29 +119,51 @@ class _ReconstructionFailed(Exception):
 def _reconstructing_sweep(problem: BilevelProblem, lam: Any, flow: GradientFlow) -> Any:
     """A sweep for :func:`unrolled_vjp` holding one state: forward to ``u_K``, then ``u``
     integrated backward (step ``−h``) jointly with the adjoint. Returns the round-trip
-    error ``‖ũ_0 − u_0‖ / max(‖u_0‖, ‖u_K‖)``; raises ``_ReconstructionFailed``."""
+    error ``‖ũ_0 − u_0‖ / max(‖u_0‖, ‖u_K‖)``; raises ``_ReconstructionFailed``. On a
+    device the finiteness of the reconstructed states is tracked there and read once."""
 
     def sweep(advance, backward, s0, K, *, on_final):
         s = s0
         for k in range(K):
             s = advance(s, k)
         on_final(s)
-        xp, u = namespace(s[0]), s[0]
+        u = s[0]
         for k in range(K - 1, -1, -1):
             try:
-                u_prev = rk_step(flow.field(problem, lam, k), u, -flow.h, flow.scheme)
-                if not bool(xp.all(xp.isfinite(u_prev))):
-                    raise _ReconstructionFailed(k, "non-finite state", s[0])
+                with at_step(k):
+                    u_prev = rk_step(flow.field(problem, lam, k), u, -flow.h, flow.scheme)
+                    _check_state(k, u_prev, s[0])
                 backward((u_prev,), k)
             except NonFiniteError as err:
                 raise _ReconstructionFailed(k, f"non-finite {err.what}", s[0]) from err
             u = u_prev
-        w0 = s0[0]
+        _settle_reconstruction(s[0])
+        xp, w0 = namespace(u), s0[0]
         scale = xp.maximum(norm_per_problem(w0), norm_per_problem(s[0]))
-        tiny = float(xp.finfo(w0.dtype).tiny)
+        tiny = float(xp.finfo(w0.dtype).smallest_normal)
         return largest(norm_per_problem(u - w0) / xp.maximum(scale, xp.full_like(scale, tiny)))
 
     return sweep
+
+
+_STATE = "reconstructed state"
+
+
+def _check_state(k: int, u_prev: Any, w: Any) -> None:
+    """A reconstructed state must be finite: checked at once on NumPy, deferred (read with
+    the other checks, in order) on a device."""
+    if not defer_check(_STATE, "the backward reconstruction", u_prev) and not all_finite(u_prev):
+        raise _ReconstructionFailed(k, "non-finite state", w)
+
+
+def _settle_reconstruction(w: Any) -> None:
+    """Read the deferred checks of the backward reconstruction; the first failure in time
+    becomes ``_ReconstructionFailed``."""
+    try:
+        settle_checks()
+    except NonFiniteError as err:
+        cause = "non-finite state" if err.what == _STATE else f"non-finite {err.what}"
+        raise _ReconstructionFailed(err.step, cause, w) from err
 
 
 @register("method")
@@ -380,6 +404,7 @@ def _in_forward_pass(err: NonFiniteError, monitor: StabilityMonitor) -> bool:
     forward step? (Backward errors of a stable forward pass are left to
     :func:`~bilevel.api.hypergrad`.)"""
     K = monitor.steps
-    return monitor.next_k < K or err.step == K or monitor.worst("forward")[1] is not None
+    return (getattr(err, "forward_pass", False) or monitor.next_k < K or err.step == K
+            or monitor.worst("forward")[1] is not None)
 
 

@@ -7,8 +7,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ..backend import namespace
+from ..backend import device, namespace
 from ..dynamics import Dynamics
+from ..nonfinite import deferred_checks
 from ..problem import BilevelProblem
 from ..registry import register
 from ..validation import Validated, number, option
@@ -52,6 +53,13 @@ class Forward(Validated, Method):
     -----
     Memory O(n·m) for Z plus O(n), independent of K; time K·m JVPs. Use it for a
     handful of scalar hyperparameters (penalties, a step size, momentum).
+
+    The m columns are propagated one JVP each, not as one batched sweep: autograd's forward
+    mode carries one tangent of the shape of its input per trace (it has no vectorizing
+    map), and stacking the directions as a problem batch would need objectives that accept
+    an extra leading axis, which a user's ``g`` need not. The columns stay on the device
+    and the loop reads nothing from it (the finiteness checks of the JVPs are read once,
+    after the last step).
     """
 
     warn_ratio: float = option(1.0, check=_ratio)
@@ -75,10 +83,11 @@ class Forward(Validated, Method):
         s = dynamics.init(w0)
         tangents = [dynamics.cotangent(problem.init_jvp(lam, e) if problem.init is not None
                                        else 0 * w0) for e in directions]   # Z_0 = C
-        for k in range(dynamics.steps):  # Z_{k+1} = A_k Z_k + B_k, one column at a time
-            with at_step(k):
-                s, tangents = _step_with_tangents(problem, dynamics, s, lam, k, tangents,
-                                                  directions)
+        with deferred_checks():
+            for k in range(dynamics.steps):  # Z_{k+1} = A_k Z_k + B_k, column by column
+                with at_step(k):
+                    s, tangents = _step_with_tangents(problem, dynamics, s, lam, k,
+                                                      tangents, directions)
         w = dynamics.weights(s)
         value, gw, gl = problem.outer_value_and_grads(w, lam)
         grad = _add_projections(gl, gw, [dynamics.weights(t) for t in tangents], directions)
@@ -102,8 +111,9 @@ def _unit_directions(lam: Any, batched: bool) -> list:
     m = math.prod(shape)
     out = []
     for j in range(m):
-        e = xp.zeros((m,), dtype=lam.dtype)
-        e = xp.reshape(xp.where(xp.arange(m) == j, xp.ones_like(e), e), shape)
+        e = xp.zeros((m,), dtype=lam.dtype, device=device(lam))
+        e = xp.reshape(xp.where(xp.arange(m, device=device(lam)) == j, xp.ones_like(e), e),
+                       shape)
         out.append(xp.broadcast_to(e, tuple(lam.shape)) if batched else e)
     return out
 

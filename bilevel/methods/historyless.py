@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backend import namespace
+from ..batch import to_host
 from ..dynamics import Dynamics, GradientDescent
+from ..nonfinite import deferred_checks
 from ..problem import BilevelProblem
 from ..registry import register
 from ..validation import Validated, nonnegative, option, optional, positive
@@ -45,25 +47,33 @@ class _Divergence:
     ``1e6 × max(‖r_0‖, max_{j≤k} ‖∇_w f(w_j)‖)`` or non-finite marks that problem diverged
     (and frozen); the first such step is kept. The scale grows with ``∇_w f`` along the run,
     so a zero ``∇_w f(w_0)`` (``w_0`` optimal for f) does not make every later residual a
-    divergence. One host read per step."""
+    divergence. Everything stays on the device; :meth:`read` reads it once, after the loop.
+    """
 
     def __init__(self) -> None:
-        self.scale = self.diverged = self.step = None
+        self.scale = self.diverged = self.first = None
+        self.step: int | None = None
 
     def update(self, k: int, r_norm: Any, b: Any) -> Any:
         xp = namespace(r_norm)
         if self.scale is None:
             self.scale = r_norm
-            self.diverged = xp.zeros(r_norm.shape, dtype=xp.bool)
+            self.diverged = xp.zeros_like(r_norm, dtype=xp.bool)
+            self.first = xp.full_like(r_norm, -1.0)
         self.scale = xp.maximum(self.scale, norm_per_problem(b))
         blown = ~(r_norm <= _DIVERGENCE_FACTOR * self.scale) & ~self.diverged  # also NaN
-        if bool(xp.any(blown)):
-            self.diverged = self.diverged | blown
-            self.step = k if self.step is None else self.step
+        self.diverged = self.diverged | blown
+        self.first = xp.where(blown & (self.first < 0), float(k), self.first)
         return self.diverged
 
-    def any(self) -> bool:
-        return self.diverged is not None and bool(namespace(self.diverged).any(self.diverged))
+    def read(self) -> bool:
+        """Whether any problem diverged; sets :attr:`step` (first divergence). One read."""
+        if self.first is None:
+            return False
+        first = to_host(self.first)
+        bad = first[first >= 0]
+        self.step = int(bad.min()) if bad.size else None
+        return self.step is not None
 
 
 @register("method")
@@ -139,9 +149,11 @@ class Historyless(Validated, Method):
         v0 = self._warm_start(state, w0)
         v = namespace(w0).zeros_like(w0) if v0 is None else v0
         s, watch = dynamics.init(w0), _Divergence()
-        for k in range(dynamics.steps):
-            with at_step(k):
-                s, v = self._step(problem, dynamics, s, v, lam, k, watch)
+        with deferred_checks():
+            for k in range(dynamics.steps):
+                with at_step(k):
+                    s, v = self._step(problem, dynamics, s, v, lam, k, watch)
+        diverged = watch.read()
         w = dynamics.weights(s)
         value, b, grad_lam = problem.outer_value_and_grads(w, lam)
         lin = problem.linearize(w, lam)
@@ -150,11 +162,11 @@ class Historyless(Validated, Method):
         return HypergradResult(
             grad=grad_lam - mv, w=w, value=value, v=v,
             linear_residual=residual,
-            diverged=watch.any(),
+            diverged=diverged,
             diverged_step=watch.step,
             warm_started=v0 is not None,
             inner_residual=norm_per_problem(lin.grad),
-            **self._diagnostics(residual, b, watch),
+            **self._diagnostics(residual, b, watch.step),
         )
 
     def _step(self, problem, dynamics, s, v, lam, k, watch):
@@ -166,22 +178,22 @@ class Historyless(Validated, Method):
         if self.damping:
             r = r + self.damping * v
         diverged = watch.update(k, norm_per_problem(r), b)
-        beta = self.beta if self.beta is not None else float(dynamics.lr_at(k))
+        beta = self.beta if self.beta is not None else dynamics.lr_at(k)
         v = namespace(v).where(per_problem(diverged, v), v, v - beta * r)
         if isinstance(dynamics, GradientDescent):  # reuse the traced gradient
             return (w - dynamics.lr_at(k) * lin.grad,), v
         return dynamics.step(problem, s, lam, k), v
 
-    def _diagnostics(self, residual: Any, b: Any, watch: _Divergence) -> dict:
+    def _diagnostics(self, residual: Any, b: Any, diverged_step: int | None) -> dict:
         """``success``/``message`` and the largest relative residual ``‖r‖/‖∇_w f‖``."""
         xp = namespace(residual)
         b_norm = norm_per_problem(b)
         rel = largest(xp.where(b_norm > 0, residual / xp.where(b_norm > 0, b_norm, 1.0),
                                residual))
         problems = []
-        if watch.any():
+        if diverged_step is not None:
             problems.append(
-                f"the v recursion diverged at inner step {watch.step} (residual beyond "
+                f"the v recursion diverged at inner step {diverged_step} (residual beyond "
                 f"{_DIVERGENCE_FACTOR:.0e}× its start or non-finite): it needs a strongly "
                 "convex inner problem (H + δI ≻ 0) and beta < 2/λ_max(H + δI); lower beta, "
                 "add damping, or use Implicit(CG())"

@@ -24,6 +24,7 @@ from ..backend import namespace
 from ..conditions import Condition, Stationarity
 from ..dynamics import Dynamics, Solved, run
 from ..linalg import CG, GMRES
+from ..nonfinite import deferred_checks
 from ..problem import BilevelProblem, NonFiniteError
 from ..registry import register
 from ..validation import Validated, nonnegative, one_of, option, optional, positive
@@ -63,10 +64,11 @@ def implicit_vjp(
     traced once at ``(w, λ)``; each solver iteration is one reverse pass over that trace
     (an HVP), and ``(∂_λ F)ᵀ v`` one more. ``x0`` warm-starts the solver.
     """
-    value, b, grad_lam = problem.outer_value_and_grads(w, lam)
-    lin = condition.linearize(problem, w, lam)
-    sol = solver(lin.transpose_matvec, b, x0, damping=damping)
-    grad = grad_lam - lin.mixed_vjp(sol.x)
+    with deferred_checks():  # the solver's products are checked on the device, read once
+        value, b, grad_lam = problem.outer_value_and_grads(w, lam)
+        lin = condition.linearize(problem, w, lam)
+        sol = solver(lin.transpose_matvec, b, x0, damping=damping)
+        grad = grad_lam - lin.mixed_vjp(sol.x)
     return ImplicitVJP(grad, value, sol.x, sol, norm_per_problem(lin.residual))
 
 

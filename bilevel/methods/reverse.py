@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from ..backend import namespace
 from ..dynamics import Dynamics, StabilityWatch, run
+from ..nonfinite import NonFiniteError, deferred_checks, settle_checks
 from ..problem import BilevelProblem
 from ..recompute import reverse_sweep
 from ..registry import register
@@ -64,7 +65,10 @@ def unrolled_vjp(
     default to the dynamics' own; ``watch.record(k, a_{k+1}, a_k)`` sees every backward
     step (a free stability test, :class:`~bilevel.dynamics.StabilityWatch`). Raises
     ``ValueError`` when a truncated sweep drops the whole hypergradient (λ only in the
-    init map). Cost: one ``step_vjp`` per step.
+    init map). Cost: one ``step_vjp`` per step. On a device the finiteness checks of the
+    forward pass are read once before ``f(w_K)``, those of the reverse sweep once at the
+    end (:class:`~bilevel.nonfinite.deferred_checks`); an error from the forward pass has
+    ``err.forward_pass = True``.
     """
     K = dynamics.steps
     step = step or (lambda s, k: dynamics.step(problem, s, lam, k))
@@ -76,6 +80,7 @@ def unrolled_vjp(
             return step(s, start + j)
 
     def on_final(s: Any) -> None:
+        settle_forward_pass()
         w = dynamics.weights(s)
         with at_step(K):
             value, gw, gl = problem.outer_value_and_grads(w, lam)
@@ -88,7 +93,8 @@ def unrolled_vjp(
             watch.record(start + j, out["a"], a)
         out.update(a=a, grad=out["grad"] + b, mixed=out["mixed"] + b)
 
-    stats = sweep(advance, backward, s_start, K - start, on_final=on_final)
+    with deferred_checks():
+        stats = sweep(advance, backward, s_start, K - start, on_final=on_final)
     grad = out["grad"]
     if problem.init is not None:
         if start == 0:
@@ -96,6 +102,15 @@ def unrolled_vjp(
         else:
             _require_a_mixed_term(out["mixed"])
     return Sweep(grad, out["w"], out["value"], out["a"], stats)
+
+
+def settle_forward_pass() -> None:
+    """Read the deferred checks of a forward pass; mark a failure ``forward_pass``."""
+    try:
+        settle_checks()
+    except NonFiniteError as err:
+        err.forward_pass = True
+        raise
 
 
 def _require_a_mixed_term(mixed: Any) -> None:

@@ -93,19 +93,35 @@ def device_of(x: Any) -> Any:
     return getattr(x, "device", None)
 
 
+_SCALARS_ACCEPTED: dict[int, bool] = {}
+
+
+def accepts_scalars(xp: Any) -> bool:
+    """Whether ``xp``'s ``maximum``, ``minimum``, ``where`` and ``clip`` take a Python scalar
+    beside an array (Array API 2024.12 and later; CuPy always did)."""
+    key = id(xp)
+    known = _SCALARS_ACCEPTED.get(key)
+    if known is None:
+        version = str(getattr(xp, "__array_api_version__", "0"))
+        known = array_api_compat.is_cupy_namespace(xp) or version >= "2024.12"
+        _SCALARS_ACCEPTED[key] = known
+    return known
+
+
 def operand(xp: Any, s: Any, like: Any) -> Any:
     """``s`` ready to meet arrays of ``xp`` in a function call.
 
     NumPy passes everything through. For other backends a NumPy scalar becomes a Python
-    scalar (so float32 arrays stay float32 and no host/device mix occurs), and a Python
-    scalar becomes a 0-d array of ``like``'s dtype and device (Array-API functions such as
-    ``maximum`` take arrays only).
+    scalar (so float32 arrays stay float32 and no host/device mix occurs). A Python scalar
+    stays a Python scalar where the namespace takes one (:func:`accepts_scalars`: no new
+    device array per call, e.g. the 0 of every ReLU); for older Array-API namespaces it
+    becomes a 0-d array of ``like``'s dtype and device.
     """
     if xp is np:
         return s
     if isinstance(s, np.generic):
         s = s.item()
-    if isinstance(s, (bool, int, float, complex)):
+    if isinstance(s, (bool, int, float, complex)) and not accepts_scalars(xp):
         return xp.asarray(s, dtype=dtype_of(like), device=device_of(like))
     return s
 

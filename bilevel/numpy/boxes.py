@@ -188,9 +188,37 @@ except ImportError:
 if cupy is not None:
     register(cupy.ndarray)
 
+_BINARY = ("add", "sub", "mul", "truediv", "pow", "matmul")
+
+
+def _defer_to_boxes(array_type: type) -> None:
+    """Make ``array <op> box`` return ``NotImplemented`` so Python calls the box's reflected
+    operator, as CuPy does for objects of higher ``__array_priority__``. ``array_api_strict``
+    raises a ``TypeError`` instead; patched here so the stand-in device behaves like a GPU
+    array (``X @ w`` with data ``X`` and traced ``w``)."""
+
+    def deferring(original: Any) -> Any:
+        def op(self: Any, other: Any) -> Any:
+            if isinstance(other, Box):
+                return NotImplemented
+            return original(self, other)
+
+        op.__name__ = original.__name__
+        op.__doc__ = original.__doc__
+        op.__wrapped__ = original
+        return op
+
+    for name in _BINARY:
+        for dunder in (f"__{name}__", f"__r{name}__"):
+            original = getattr(array_type, dunder, None)
+            if original is not None and not hasattr(original, "__wrapped__"):
+                setattr(array_type, dunder, deferring(original))
+
+
 try:
     from array_api_strict._array_object import Array as _StrictArray
 except ImportError:
     _StrictArray = None
 if _StrictArray is not None:
     register(_StrictArray)
+    _defer_to_boxes(_StrictArray)

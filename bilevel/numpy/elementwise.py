@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from autograd.extend import primitive
 
-from bilevel.numpy._core import namespace, operand
+from bilevel.numpy._core import device_of, namespace, operand
 
 __all__ = [
     "abs",
@@ -113,6 +113,9 @@ def where(condition: Any, x: Any, y: Any) -> Any:
     if xp is np:
         return np.where(condition, x, y)
     like = x if hasattr(x, "shape") and not isinstance(x, np.generic) else y
+    if not hasattr(like, "shape") or isinstance(like, np.generic):  # two scalars
+        like = y = xp.asarray(y.item() if isinstance(y, np.generic) else y,
+                              device=device_of(condition))
     return xp.where(condition, operand(xp, x, like), operand(xp, y, like))
 
 

@@ -189,6 +189,10 @@ class Specified(MetaAlgorithm):
     ``fast_oracles`` (keyword only, default ``True``): use the built-in models' analytic
     derivative oracles where they exist (:mod:`bilevel.meta.model_oracles`; equal to
     autograd's to rounding, several times faster); ``False`` traces with autograd.
+    ``check_finite`` (keyword only, default ``True``): the batched problem checks every
+    oracle's result for NaN/inf (``BilevelProblem(check_finite=...)``). On a GPU the checks
+    stay on the device and are read once per loop; ``False`` skips them (a NaN then shows
+    only in the meta-gradient and the loss).
 
     The meta-gradient is ``λ'(θ)ᵀ (1/|S|) Σ_{i∈S} ∇_{λ_i} f_i`` from one batched
     :func:`bilevel.hypergrad` call with the specification's dynamics and method; ``S`` are
@@ -197,6 +201,7 @@ class Specified(MetaAlgorithm):
     """
 
     fast_oracles: bool = option(True, check=boolean, kw_only=True)
+    check_finite: bool = option(True, check=boolean, kw_only=True)
 
     @abc.abstractmethod
     def specification(self) -> Specification:
@@ -248,7 +253,9 @@ class Specified(MetaAlgorithm):
 
     def _problem(self, spec: Specification, params: Any,
                  *arrays: Any) -> tuple[BilevelProblem, Any, Any]:
-        return batched_problem(spec, params, Episode(*arrays), type(self).__name__)
+        problem, lam, w0 = batched_problem(spec, params, Episode(*arrays), type(self).__name__)
+        problem.check_finite = self.check_finite
+        return problem, lam, w0
 
     def _hypergradient(self, spec: Specification, params: Any, episode: Any) -> HypergradResult:
         problem, lam, w0 = self._problem(spec, params, episode.x_support, episode.y_support,

@@ -27,9 +27,9 @@ def sum_tasks(x: Any) -> Any:
     behind ``x``, so meta-gradients from micro-batches equal the one-batch result bit for
     bit. ``T − 1`` additions of one task's size (no ``(T, …)`` temporary).
     """
-    total = x[0]
+    total = x[0, ...]
     for i in range(1, int(x.shape[0])):
-        total = total + x[i]
+        total = total + x[i, ...]
     return total
 
 
