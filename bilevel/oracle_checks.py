@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import namespace, to_numpy, unbox
+from .backend import device, namespace, to_numpy, unbox
 from .oracles import DerivedOracles
 
 __all__ = ["OracleReport", "check_oracles"]
@@ -183,7 +183,8 @@ def check_oracles(
     rng = np.random.default_rng(seed)
 
     def rand(like: Any) -> Any:
-        return xp.asarray(rng.standard_normal(tuple(like.shape)), dtype=like.dtype)
+        return xp.asarray(rng.standard_normal(tuple(like.shape)), dtype=like.dtype,
+                          device=device(like))
 
     point = _Point(w, lam, data, rand(w), rand(w), rand(lam), eps)
     errors, methods = {}, {}

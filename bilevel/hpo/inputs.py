@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import is_array
+from ..backend import is_array, namespace
 
 __all__ = ["matrix", "pair", "same_features", "vector"]
 
@@ -17,7 +17,7 @@ def matrix(name: str, X: Any) -> Any:
     if not is_array(X) or len(X.shape) != 2:
         shape = tuple(getattr(X, "shape", ())) if is_array(X) else type(X).__name__
         raise ValueError(f"{name} must be a 2-D float array (samples, features), got {shape}")
-    if getattr(X.dtype, "kind", "f") != "f":
+    if not namespace(X).isdtype(X.dtype, "real floating"):
         raise TypeError(f"{name} must have a floating dtype, got {X.dtype}")
     return X
 
@@ -28,7 +28,7 @@ def vector(name: str, y: Any, n: int, kind: str) -> Any:
         shape = tuple(getattr(y, "shape", ())) if is_array(y) else type(y).__name__
         raise ValueError(f"{name} must be a 1-D array of length {n} (one per sample), got {shape}")
     want = {"f": "floating", "i": "integer"}[kind]
-    if (y.dtype.kind in "iu") != (kind == "i"):
+    if namespace(y).isdtype(y.dtype, "integral") != (kind == "i"):
         raise TypeError(f"{name} must have an {want} dtype, got {y.dtype}")
     return y
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from bilevel.backend import device
 from bilevel.linalg.factored import FactorCache, materialize, solve_dense
 from bilevel.linalg.result import SolveResult, max_ratio
 from bilevel.linalg.system import LinearSolver, Matvec, check_system, damped_operator
@@ -97,7 +98,7 @@ class Direct(LinearSolver):
             return self._cached(xp, matvec, b, damping)
         A, count = materialize(xp, matvec, b)
         if damping:
-            A = A + damping * xp.eye(n, dtype=b.dtype)
+            A = A + damping * xp.eye(n, dtype=b.dtype, device=device(b))
         if not bool(xp.all(xp.isfinite(A))):
             note = "; matvec returned non-finite entries, no solution computed"
             return _result(xp, xp.zeros_like(b), None, b, note, count)

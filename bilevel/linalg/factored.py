@@ -18,7 +18,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from bilevel.backend import name_of
+from bilevel.backend import device, name_of
 from bilevel.linalg.system import Matvec, damped_operator
 
 try:  # optional: triangular solves on the host (NumPy has none)
@@ -50,7 +50,7 @@ def materialize(xp: Any, matvec: Matvec, b: Array) -> tuple[Array, int]:
         if M is not None:
             return M, -(-b.shape[-1] // CHUNK) + 1
     n = b.shape[-1]
-    eye = xp.eye(n, dtype=b.dtype)
+    eye = xp.eye(n, dtype=b.dtype, device=device(b))
     columns = []
     for i in range(n):
         e = eye[i, :]
@@ -63,7 +63,7 @@ def materialize(xp: Any, matvec: Matvec, b: Array) -> tuple[Array, int]:
 def _by_blocks(xp: Any, block: Callable, matvec: Matvec, b: Array) -> Array | None:
     """``M`` from batched products of identity rows, or ``None`` when that is not possible."""
     n = b.shape[-1]
-    eye = xp.eye(n, dtype=b.dtype)
+    eye = xp.eye(n, dtype=b.dtype, device=device(b))
     try:  # an objective without the batch convention fails in its own way: fall back
         rows = [block(eye[i:i + CHUNK]) for i in range(0, n, CHUNK)]
         M = xp.concat(rows, axis=0).T
@@ -141,7 +141,7 @@ class FactorCache:
         c2 = a2 - _matmul_vec(self.A, r2)
         d = c1 / r1
         if bool(xp.all(xp.max(xp.abs(c2 - d * r2), axis=-1) <= _tolerance(xp, n, a1, a2))):
-            self.A = self.A + d[..., None] * xp.eye(n, dtype=b.dtype)
+            self.A = self.A + d[..., None] * xp.eye(n, dtype=b.dtype, device=device(b))
             self.factor = None
             return "diagonal update", 2
         self.A, count = materialize(xp, matvec, b)
@@ -166,7 +166,7 @@ def _factorize(xp: Any, A: Array, damping: float) -> tuple[str, Array]:
 
     Cost ``O(n³/3)`` per problem for Cholesky.
     """
-    M = A + damping * xp.eye(A.shape[-1], dtype=A.dtype) if damping else A
+    M = A + damping * xp.eye(A.shape[-1], dtype=A.dtype, device=device(A)) if damping else A
     if not _symmetric(xp, M):
         return "lu", M
     try:

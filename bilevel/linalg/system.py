@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from bilevel.backend import namespace
+from bilevel.backend import device, namespace
 from bilevel.linalg.result import SolveResult
 from bilevel.validation import Validated, nonnegative
 
@@ -104,7 +104,7 @@ def zero_solution(xp: Any, b: Array, b_norm: Array, label: str) -> SolveResult:
     """``b = 0`` for every problem: ``x = 0`` solves it exactly, with no matvec."""
     return SolveResult.of(
         xp.zeros_like(b),
-        xp.ones(b_norm.shape, dtype=xp.bool),
+        xp.ones(b_norm.shape, dtype=xp.bool, device=device(b)),
         iterations=0,
         residual_norm=xp.zeros_like(b_norm),
         b_norm=b_norm,

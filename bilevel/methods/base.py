@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import namespace
+from ..backend import device, namespace
 from ..batch import largest, norm_per_problem, per_problem
 from ..dynamics import Dynamics
 from ..nonfinite import at_step
@@ -200,7 +200,7 @@ def failure_result(lam: Any, message: str, **diagnostics: Any) -> HypergradResul
     """
     xp = namespace(lam)
     res = HypergradResult(
-        grad=xp.full(tuple(lam.shape), float("nan"), dtype=lam.dtype),
+        grad=xp.full(tuple(lam.shape), float("nan"), dtype=lam.dtype, device=device(lam)),
         w=None,
         value=float("nan"),
         success=False,
