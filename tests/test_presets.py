@@ -40,7 +40,8 @@ def test_preset_sets_the_papers_options_and_explicit_options_win():
     args = parsed(["--preset", "maml-sinusoid", "--meta-batch", "4"])
     alg, model = build(args)
     assert isinstance(alg, MAML) and alg.inner_lr == 0.01 and alg.steps == 1
-    assert model.activation == "relu" and model.init_std == 0.01 and model.sizes[1] == 40
+    assert model.activation == "relu" and model.sizes[1] == 40
+    assert model.initialization == "uniform" and model.init_std is None
     assert args.meta_batch == 4 and args.lr == 1e-3 and args.steps == 70000
 
 
