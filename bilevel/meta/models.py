@@ -50,7 +50,8 @@ class MLP(Model):
         MAML's TensorFlow code (``0.01`` for the sinusoid network).
     initialization : {"uniform", "fan-in", "he"}, optional
         ``"uniform"`` (default with ReLU): PyTorch's ``nn.Linear`` default, weights and
-        biases from ``U(−1/√fan_in, 1/√fan_in)``. ``"fan-in"`` (default with tanh):
+        biases from ``U(−1/√fan_in, 1/√fan_in)``. ``"fan-in"`` (default with tanh or
+        ``init_std``):
         weights ``N(0, 1/fan_in)``, zero biases. ``"he"``: weights ``N(0, 2/fan_in)``,
         zero biases (the ReLU default before). With a scalar input and zero biases every
         first-layer ReLU has its kink at ``x = 0``; random biases spread the kinks. On
@@ -71,7 +72,8 @@ class MLP(Model):
     ):
         sizes = tuple(sizes)
         if initialization is None:
-            initialization = "uniform" if activation == "relu" else "fan-in"
+            relu = activation == "relu" and init_std is None
+            initialization = "uniform" if relu else "fan-in"
         if initialization not in INITIALIZATIONS:
             raise ValueError(f"initialization must be one of {INITIALIZATIONS}, got "
                              f"{initialization!r}")
