@@ -82,6 +82,18 @@ def test_amaml_default_replaces_unstable_continuous_adjoints_by_the_exact_one():
     assert step.success and step.success_fraction == 1.0
 
 
+def test_amaml_fallback_without_per_task_flags_redoes_the_batch():
+    """One step: the continuous adjoint reports a failure for the batch, not per task."""
+    model, theta, ep = sharp_setup()
+    kw = dict(horizon=0.03, steps=1, scheme="euler")
+    alone = AMAML(model, on_unstable="drop", **kw).hypergradient(theta, ep)
+    assert not alone.success and alone.get("problem_success") is None
+    res = AMAML(model, **kw).hypergradient(theta, ep)
+    exact = AMAML(model, method=Adjoint(), **kw).hypergradient(theta, ep)
+    assert res.success and res["adjoint_fallback"].all(), res.message
+    np.testing.assert_allclose(res.grad, exact.grad, rtol=1e-12)
+
+
 def test_amaml_default_step_is_the_papers():
     model = MLP((1, 4, 1), activation="tanh")
     alg = AMAML(model)

@@ -52,17 +52,19 @@ def task_subset(episode: Episode, index: np.ndarray) -> Episode:
     return Episode(*arrays, info)
 
 
-def splice(res: HypergradResult, exact: HypergradResult, index: np.ndarray) -> HypergradResult:
+def splice(res: HypergradResult, exact: HypergradResult, index: np.ndarray,
+           ok: np.ndarray) -> HypergradResult:
     """``res`` with the gradients and flags of the tasks ``index`` taken from ``exact``.
 
-    Adds ``adjoint_fallback`` (per task: the exact discrete adjoint replaced the
-    continuous one) and the work of the second pass to the counts.
+    ``ok`` are the per-task flags of ``res``. Adds ``adjoint_fallback`` (per task: the
+    exact discrete adjoint replaced the continuous one) and the work of the second pass
+    to the counts.
     """
     out = HypergradResult(res)
     xp = namespace(res.grad)
     grad = xp.asarray(res.grad, copy=True)
     grad[xp.asarray(index)] = exact.grad
-    ok = to_numpy(res["problem_success"]).astype(bool)
+    ok = ok.copy()
     redone = np.zeros(ok.shape, dtype=bool)
     redone[index] = True
     flags = exact.get("problem_success")
@@ -71,10 +73,18 @@ def splice(res: HypergradResult, exact: HypergradResult, index: np.ndarray) -> H
     out.update(grad=grad, problem_success=ok, adjoint_fallback=redone,
                success=bool(ok.all()),
                **{k: int(res.get(k, 0)) + int(exact.get(k, 0)) for k in COUNTS})
-    note = (f"{index.size} of {ok.size} tasks failed the continuous adjoint's backward step "
-            "condition (h·λ_max(H) > 2) and used the exact discrete adjoint")
+    note = (f"{index.size} of {ok.size} tasks used the exact discrete adjoint: the "
+            "continuous adjoint failed its backward step condition (h·λ_max(H) > 2)")
     out["message"] = note if out["success"] else f"{exact.get('message')}; {note}"
     return out
+
+
+def task_flags(res: HypergradResult, T: int) -> np.ndarray:
+    """Per-task success flags ``(T,)``: ``problem_success``, else ``success`` for all."""
+    flags = res.get("problem_success")
+    if flags is None:
+        return np.full(T, bool(res.get("success", True)))
+    return to_numpy(flags).astype(bool)
 
 
 @register("algorithm", "A-MAML")
@@ -139,13 +149,13 @@ class AMAML(Validated, Specified):
         """The specification's hypergradient; with ``on_unstable="discrete"`` the tasks
         whose continuous adjoint failed get the exact discrete adjoint."""
         res = super()._hypergradient(spec, params, episode)
-        flags = res.get("problem_success")
         continuous = getattr(spec.method, "discrete", True) is False
-        if self.on_unstable != "discrete" or not continuous or flags is None:
-            return res
-        failed = np.flatnonzero(~to_numpy(flags).astype(bool))
+        if self.on_unstable != "discrete" or not continuous or res.get("w") is None:
+            return res  # a discrete method, or a forward pass that diverged
+        ok = task_flags(res, episode.n_tasks)
+        failed = np.flatnonzero(~ok)
         if failed.size == 0:
             return res
         exact = super()._hypergradient(replace(spec, method=Adjoint()), params,
                                        task_subset(episode, failed))
-        return splice(res, exact, failed)
+        return splice(res, exact, failed, ok)
