@@ -173,7 +173,7 @@ def test_packaging_ships_py_typed_and_imported_dependencies_only():
 
 @pytest.mark.parametrize("algorithm, lr, steps", [
     ("maml", 0.01, 1), ("imaml", 0.01, 20), ("anil", 0.1, 5), ("reptile", 0.01, 5),
-    ("memory-reduced", 0.02, 20), ("amaml", 0.01, 10),
+    ("memory-reduced", 0.02, 20), ("amaml", 0.005, 20),
 ])
 def test_meta_train_inner_defaults_are_the_algorithms(algorithm, lr, steps):
     from bilevel.meta.cli import _parser, build

@@ -1,4 +1,5 @@
-"""Synthetic task families: sinusoid regression and quadratic tasks with closed forms."""
+"""Synthetic task families: sinusoid regression, quadratic tasks with closed forms, and
+A-MAML's closed-form regression families (Alpine2D, CosMixture, CosMixture2D)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import numpy as np
 
 from bilevel import backend as _backend
 
-from .base import Episode, TaskSampler, check_count
+from .base import Episode, TaskSampler, check_count, check_rng
 
-__all__ = ["Sinusoid", "QuadraticTasks"]
+__all__ = ["Alpine2D", "CosMixture", "CosMixture2D", "FunctionFamily", "QuadraticTasks",
+           "Sinusoid"]
 
 
 def _check_range(name: str, bounds: Any, positive: bool = False) -> tuple[float, float]:
@@ -223,3 +225,140 @@ class QuadraticTasks(TaskSampler):
         rhs_vec = info["b"] - info["a"] + xp.einsum("tij,tj->ti", jac, info["a"])
         rhs = xp.sum(xp.einsum("tij,tj->ti", jq, rhs_vec), axis=0)
         return xp.linalg.solve(lhs, rhs)
+
+
+class FunctionFamily(TaskSampler):
+    """Regression tasks ``y = f(x; p)`` from a fixed pool of task parameters ``p``.
+
+    A-MAML's synthetic protocol (Li et al., AISTATS 2023, and its released code): the pool
+    holds ``2·n_tasks`` parameter vectors drawn uniformly in :attr:`param_bounds` from
+    ``default_rng(seed)``; the first ``n_tasks`` are the training tasks, the last
+    ``n_tasks`` the test tasks (``split``). A sampled task is a pool entry with
+    ``n_shot`` support and ``n_query`` query inputs uniform in :attr:`input_bounds`.
+    With ``standardize`` (as the released code) inputs and targets are standardized with
+    constants of the whole pool (inputs: the box's mean and standard deviation; targets:
+    over 1000 fixed inputs of every pool function), the same for both splits.
+    Cost O(T·(n_shot + n_query)·d) per episode.
+
+    Subclasses set ``input_bounds``, ``param_bounds`` and :meth:`function`.
+    """
+
+    loss = "mse"
+    input_bounds: tuple[tuple[float, float], ...] = ((-1.0, 1.0),)
+    param_bounds: tuple[tuple[float, float], ...] = ()
+
+    def __init__(self, n_shot: int = 100, n_query: int = 100, split: str = "train",
+                 n_tasks: int = 100, seed: int = 1, standardize: bool = True,
+                 backend: str | None = None, dtype: Any = "float64"):
+        self.n_shot = check_count("n_shot", n_shot)
+        self.n_query = check_count("n_query", n_query)
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        self.split, self.n_tasks, self.seed = split, check_count("n_tasks", n_tasks), int(seed)
+        self.standardize = bool(standardize)
+        self.dtype = _check_dtype(dtype)
+        self._set_backend(backend)
+        lo, hi = np.asarray(self.param_bounds, dtype=float).T
+        pool = np.random.default_rng(self.seed).uniform(lo, hi, (2 * self.n_tasks, lo.size))
+        self.params = pool[: self.n_tasks] if split == "train" else pool[self.n_tasks:]
+        self.x_shift, self.x_scale, self.y_shift, self.y_scale = self._scaling(pool)
+
+    @property
+    def dim(self) -> int:
+        """Input dimension ``d``."""
+        return len(self.input_bounds)
+
+    def function(self, x: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """``f(x; p)``: ``x (T, N, d)``, ``params (T, p)`` → ``(T, N, 1)`` (raw units)."""
+        raise NotImplementedError
+
+    def _uniform(self, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+        lo, hi = np.asarray(self.input_bounds, dtype=float).T
+        return rng.uniform(lo, hi, shape + (self.dim,))
+
+    def _scaling(self, pool: np.ndarray) -> tuple[Any, Any, float, float]:
+        if not self.standardize:
+            return 0.0, 1.0, 0.0, 1.0
+        lo, hi = np.asarray(self.input_bounds, dtype=float).T
+        x = self._uniform(np.random.default_rng([self.seed, 1]), (1, 1000))
+        y = self.function(np.broadcast_to(x, (pool.shape[0],) + x.shape[1:]), pool)
+        return (lo + hi) / 2, (hi - lo) / np.sqrt(12.0), float(y.mean()), float(y.std())
+
+    def _episode(self, x_s: np.ndarray, x_q: np.ndarray, index: np.ndarray) -> Episode:
+        p = self.params[index]
+        ys, yq = self.function(x_s, p), self.function(x_q, p)
+        dt = self.dtype
+
+        def x_(x: np.ndarray) -> np.ndarray:
+            return ((x - self.x_shift) / self.x_scale).astype(dt)
+
+        def y_(y: np.ndarray) -> np.ndarray:
+            return ((y - self.y_shift) / self.y_scale).astype(dt)
+
+        info = {"task": index, "params": p.astype(dt)}
+        return Episode(x_(x_s), y_(ys), x_(x_q), y_(yq), info)
+
+    def _sample(self, n_tasks: int, rng: np.random.Generator) -> Episode:
+        index = rng.integers(0, self.n_tasks, n_tasks)
+        x = self._uniform(rng, (n_tasks, self.n_shot + self.n_query))
+        return self._episode(x[:, : self.n_shot], x[:, self.n_shot:], index)
+
+    def test_grid(self, points: int = 100) -> np.ndarray:
+        """The test inputs of the protocol ``(points^d, d)``: a regular grid of the box
+        (``linspace`` in 1-D, a meshgrid in 2-D; raw units)."""
+        axes = [np.linspace(lo, hi, check_count("points", points))
+                for lo, hi in self.input_bounds]
+        return np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=-1)
+
+    def test_episode(self, rng: np.random.Generator, points: int = 100) -> Episode:
+        """Every task of the split once: ``n_shot`` random support inputs, the query set
+        the test grid (:meth:`test_grid`), for the fine-tuning protocol
+        (:func:`bilevel.meta.finetune.finetune_curve`)."""
+        check_rng(rng)
+        index = np.arange(self.n_tasks)
+        grid = self.test_grid(points)
+        x_q = np.broadcast_to(grid, (self.n_tasks,) + grid.shape)
+        episode = self._episode(self._uniform(rng, (self.n_tasks, self.n_shot)), x_q, index)
+        return episode if self.backend == "numpy" else episode.to_backend(self.backend)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(n_shot={self.n_shot}, n_query={self.n_query}, "
+                f"split={self.split!r}, n_tasks={self.n_tasks}, seed={self.seed}, "
+                f"standardize={self.standardize})")
+
+
+class Alpine2D(FunctionFamily):
+    """A-MAML's Alpine family: ``y = Σ_d |x_d sin(x_d + π + kπ/12) + x_d/10|``.
+
+    ``x ∈ [−10, 10]²``, ``k ~ U[−5, 5]`` (the released code draws two parameters and uses
+    the first for both coordinates; so does this family). See :class:`FunctionFamily`.
+    """
+
+    input_bounds = ((-10.0, 10.0), (-10.0, 10.0))
+    param_bounds = ((-5.0, 5.0),)
+
+    def function(self, x: np.ndarray, params: np.ndarray) -> np.ndarray:
+        s = params[:, None, :1] * np.pi / 12
+        return np.sum(np.abs(x * np.sin(x + np.pi + s) + x / 10.0), axis=-1, keepdims=True)
+
+
+class CosMixture(FunctionFamily):
+    """A-MAML's cosine mixture: ``y = −c·cos(fπx + φ) − x²`` on ``x ∈ [−1, 1]``.
+
+    ``c ~ U[0.1, 1]``, ``φ ~ U[0.5, 2]``, ``f ~ U[3, 6]``. See :class:`FunctionFamily`.
+    """
+
+    input_bounds = ((-1.0, 1.0),)
+    param_bounds = ((0.1, 1.0), (0.5, 2.0), (3.0, 6.0))
+
+    def function(self, x: np.ndarray, params: np.ndarray) -> np.ndarray:
+        c, phase, freq = (params[:, None, i:i + 1] for i in range(3))
+        term = np.cos(freq * np.pi * x + phase) * c + x * x
+        return -np.sum(term, axis=-1, keepdims=True)
+
+
+class CosMixture2D(CosMixture):
+    """:class:`CosMixture` summed over two coordinates: ``y = −Σ_d (c·cos(fπx_d + φ) +
+    x_d²)`` on ``[−1, 1]²`` (the same parameters)."""
+
+    input_bounds = ((-1.0, 1.0), (-1.0, 1.0))
