@@ -10,7 +10,7 @@ import pytest
 
 from bilevel.meta import IMAML, MAML, MemoryReduced
 from bilevel.meta.cli import build, meta_train_main
-from bilevel.meta.presets import FAMILIES, PRESETS, apply_preset, family_sampler, get_preset
+from bilevel.meta.presets import PRESETS, apply_preset, family_sampler, get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = [ROOT.parent / "shared" / "data" / "omniglot",
@@ -55,9 +55,6 @@ def test_omniglot_preset_needs_the_images():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_each_preset_runs_a_few_iterations(name, tmp_path):
     argv = ["--preset", name, "--out", str(tmp_path / name)] + SHORT
-    if get_preset(name).data in FAMILIES and not cli_reads_families():
-        pytest.skip("the command line reads A-MAML's synthetic families once meta.cli's "
-                    "_sampler/_model use presets.family_sampler (test below runs it in Python)")
     if get_preset(name).data == "omniglot":
         if OMNIGLOT is None:
             pytest.skip("Omniglot archives not found")
@@ -79,16 +76,6 @@ def test_imaml_and_rm_metal_presets_build_the_papers_solvers():
     alg, _ = build(parsed(["--preset", "rm-metal-omniglot"] + tasks))
     assert isinstance(alg, MemoryReduced) and alg.inner_lr == 0.1 and alg.steps == 20
     assert alg.solver.fixed_budget and alg.solver.maxiter == 20 and alg.damping == 0.0
-
-
-def cli_reads_families():
-    from bilevel.meta.cli import _sampler
-
-    try:
-        _sampler("alpine2d", parsed(["--n-shot", "2"]), "train")
-    except Exception:  # noqa: BLE001 - the command line's usage error
-        return False
-    return True
 
 
 def test_amaml_alpine_preset_runs_in_python_with_the_papers_test_protocol():

@@ -231,28 +231,13 @@ def test_solvers_report_breakdowns_on_the_device():
 
 
 # ---------------------------------------------------------------------- meta-learning
-@pytest.fixture
-def device_tile(monkeypatch):
-    """``specification.tile`` creating its zeros beside ``x`` (``device=``): the one-line
-    fix of ``bilevel/meta/algorithms/specification.py`` (owned elsewhere) applied here."""
-    from bilevel.backend import device, namespace
-    from bilevel.meta.algorithms import pretrain, specification
-
-    def tile(x, T):
-        return namespace(x).zeros((T, 1), dtype=x.dtype, device=device(x)) + x[None, :]
-
-    monkeypatch.setattr(specification, "tile", tile)
-    monkeypatch.setattr(pretrain, "tile", tile)
-
-
-# Not yet here (files owned elsewhere): MemoryReduced (meta/algorithms/objectives.py seeds
-# its VJP without device=), Reptile (the analytic oracles of meta/model_oracles.py use
-# NumPy-only array methods and Reptile has no fast_oracles=False).
-META = ["maml", "fomaml", "anil", "imaml", "amaml", "pretrain", "cml"]
+# Reptile is not here: its analytic oracles (meta/model_oracles.py) are NumPy-only and it has
+# no fast_oracles=False.
+META = ["maml", "fomaml", "anil", "imaml", "amaml", "pretrain", "cml", "memoryreduced"]
 
 
 @pytest.mark.parametrize("name", META)
-def test_meta_algorithms_run_on_the_device_and_match_numpy(name, device_tile):
+def test_meta_algorithms_run_on_the_device_and_match_numpy(name):
     from bilevel.meta import Episode, Sinusoid
     from bilevel.meta.models import MLP
 
@@ -280,18 +265,15 @@ def moved(tree):
     return {k: on_device(v) for k, v in tree.items()}
 
 
-def hpo_problem(name):
-    """An HPO problem built on NumPy with its data moved to the device, ``(problem, n, m)``.
-
-    (The factories' input checks read ``dtype.kind``, a NumPy attribute: building on the
-    device needs ``bilevel/hpo/inputs.py`` to use ``isdtype``, owned elsewhere.)
-    """
+def hpo_problem(name, convert):
+    """An HPO problem built from data made by ``convert`` (device or NumPy), ``(problem, n, m)``."""
     from bilevel.hpo import problems
 
     rng = np.random.default_rng(5)
     X, Xv = rng.standard_normal((20, 4)), rng.standard_normal((10, 4))
     y, yv = X @ np.ones(4) + 0.1 * rng.standard_normal(20), Xv @ np.ones(4)
     labels, labels_v = (y > 0).astype(np.int64), (yv > 0).astype(np.int64)
+    X, Xv, y, yv, labels, labels_v = map(convert, (X, Xv, y, yv, labels, labels_v))
     built = {
         "ridge": lambda: (problems.ridge(X, y, Xv, yv), 4, 4),
         "logistic": lambda: (problems.logistic(X, labels, Xv, labels_v), 5, 1),
@@ -302,12 +284,10 @@ def hpo_problem(name):
 
 @pytest.mark.parametrize("name", ["ridge", "logistic", "hyper_cleaning"])
 def test_hpo_problems_run_on_the_device(name):
+    """The factories take device arrays as they are; the hypergradient equals NumPy's."""
     results = []
-    for on_dev in (True, False):
-        problem, n, m = hpo_problem(name)
-        convert = on_device if on_dev else np.asarray
-        if on_dev:
-            problem.data = moved(problem.data)
+    for convert in (on_device, np.asarray):
+        problem, n, m = hpo_problem(name, convert)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             results.append(hypergrad(problem, convert(np.zeros(m)), convert(np.zeros(n)),
@@ -353,7 +333,7 @@ def test_a_diverging_backward_reconstruction_fails_alike_on_the_device():
 
 
 @pytest.mark.parametrize("name", ["maml", "imaml"])
-def test_conv4_meta_gradients_on_the_device(name, device_tile):
+def test_conv4_meta_gradients_on_the_device(name):
     """Convolutions, pooling and normalization of Conv4 through MAML and iMAML."""
     from bilevel.meta import Episode
     from bilevel.meta.conv_models import Conv4

@@ -33,7 +33,7 @@ from typing import Any
 
 import bilevel.numpy as bnp
 
-from ..backend import namespace
+from ..backend import device, namespace
 from ..dynamics import Dynamics
 from ..problem import BilevelProblem
 from ..testing.ridge import linear, ridge_objectives, ridge_problem
@@ -222,8 +222,8 @@ def hyper_cleaning(
         raise ValueError(
             f"n_classes must be at least 2 and exceed every label ({top - 1}), got {C}"
         )
-    ones = xp.ones((X.shape[0], 1), dtype=X.dtype)
-    ones_v = xp.ones((Xv.shape[0], 1), dtype=X.dtype)
+    ones = xp.ones((X.shape[0], 1), dtype=X.dtype, device=device(X))
+    ones_v = xp.ones((Xv.shape[0], 1), dtype=X.dtype, device=device(Xv))
     d = X.shape[1]
     data = {
         "X": xp.concat([X, ones], axis=1),

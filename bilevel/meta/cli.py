@@ -58,7 +58,7 @@ from .algorithms import (
 )
 from .curves import plot_curve, results_table
 from .distributed import split_parts
-from .presets import PRESETS, apply_preset
+from .presets import FAMILIES, PRESETS, apply_preset, family_sampler
 from .train import Evaluation, evaluate, fingerprint, load_checkpoint, train
 
 __all__ = ["build", "inner_defaults", "meta_eval_main", "meta_train_main", "plot_curve",
@@ -101,11 +101,19 @@ def _sampler(spec: str, args: argparse.Namespace, split: str) -> Any:
 
     if spec == "sinusoid":
         return Sinusoid(n_shot=args.n_shot, n_query=args.n_query, backend=_backend(args))
+    if spec in FAMILIES:
+        return family_sampler(spec, args.n_shot, args.n_query, split, backend=_backend(args))
     if spec.startswith("omniglot:"):
         return Omniglot(_omniglot_path(spec), ways=args.ways, n_shot=args.n_shot,
                         n_query=args.n_query, split=split, split_by="alphabet",
                         backend=_backend(args))
-    raise UsageError(f"--tasks must be 'sinusoid' or 'omniglot:PATH', got {spec!r}")
+    raise UsageError(f"--tasks must be 'sinusoid', {', '.join(map(repr, FAMILIES))} or "
+                     f"'omniglot:PATH', got {spec!r}")
+
+
+def _regression(spec: str) -> bool:
+    """True for the regression task families (sinusoids, A-MAML's synthetic functions)."""
+    return spec == "sinusoid" or spec in FAMILIES
 
 
 def _backend(args: argparse.Namespace) -> str:
@@ -118,7 +126,7 @@ def inner_defaults(algorithm: str) -> tuple[float, int]:
 
     They are the defaults of the algorithm's class (MAML 0.01 × 1 step, iMAML 0.01 × 20,
     ANIL 0.1 × 5, Reptile 0.01 × 5, MemoryReduced 0.02 × 20, Pretrain 0.01 × 1; A-MAML
-    integrates its default horizon 0.1 in 10 steps: 0.01 × 10). CML takes its
+    integrates its default horizon 0.1 in 20 steps: 0.005 × 20). CML takes its
     ``--cml-base``'s.
     """
     cls = lookup("algorithm", algorithm)
@@ -143,8 +151,9 @@ def _complete_inner(args: argparse.Namespace) -> None:
 def _model(spec: str, args: argparse.Namespace) -> Any:
     from .models import MLP, Conv4
 
-    if spec == "sinusoid":
-        return MLP((1, args.hidden, args.hidden, 1), activation=args.activation,
+    if _regression(spec):
+        width = 1 if spec == "sinusoid" else len(FAMILIES[spec].input_bounds)
+        return MLP((width, args.hidden, args.hidden, 1), activation=args.activation,
                    init_std=getattr(args, "init_std", None))
     return Conv4(hidden=args.hidden, ways=args.ways, dtype="float32")
 
@@ -178,9 +187,10 @@ def build(args: argparse.Namespace) -> tuple[MetaAlgorithm, Any]:
             raise UsageError(f"--cml-base must name another algorithm, got {args.cml_base!r}")
         from .models import MLP
 
-        n_feat = args.hidden if args.tasks == "sinusoid" else model.n_features
-        out = 1 if args.tasks == "sinusoid" else args.ways
-        loss = "mse" if args.tasks == "sinusoid" else "cross_entropy"
+        regression = _regression(args.tasks)
+        n_feat = args.hidden if regression else model.n_features
+        out = 1 if regression else args.ways
+        loss = "mse" if regression else "cross_entropy"
         colearner = MLP((n_feat, args.hidden, out), activation="relu", loss=loss,
                         dtype=model.dtype)
         return CML(makers[spelling(args.cml_base)](), colearner, weight=args.cml_weight), model
@@ -195,7 +205,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    help="meta-learning algorithm (any spelling: A-MAML, memory-reduced)")
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="a paper's protocol (bilevel.meta.presets); explicit options win")
-    p.add_argument("--tasks", default="sinusoid", help="'sinusoid' or 'omniglot:PATH'")
+    p.add_argument("--tasks", default="sinusoid",
+                   help="'sinusoid', A-MAML's synthetic families ("
+                        + ", ".join(FAMILIES) + ") or 'omniglot:PATH'")
     p.add_argument("--ways", type=int, default=5, help="classes per task (Omniglot)")
     p.add_argument("--n-shot", type=int, default=10, help="support examples per class/task")
     p.add_argument("--n-query", type=int, default=10, help="query examples per class/task")

@@ -17,7 +17,7 @@ from autograd.core import make_vjp
 
 import bilevel.numpy as bnp
 
-from ...backend import namespace
+from ...backend import device, namespace
 from .. import model_oracles
 
 __all__ = [
@@ -123,7 +123,7 @@ def cached_head_grad(model: Any, head_reg: float, w: Any, lam: Any, data: Any) -
         return bnp.sum(value + 0.5 * head_reg * sqnorm(y) if head_reg else value)
 
     vjp, _ = make_vjp(loss, w)
-    return vjp(namespace(w).asarray(1.0, dtype=w.dtype))
+    return vjp(namespace(w).asarray(1.0, dtype=w.dtype, device=device(w)))
 
 
 # ------------------------------------------------------------------ analytic oracles

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ...api import Method
-from ...backend import namespace
+from ...backend import device, namespace
 from ...dynamics import Dynamics, run
 from ...problem import BilevelProblem
 from ..tasks import Episode
@@ -36,7 +36,7 @@ __all__ = ["Appended", "Part", "Specification", "append_parameters", "batched_pr
 def tile(x: Any, T: int) -> Any:
     """``x`` of shape ``(m,)`` repeated into ``(T, m)`` (a fresh array, one copy per task)."""
     xp = namespace(x)
-    return xp.zeros((T, 1), dtype=x.dtype) + x[None, :]
+    return xp.zeros((T, 1), dtype=x.dtype, device=device(x)) + x[None, :]
 
 
 @dataclass(frozen=True)
