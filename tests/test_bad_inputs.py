@@ -437,7 +437,7 @@ CLI_CASES = [
     (["meta-train", "--checkpoint-every", "0"], "--checkpoint-every must be >= 1"),
     (["meta-train", "--eval-tasks", "0"], "--eval-tasks must be >= 1"),
     (["meta-train", "--steps", "abc"], "argument --steps: invalid int value"),
-    (["meta-train", "--tasks", "mnist"], "--tasks must be 'sinusoid' or 'omniglot:PATH'"),
+    (["meta-train", "--tasks", "mnist"], "--tasks must be 'sinusoid', 'alpine2d'"),
     (["meta-train", "--tasks", "omniglot:TMP/missing"], "does not exist"),
     (["meta-train", "--tasks", "omniglot:"], "--tasks omniglot:PATH needs"),
     (["meta-train", "--out", f"TMP/{AFILE}/run"], "is a file, not a folder"),
