@@ -14,6 +14,7 @@ Layout, as in ``autograd.numpy``: the definitions modules (:mod:`~bilevel.numpy.
 
 import numpy as _np
 
+import bilevel.numpy.threads  # noqa: F401  (autograd's trace counter per thread)
 from bilevel.numpy.boxes import BackendBox, BackendVSpace, register
 from bilevel.numpy.creation import (
     all,
