@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 import warnings
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -132,13 +134,12 @@ def hypergrad(
         )
     w0 = _starting_point(problem, lam, w0, state)
     _require_differentiable(method, lam, w0)
-    problem.check_inputs(w0, lam)
 
     before = problem.counts.snapshot()
     t0 = time.perf_counter()
     try:
         with _reported_overflow(problem):
-            problem.validate(w0, lam)
+            _validate(problem, lam, w0)
             res = method.compute(problem, lam, w0, dynamics, state)
     except NonFiniteError as err:
         res = _nonfinite_failure(err, problem, lam, w0)
@@ -160,6 +161,82 @@ def _reported_overflow(problem: BilevelProblem) -> Any:
     if problem.check_finite:
         return np.errstate(over="ignore", invalid="ignore", divide="ignore")
     return contextlib.nullcontext()
+
+
+_VALIDATED: OrderedDict[tuple, tuple] = OrderedDict()
+"""Signatures whose objectives passed :meth:`BilevelProblem.validate`, most recent last; each
+value holds the objectives, so the ids in its key stay theirs."""
+_VALIDATED_MAX = 32
+
+
+def _validate(problem: BilevelProblem, lam: Any, w0: Any) -> None:
+    """:meth:`BilevelProblem.validate` once per signature, then only the inputs' finiteness.
+
+    The signature (:func:`_signature`) is the pair of objectives and the shapes, dtypes and
+    array types of ``w0``, λ and every data entry: once ``g`` and ``f`` have returned finite
+    values of the right shape for it, a later call with the same signature checks only that
+    ``w0``, λ and the data are finite (one host read per array, no evaluation of ``g`` or
+    ``f``). A NaN that appears later still fails the result, at the step that produced it.
+    """
+    problem.check_inputs(w0, lam)
+    key = _signature(problem, lam, w0)
+    if key is None:
+        problem.validate(w0, lam)
+        return
+    if key in _VALIDATED:
+        _VALIDATED.move_to_end(key)
+        if problem.check_finite and _bad_inputs(problem, lam, w0):
+            raise NonFiniteError("input", "an input contains NaN or inf")
+        return
+    problem.validate(w0, lam)
+    _VALIDATED[key] = (problem.inner, problem.outer)
+    if len(_VALIDATED) > _VALIDATED_MAX:
+        _VALIDATED.popitem(last=False)
+
+
+def _signature(problem: BilevelProblem, lam: Any, w0: Any) -> tuple | None:
+    """What :meth:`BilevelProblem.validate` depends on besides values; ``None`` when it cannot
+    be told (traced inputs, data that is not a tree of arrays)."""
+    if has_box((lam, w0)):
+        return None
+    leaves = _leaf_signatures(problem.data, 0)
+    if leaves is None:
+        return None
+    return (_callable_key(problem.inner), _callable_key(problem.outer), problem.check_finite,
+            _array_signature(lam), _array_signature(w0), leaves)
+
+
+def _array_signature(x: Any) -> tuple:
+    return type(x), tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", type(x).__name__))
+
+
+def _leaf_signatures(data: Any, depth: int) -> tuple | None:
+    """Types, shapes and dtypes of a data tree's leaves; ``None`` for anything else."""
+    if data is None or isinstance(data, (bool, int, float, str)):
+        return (data,)
+    children = _children(data, "")
+    if children is None:
+        return _array_signature(data) if hasattr(data, "shape") and not has_box(data) else None
+    if depth > 8:
+        return None
+    out = [type(data)]
+    for label, value in children:
+        leaf = _leaf_signatures(value, depth + 1)
+        if leaf is None:
+            return None
+        out.append((label, leaf))
+    return tuple(out)
+
+
+def _callable_key(fn: Any) -> Any:
+    """A hashable stand-in of an objective: its ``id``, or for a :func:`functools.partial`
+    (rebuilt on every call by the meta-learning algorithms) its function and arguments."""
+    if isinstance(fn, functools.partial):
+        args = tuple(a if isinstance(a, (str, int, float, bool)) else id(a) for a in fn.args)
+        kw = tuple(sorted((k, v if isinstance(v, (str, int, float, bool)) else id(v))
+                          for k, v in fn.keywords.items()))
+        return _callable_key(fn.func), args, kw
+    return id(fn)
 
 
 def _require_differentiable(method: Method, lam: Any, w0: Any) -> None:

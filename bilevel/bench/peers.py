@@ -107,14 +107,18 @@ def _cleaning(N: int, d: int, C: int, K: int, seed: int
     flip = rng.random(N) < 0.3
     y = np.where(flip, rng.integers(0, C, N), y)
     l2, lr = 1e-3, 0.5
-    problem = hyper_cleaning(X, y, Xv, yv, n_classes=C, l2=l2)
     lam, w0 = np.zeros(N), np.zeros((d + 1) * C)
     dyn, method = GradientDescent(lr, K), Reverse()
     ones = np.ones((N, 1))
     data = dict(X=np.concatenate([X, ones], axis=1), y=y,
                 X_val=np.concatenate([Xv, ones[: N // 2]], axis=1), y_val=yv,
                 w0=w0, lam=lam, lr=lr, steps=K, l2=l2, classes=C)
-    return data, {"bilevel": lambda: quiet_hypergrad(problem, lam, w0, dyn, method).grad}
+
+    def variant(fast: bool) -> Callable[[], Any]:
+        problem = hyper_cleaning(X, y, Xv, yv, n_classes=C, l2=l2, fast_oracles=fast)
+        return lambda: quiet_hypergrad(problem, lam, w0, dyn, method).grad
+
+    return data, {"bilevel": variant(True), "bilevel (autograd)": variant(False)}
 
 
 def _ridge(N: int, d: int, iters: int, seed: int) -> tuple[dict, dict[str, Callable[[], Any]]]:

@@ -36,6 +36,8 @@ from ..backend import namespace
 from ..dynamics import Dynamics
 from ..problem import BilevelProblem
 from ..testing.ridge import linear, ridge_objectives, ridge_problem
+from ..validation import boolean
+from .cleaning_oracles import CleaningOracles
 from .inputs import pair, same_features
 from .tuned_dynamics import TunedGradientDescent, TunedMomentum
 
@@ -172,6 +174,7 @@ def hyper_cleaning(
     *,
     n_classes: int | None = None,
     l2: float = 1e-3,
+    fast_oracles: bool = True,
 ) -> BilevelProblem:
     """Data hyper-cleaning (Franceschi et al. 2017; Ji et al. 2021).
 
@@ -195,6 +198,11 @@ def hyper_cleaning(
     l2 : float
         ``c > 0``: makes ``g`` strongly convex (softmax cross-entropy alone has a null space
         along the all-classes direction), so the implicit methods apply.
+    fast_oracles : bool
+        Use the analytic gradient, Hessian-vector and mixed products of
+        :class:`~bilevel.hpo.cleaning_oracles.CleaningOracles` (default) instead of
+        autograd's: the same derivatives to rounding, 2–3 matrix products each with no
+        tracing. ``False`` keeps autograd (needed to differentiate the hypergradient itself).
 
     Returns
     -------
@@ -233,7 +241,9 @@ def hyper_cleaning(
         "X_val": xp.concat([Xv, ones_v], axis=1),
         "y_val": yv,
     }
-    return BilevelProblem(g, f, data=data, name="hyper_cleaning")
+    oracles = CleaningOracles(C, float(l2)).table() if boolean("fast_oracles", fast_oracles) \
+        else None
+    return BilevelProblem(g, f, data=data, oracles=oracles, name="hyper_cleaning")
 
 
 # ----------------------------------------------------------------------- optimizer tuning
