@@ -25,6 +25,7 @@ from .problems import (
     ridge,
 )
 from .transforms import Bounded, Exp, Identity, Sigmoid, Transform, get_transform
+from .tuned_dynamics import DerivedDynamics, TunedAdam, TunedSchedule
 
 __all__ = [
     "SGD",
@@ -47,4 +48,7 @@ __all__ = [
     "problems",
     "ridge",
     "save_checkpoint",
+    "DerivedDynamics",
+    "TunedAdam",
+    "TunedSchedule",
 ]
