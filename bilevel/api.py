@@ -15,6 +15,7 @@ import functools
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -175,8 +176,10 @@ def _validate(problem: BilevelProblem, lam: Any, w0: Any) -> None:
     The signature (:func:`_signature`) is the pair of objectives and the shapes, dtypes and
     array types of ``w0``, λ and every data entry: once ``g`` and ``f`` have returned finite
     values of the right shape for it, a later call with the same signature checks only that
-    ``w0``, λ and the data are finite (one host read per array, no evaluation of ``g`` or
-    ``f``). A NaN that appears later still fails the result, at the step that produced it.
+    ``w0``, λ and the data are finite (one sum and one host read per array, no temporary
+    arrays, no evaluation of ``g`` or ``f``). A NaN that appears later still fails the
+    result, at the step that produced it. The table holds up to :data:`_VALIDATED_MAX`
+    pairs of objectives (and what they reference).
     """
     problem.check_inputs(w0, lam)
     key = _signature(problem, lam, w0)
@@ -185,7 +188,7 @@ def _validate(problem: BilevelProblem, lam: Any, w0: Any) -> None:
         return
     if key in _VALIDATED:
         _VALIDATED.move_to_end(key)
-        if problem.check_finite and _bad_inputs(problem, lam, w0):
+        if problem.check_finite and _bad_inputs(problem, lam, w0, _finite_sum):
             raise NonFiniteError("input", "an input contains NaN or inf")
         return
     problem.validate(w0, lam)
@@ -250,19 +253,30 @@ def _require_differentiable(method: Method, lam: Any, w0: Any) -> None:
         )
 
 
-def _bad_inputs(problem: BilevelProblem, lam: Any, w0: Any) -> list[str]:
+def _bad_inputs(problem: BilevelProblem, lam: Any, w0: Any,
+                finite: Callable[[Any], bool] = all_finite) -> list[str]:
     """Names of the inputs holding NaN or inf: ``lam``, ``w0``, ``data[...]`` entries."""
-    bad = [name for name, x in (("lam", lam), ("w0", w0)) if not all_finite(x)]
-    return bad + _bad_data(problem.data, "data")
+    bad = [name for name, x in (("lam", lam), ("w0", w0)) if not finite(x)]
+    return bad + _bad_data(problem.data, "data", finite)
 
 
-def _bad_data(data: Any, name: str) -> list[str]:
+def _bad_data(data: Any, name: str, finite: Callable[[Any], bool] = all_finite) -> list[str]:
     """Entries of a data pytree (arrays in dicts, tuples, lists, dataclasses) with NaN or inf."""
     children = _children(data, name)
     if children is not None:
-        return [bad for label, value in children for bad in _bad_data(value, label)]
+        return [bad for label, value in children for bad in _bad_data(value, label, finite)]
     kind = getattr(getattr(unbox(data), "dtype", None), "kind", None)
-    return [name] if kind in ("f", "c") and not all_finite(data) else []
+    return [name] if kind in ("f", "c") and not finite(data) else []
+
+
+def _finite_sum(x: Any) -> bool:
+    """Whether ``x`` is finite, from its sum (no temporary of the size of ``x``); the full
+    test only when the sum is not finite (a NaN or inf, or an overflow of finite values)."""
+    x = unbox(x)
+    if getattr(getattr(x, "dtype", None), "kind", None) not in ("f", "c"):
+        return all_finite(x)
+    xp = np if type(x) is np.ndarray else namespace(x)
+    return bool(xp.isfinite(xp.sum(x))) or all_finite(x)
 
 
 def _children(data: Any, name: str) -> list[tuple[str, Any]] | None:
