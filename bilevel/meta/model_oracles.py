@@ -187,9 +187,12 @@ def r_backward(layers: Layers, dirs: Layers | None, tr: Trace, rzs: list[Any], a
     rhs = [r_in] + [tr.d1s[i] * rzs[i] for i in range(n - 1)]
     for li in range(n - 1, -1, -1):
         W = layers[li][0]
-        gW = _matmul_into(tr.hs[li].swapaxes(1, 2), rd, out[li][0])
-        if rhs[li] is not None:
-            gW += rhs[li].swapaxes(1, 2) @ d
+        if rhs[li] is None:
+            _matmul_into(tr.hs[li].swapaxes(1, 2), rd, out[li][0])
+        else:  # h_lᵀ R{δ_l} + R{h_l}ᵀ δ_l as one product over the stacked examples
+            xp = namespace(rd)
+            _matmul_into(xp.concat([tr.hs[li], rhs[li]], axis=1).swapaxes(1, 2),
+                         xp.concat([rd, d], axis=1), out[li][0])
         _sum_into(rd, out[li][1])
         if li or need_input:
             rd = rd @ W.swapaxes(1, 2)
