@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .backend import namespace
-from .dynamics import Dynamics
+from .dynamics import Dynamics, Solved
 from .input_checks import bad_inputs, validate_once
 from .methods import Reverse
 from .methods.base import (
@@ -130,7 +130,7 @@ def hypergrad(
             f"state must be a HypergradState (state=HypergradState()) or None, got "
             f"{type(state).__name__}"
         )
-    w0 = _starting_point(problem, lam, w0, state)
+    w0 = _starting_point(problem, lam, w0, state, dynamics)
     _require_differentiable(method, lam, w0)
 
     before = problem.counts.snapshot()
@@ -233,10 +233,15 @@ def _check_arguments(
 
 
 def _starting_point(
-    problem: BilevelProblem, lam: Any, w0: Any, state: HypergradState | None
+    problem: BilevelProblem, lam: Any, w0: Any, state: HypergradState | None,
+    dynamics: Any = None,
 ) -> Any:
-    """``w0``: a warm-started ``state.w`` (no init map), the given one, or ``init(λ)``."""
-    if state is not None and state.w is not None and problem.init is None:
+    """``w0``: a warm-started ``state.w`` (no init map), the given one, or ``init(λ)``.
+
+    With ``Solved()`` a given ``w0`` is the solution itself and always wins over ``state.w``.
+    """
+    given = isinstance(dynamics, Solved) and w0 is not None
+    if state is not None and state.w is not None and problem.init is None and not given:
         return state.w
     if w0 is not None:
         return w0
