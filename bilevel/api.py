@@ -10,15 +10,15 @@ here.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 import warnings
 from typing import Any
 
 import numpy as np
 
-from .backend import namespace, unbox
-from .dynamics import Dynamics
+from .backend import namespace
+from .dynamics import Dynamics, Solved
+from .input_checks import bad_inputs, validate_once
 from .methods import Reverse
 from .methods.base import (
     ON_FAILURE,
@@ -31,7 +31,7 @@ from .methods.base import (
     norm_per_problem,
     resolve_dynamics,
 )
-from .nonfinite import TRACE_ADVICE, TracingError, all_finite, has_box
+from .nonfinite import TRACE_ADVICE, TracingError, has_box
 from .problem import BilevelProblem, NonFiniteError
 from .validation import boolean
 
@@ -130,15 +130,14 @@ def hypergrad(
             f"state must be a HypergradState (state=HypergradState()) or None, got "
             f"{type(state).__name__}"
         )
-    w0 = _starting_point(problem, lam, w0, state)
+    w0 = _starting_point(problem, lam, w0, state, dynamics)
     _require_differentiable(method, lam, w0)
-    problem.check_inputs(w0, lam)
 
     before = problem.counts.snapshot()
     t0 = time.perf_counter()
     try:
         with _reported_overflow(problem):
-            problem.validate(w0, lam)
+            validate_once(problem, lam, w0)
             res = method.compute(problem, lam, w0, dynamics, state)
     except NonFiniteError as err:
         res = _nonfinite_failure(err, problem, lam, w0)
@@ -173,40 +172,11 @@ def _require_differentiable(method: Method, lam: Any, w0: Any) -> None:
         )
 
 
-def _bad_inputs(problem: BilevelProblem, lam: Any, w0: Any) -> list[str]:
-    """Names of the inputs holding NaN or inf: ``lam``, ``w0``, ``data[...]`` entries."""
-    bad = [name for name, x in (("lam", lam), ("w0", w0)) if not all_finite(x)]
-    return bad + _bad_data(problem.data, "data")
-
-
-def _bad_data(data: Any, name: str) -> list[str]:
-    """Entries of a data pytree (arrays in dicts, tuples, lists, dataclasses) with NaN or inf."""
-    children = _children(data, name)
-    if children is not None:
-        return [bad for label, value in children for bad in _bad_data(value, label)]
-    kind = getattr(getattr(unbox(data), "dtype", None), "kind", None)
-    return [name] if kind in ("f", "c") and not all_finite(data) else []
-
-
-def _children(data: Any, name: str) -> list[tuple[str, Any]] | None:
-    """``(label, value)`` of the entries of a container, ``None`` for a leaf."""
-    if isinstance(data, dict):
-        return [(f"{name}[{k!r}]", v) for k, v in data.items()]
-    fields = getattr(data, "_fields", None)  # a named tuple
-    if fields is None and dataclasses.is_dataclass(data) and not isinstance(data, type):
-        fields = [f.name for f in dataclasses.fields(data)]  # e.g. a meta-learning Episode
-    if fields is not None:
-        return [(f"{name}.{k}", getattr(data, k)) for k in fields]
-    if isinstance(data, (tuple, list)):
-        return [(f"{name}[{i}]", v) for i, v in enumerate(data)]
-    return None
-
-
 def _nonfinite_failure(err: NonFiniteError, problem: BilevelProblem, lam: Any,
                        w0: Any) -> HypergradResult:
     """The failed result of a NaN/inf: the inputs that hold one, else the step it came from."""
     step = getattr(err, "step", None)
-    bad = _bad_inputs(problem, lam, w0)
+    bad = bad_inputs(problem, lam, w0)
     if bad:
         return failure_result(
             lam, f"the input {', '.join(bad)} contains NaN or inf (before any inner step): "
@@ -263,10 +233,15 @@ def _check_arguments(
 
 
 def _starting_point(
-    problem: BilevelProblem, lam: Any, w0: Any, state: HypergradState | None
+    problem: BilevelProblem, lam: Any, w0: Any, state: HypergradState | None,
+    dynamics: Any = None,
 ) -> Any:
-    """``w0``: a warm-started ``state.w`` (no init map), the given one, or ``init(λ)``."""
-    if state is not None and state.w is not None and problem.init is None:
+    """``w0``: a warm-started ``state.w`` (no init map), the given one, or ``init(λ)``.
+
+    With ``Solved()`` a given ``w0`` is the solution itself and always wins over ``state.w``.
+    """
+    given = isinstance(dynamics, Solved) and w0 is not None
+    if state is not None and state.w is not None and problem.init is None and not given:
         return state.w
     if w0 is not None:
         return w0
@@ -296,7 +271,7 @@ def _finish(
     if res.success and not _finite(res.grad):
         res.success = False
         res.message = "the hypergradient contains NaN or inf"
-        bad = _bad_inputs(problem, lam, w0)
+        bad = bad_inputs(problem, lam, w0)
         if bad:
             res.message += f": the input {', '.join(bad)} contains NaN or inf"
 

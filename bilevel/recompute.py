@@ -22,7 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SweepStats", "binomial_repetitions", "default_checkpoints", "reverse_sweep"]
+__all__ = [
+    "SweepStats",
+    "binomial_repetitions",
+    "checkpoints_for_memory",
+    "default_checkpoints",
+    "reverse_sweep",
+    "sweep_cost",
+]
 
 State = Any
 
@@ -81,6 +88,45 @@ def default_checkpoints(K: int) -> int:
     if isinstance(K, bool) or not isinstance(K, int) or K < 0:
         raise ValueError(f"K must be an integer >= 0, got {K!r}")
     return 1 if K <= 1 else math.ceil(math.log2(K)) + 1
+
+
+def checkpoints_for_memory(K: int, state_bytes: int, budget_bytes: int) -> int | None:
+    """Snapshots for a memory budget: the largest ``c`` with ``(c + 1)·state_bytes ≤ budget``.
+
+    ``None`` (store every state, no recomputation) when the ``K + 1`` states of the sweep
+    fit; at least ``1`` (recompute from ``s_0``). With these ``c`` snapshots the binomial
+    schedule of :func:`reverse_sweep` advances each step at most ``r`` times, ``r`` the
+    least integer with ``C(c + r, c) ≥ K + 1``: the fewest advances any schedule holding
+    ``c + 1`` states can take (Griewank & Walther 2000). E.g. a budget of 45 states at
+    ``K = 800`` gives ``c = 44``, ``r = 2``: at most one recomputed forward pass.
+
+    Parameters
+    ----------
+    K
+        Steps of the trajectory.
+    state_bytes
+        Bytes of one state (e.g. ``w.nbytes`` for gradient descent).
+    budget_bytes
+        Bytes the held states may take.
+    """
+    if isinstance(K, bool) or not isinstance(K, int) or K < 0:
+        raise ValueError(f"K must be an integer >= 0, got {K!r}")
+    if not state_bytes > 0 or not budget_bytes > 0:
+        raise ValueError(
+            f"state_bytes and budget_bytes must be positive, got {state_bytes!r}, "
+            f"{budget_bytes!r}"
+        )
+    held = int(budget_bytes // state_bytes)
+    if held >= K + 1:
+        return None
+    return max(held - 1, 1)
+
+
+def sweep_cost(K: int, checkpoints: int | None) -> SweepStats:
+    """What :func:`reverse_sweep` over ``K`` steps (with ``on_final``) costs, without running
+    a step: the schedule replayed on empty states. Cost: ``O(r·K)`` Python operations."""
+    return reverse_sweep(lambda s, k: s, lambda s, k: None, None, K,
+                         checkpoints=checkpoints, on_final=lambda s: None)
 
 
 def _split(length: int, free: int) -> int:

@@ -33,7 +33,7 @@ def test_quick_run_skips_missing_peers_cleanly(no_peers):
     assert labels[0].startswith("MAML") and any("ridge" in lb for lb in labels)
     for row in result["rows"]:
         assert row["seconds"]["bilevel"] > 0 and row["peak_bytes"]["bilevel"] > 0
-        assert set(row["agree"]) <= {"bilevel (autograd)"}
+        assert set(row["agree"]) <= {"bilevel (autograd)", "bilevel (stored)"}
         assert all(v < 1e-12 for v in row["agree"].values())  # fast == autograd
     md = peers.to_markdown(result)
     assert "skipped: torch, jax" in md and "| MAML K=1 |" in md and "torch |" not in md

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
      "bilevel.batch"),
     ("bilevel.numpy",),
     ("bilevel.nonfinite", "bilevel.oracles", "bilevel.problem", "bilevel.oracle_checks",
-     "bilevel.conditions"),
+     "bilevel.conditions", "bilevel.input_checks"),
     ("bilevel.dynamics", "bilevel.linalg", "bilevel.ode", "bilevel.checkpoint",
      "bilevel.recompute", "bilevel.stability"),
     ("bilevel.methods",),

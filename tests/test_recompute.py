@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from bilevel.recompute import (
     SweepStats,
     binomial_repetitions,
+    checkpoints_for_memory,
     default_checkpoints,
     reverse_sweep,
+    sweep_cost,
 )
 
 
@@ -155,3 +157,22 @@ def test_old_module_name_warns_and_reexports():
     with pytest.warns(DeprecationWarning, match="bilevel.recompute"):
         old = importlib.import_module("bilevel.checkpoint")
     assert old.reverse_sweep is reverse_sweep and old.SweepStats is SweepStats
+
+
+def test_checkpoints_for_memory_and_sweep_cost():
+    # 45 states of 1 unit fit in the budget: c = 44 snapshots, each step advanced at most
+    # twice (C(46, 2) = 1035 >= 801), the optimum for that memory (a DP check above)
+    c = checkpoints_for_memory(800, 1, 45)
+    assert c == 44 and binomial_repetitions(801, c) == 2
+    stats = sweep_cost(800, c)
+    assert stats.max_states_held <= c + 1
+    assert stats.steps_forward + stats.steps_recomputed <= 2 * 801
+    small = sweep_cost(60, checkpoints_for_memory(60, 1, 12))  # optimal (exhaustive DP)
+    assert small.steps_forward + small.steps_recomputed == optimal_advances(61, 11)
+    assert checkpoints_for_memory(10, 8, 8 * 11) is None  # every state fits: store
+    assert checkpoints_for_memory(10, 8, 1) == 1  # at least one snapshot
+    assert sweep_cost(10, None).steps_recomputed == 0
+    with pytest.raises(ValueError, match="positive"):
+        checkpoints_for_memory(10, 0, 1)
+    with pytest.raises(ValueError, match="K must be"):
+        checkpoints_for_memory(-1, 8, 8)

@@ -146,3 +146,18 @@ def test_objective_singular_at_zero_still_judged():
     with pytest.warns(HypergradWarning, match="not optimal"):
         hypergrad(BilevelProblem(g, f), lam, np.full(3, 1.1), dynamics=Solved(),
                   method=Implicit())
+
+
+def test_given_solution_wins_over_a_warm_started_state():
+    """With ``Solved()`` the ``w`` passed is the solution, even when ``state`` holds an
+    earlier iterate (outer loops carry one from step to step)."""
+    from bilevel import HypergradState
+
+    problem = ridge_problem()
+    w_star = scipy_solution(problem, LAM)
+    state = HypergradState()
+    state.w = w_star + 1.0  # a stale iterate from another λ
+    res = hypergrad(problem, LAM, w_star, dynamics=Solved(), method=Implicit(), state=state,
+                    on_failure="raise")
+    np.testing.assert_allclose(res.grad, ridge_closed_form(LAM)[1], rtol=0, atol=1e-9)
+    assert res.w is w_star

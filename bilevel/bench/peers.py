@@ -8,6 +8,12 @@ Rows (float64, CPU, the same inputs for every framework):
     meta-gradient of the mean query loss. bilevel runs its analytic MLP oracles
     (:mod:`bilevel.meta.model_oracles`, ``fast_oracles=True``) and, as the reference and
     the "before" of the speed-up, autograd's (``bilevel (autograd)``).
+``MAML K=800, checkpointed``
+    The same meta-gradient at ``K = 800`` by ``Reverse(checkpoints=c)`` with ``c`` from a
+    15 MiB budget for the held states (:func:`bilevel.recompute.checkpoints_for_memory`:
+    binomial checkpointing, each step advanced at most twice), against the full ``Reverse()``
+    that stores every iterate (``bilevel (stored)``), interleaved. The peers store their
+    whole graph (they appear in the ``MAML K=800`` row).
 ``hyper-cleaning``
     Data hyper-cleaning (:func:`bilevel.hpo.problems.hyper_cleaning`, 1000 examples of 30
     features, 5 classes, 30 % of the labels flipped): ``Reverse()`` through 500 gradient
@@ -44,6 +50,7 @@ from ..meta import MAML, MLP, Sinusoid
 from ..methods import Reverse
 from ..methods.implicit import implicit_vjp
 from ..outer.driver import progress_bar
+from ..recompute import checkpoints_for_memory
 from . import quiet_hypergrad
 from .report import RowLog, figure, format_bytes, markdown_table, peak_memory, save_figure
 
@@ -53,9 +60,10 @@ PEERS = ("torch", "jax")
 """Peer frameworks, each measured when its package is importable."""
 
 _SIZES = {
-    "quick": dict(K=(1, 2), tasks=4, cleaning=(60, 8, 3, 10), ridge=(80, 40, 10), repeats=1),
-    "full": dict(K=(1, 5, 25, 800), tasks=25, cleaning=(1000, 30, 5, 500),
-                 ridge=(2000, 1000, 100), repeats=3),
+    "quick": dict(K=(1, 2), tasks=4, checkpointed=(12, 4 * 4 * 1761 * 8),
+                  cleaning=(60, 8, 3, 10), ridge=(80, 40, 10), repeats=1),
+    "full": dict(K=(1, 5, 25, 800), tasks=25, checkpointed=(800, 15 * 2**20),
+                 cleaning=(1000, 30, 5, 500), ridge=(2000, 1000, 100), repeats=3),
 }
 _AUTOGRAD_MAX_K = 25  # the autograd reference is skipped above this (minutes at K = 800)
 
@@ -96,6 +104,21 @@ def _maml(K: int, tasks: int, seed: int) -> tuple[dict, dict[str, Callable[[], A
     return data, {k: meta_gradient(s) for k, s in variants.items()}
 
 
+def _maml_checkpointed(K: int, tasks: int, budget: int, seed: int
+                       ) -> tuple[dict, dict[str, Callable[[], Any]]]:
+    """MAML with ``K`` inner steps by binomial checkpointing within ``budget`` bytes of
+    held states, and by the full :class:`Reverse` (``bilevel (stored)``)."""
+    model = MLP((1, 40, 40, 1), activation="relu")
+    ep = Sinusoid(n_shot=10, n_query=10).sample(tasks, np.random.default_rng([seed, 0]))
+    alg = MAML(model, inner_lr=0.003, steps=K)
+    theta = alg.init(np.random.default_rng([seed, 1]))
+    spec = replace(alg.specification(), fast_oracles=True)
+    c = checkpoints_for_memory(K, tasks * theta.nbytes, budget)
+    variants = {"bilevel": replace(spec, method=Reverse(checkpoints=c)), "bilevel (stored)": spec}
+    return {}, {k: (lambda s=s: alg._hypergradient(s, theta, ep).grad.mean(axis=0))
+                for k, s in variants.items()}
+
+
 def _cleaning(N: int, d: int, C: int, K: int, seed: int
               ) -> tuple[dict, dict[str, Callable[[], Any]]]:
     """Hyper-cleaning with ``N`` examples of ``d`` features, ``C`` classes, ``K`` steps."""
@@ -107,14 +130,18 @@ def _cleaning(N: int, d: int, C: int, K: int, seed: int
     flip = rng.random(N) < 0.3
     y = np.where(flip, rng.integers(0, C, N), y)
     l2, lr = 1e-3, 0.5
-    problem = hyper_cleaning(X, y, Xv, yv, n_classes=C, l2=l2)
     lam, w0 = np.zeros(N), np.zeros((d + 1) * C)
     dyn, method = GradientDescent(lr, K), Reverse()
     ones = np.ones((N, 1))
     data = dict(X=np.concatenate([X, ones], axis=1), y=y,
                 X_val=np.concatenate([Xv, ones[: N // 2]], axis=1), y_val=yv,
                 w0=w0, lam=lam, lr=lr, steps=K, l2=l2, classes=C)
-    return data, {"bilevel": lambda: quiet_hypergrad(problem, lam, w0, dyn, method).grad}
+
+    def variant(fast: bool) -> Callable[[], Any]:
+        problem = hyper_cleaning(X, y, Xv, yv, n_classes=C, l2=l2, fast_oracles=fast)
+        return lambda: quiet_hypergrad(problem, lam, w0, dyn, method).grad
+
+    return data, {"bilevel": variant(True), "bilevel (autograd)": variant(False)}
 
 
 def _ridge(N: int, d: int, iters: int, seed: int) -> tuple[dict, dict[str, Callable[[], Any]]]:
@@ -135,6 +162,9 @@ def workloads(quick: bool = False, seed: int = 0) -> list[tuple[str, str, tuple]
     """``(row label, peer builder name, arguments of the bilevel builder)`` per row."""
     size = _SIZES["quick" if quick else "full"]
     rows = [(f"MAML K={K}", "maml", (K, size["tasks"], seed)) for K in size["K"]]
+    K, budget = size["checkpointed"]
+    rows.append((f"MAML K={K}, checkpointed",
+                 "maml_checkpointed", (K, size["tasks"], budget, seed)))
     N, d, C, K = size["cleaning"]
     rows.append((f"hyper-cleaning, {K} GD steps", "cleaning", (N, d, C, K, seed)))
     N, d, iters = size["ridge"]
@@ -142,7 +172,8 @@ def workloads(quick: bool = False, seed: int = 0) -> list[tuple[str, str, tuple]
     return rows
 
 
-_BUILDERS = {"maml": _maml, "cleaning": _cleaning, "ridge": _ridge}
+_BUILDERS = {"maml": _maml, "maml_checkpointed": _maml_checkpointed, "cleaning": _cleaning,
+             "ridge": _ridge}
 
 
 # ------------------------------------------------------------------ measurement
@@ -165,7 +196,7 @@ def _rel(a: Any, b: Any) -> float:
 def measure(label: str, kind: str, args: tuple, peers: Sequence[str], repeats: int) -> dict:
     """One row: seconds of every variant, bilevel's peak memory, agreement of the peers."""
     data, fns = _BUILDERS[kind](*args)
-    for p in peers:
+    for p in peers if data else ():  # a row without peer inputs is bilevel's alone
         fns[p] = getattr(_peer(p), kind)(data)
     grads = {name: np.asarray(fn()) for name, fn in fns.items()}  # warm-up (JAX compiles)
     seconds = _best_times(fns, repeats)
@@ -177,7 +208,8 @@ def measure(label: str, kind: str, args: tuple, peers: Sequence[str], repeats: i
 
 
 def run(quick: bool = False, backend: str = "numpy", methods: Sequence[str] | None = None, *,
-        seed: int = 0, log: RowLog | None = None, progress: bool = False) -> dict:
+        seed: int = 0, log: RowLog | None = None, progress: bool = False,
+        rows: Sequence[str] | None = None) -> dict:
     """Every row of :func:`workloads` with bilevel and the installed peers.
 
     Parameters
@@ -195,6 +227,8 @@ def run(quick: bool = False, backend: str = "numpy", methods: Sequence[str] | No
         Row log for interrupt/resume (default in memory).
     progress
         progress bar over the rows (only on a terminal).
+    rows
+        Run only the rows whose label starts with one of these (default: all).
 
     Returns
     -------
@@ -213,13 +247,14 @@ def run(quick: bool = False, backend: str = "numpy", methods: Sequence[str] | No
     peers = [p for p in wanted if p in installed]
     log = RowLog(None, "peers", {}) if log is None else log
     repeats = _SIZES["quick" if quick else "full"]["repeats"]
-    rows = []
-    for label, kind, args in progress_bar(workloads(quick, seed), desc="bench peers",
-                                          progress=progress):
+    selected = [w for w in workloads(quick, seed)
+                if rows is None or any(w[0].startswith(r) for r in rows)]
+    out = []
+    for label, kind, args in progress_bar(selected, desc="bench peers", progress=progress):
         row = log.compute([label], lambda la=label, k=kind, a=args:
                           measure(la, k, a, peers, repeats))
-        rows.append({k: v for k, v in row.items() if k != "key"})
-    return dict(rows=rows, peers=peers, skipped=[p for p in wanted if p not in installed],
+        out.append({k: v for k, v in row.items() if k != "key"})
+    return dict(rows=out, peers=peers, skipped=[p for p in wanted if p not in installed],
                 quick=quick, backend=backend)
 
 
@@ -239,25 +274,30 @@ def to_markdown(result: dict) -> str:
     """Markdown table: seconds per framework, ratios, bilevel's peak memory, agreement."""
     peers = result["peers"]
     cols = [("row", "row", None), ("bilevel", "bilevel", _secs),
-            ("bilevel (autograd)", "bilevel (autograd)", _secs)]
+            ("bilevel (autograd)", "bilevel (autograd)", _secs),
+            ("bilevel (stored)", "bilevel (stored)", _secs)]
     flat = []
     for r in result["rows"]:
         s = r["seconds"]
         item = {"row": r["row"], "bilevel": s["bilevel"], "bilevel (autograd)":
-                s.get("bilevel (autograd)"), "peak": r["peak_bytes"]["bilevel"],
+                s.get("bilevel (autograd)"), "bilevel (stored)": s.get("bilevel (stored)"),
+                "bilevel / stored": _ratio(r, "bilevel (stored)"),
+                "peak": r["peak_bytes"]["bilevel"],
                 "agree": max(r["agree"].values(), default=0.0)}
         for p in peers:
             item[p], item[f"bilevel / {p}"] = s.get(p), _ratio(r, p)
         flat.append(item)
     cols += [(p, p, _secs) for p in peers] + [(f"bilevel / {p}", f"bilevel / {p}", None)
                                               for p in peers]
-    cols += [("bilevel peak", "peak", format_bytes),
+    cols += [("bilevel / stored", "bilevel / stored", None),
+             ("bilevel peak", "peak", format_bytes),
              ("agree (max rel. diff.)", "agree", lambda v: f"{v:.1e}")]
     skipped = result.get("skipped") or []
     note = (f" Not installed, skipped: {', '.join(skipped)} (``pip install bilevel[peers]``)."
             if skipped else "")
-    return ("bilevel (analytic MLP oracles where the model has them), bilevel through "
-            "autograd, PyTorch eager and JAX jit on the same float64 hypergradients, one "
+    return ("bilevel (analytic oracles where the problem has them), bilevel through "
+            "autograd, bilevel's full Reverse storing every iterate (beside the checkpointed "
+            "row), PyTorch eager and JAX jit on the same float64 hypergradients, one "
             f"process, variants interleaved; best of the repeats.{note}\n\n"
             + markdown_table(flat, cols))
 
@@ -267,7 +307,7 @@ def plot(result: dict, path: str) -> str:
     fig, axes = figure(1, 1, size=(8.0, 4.5))
     ax = axes[0, 0]
     rows = result["rows"]
-    variants = ["bilevel", "bilevel (autograd)"] + list(result["peers"])
+    variants = ["bilevel", "bilevel (autograd)", "bilevel (stored)"] + list(result["peers"])
     width = 0.8 / len(variants)
     for i, v in enumerate(variants):
         xs = [j + i * width for j, r in enumerate(rows) if v in r["seconds"]]

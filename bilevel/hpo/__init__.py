@@ -34,6 +34,7 @@ from .problems import (
     ridge,
 )
 from .transforms import Bounded, Exp, Identity, Sigmoid, Transform, get_transform
+from .tuned_dynamics import DerivedDynamics, TunedAdam, TunedSchedule
 
 __all__ = [
     "SGD",
@@ -63,4 +64,7 @@ __all__ = [
     "grid_starts",
     "minimize_many",
     "random_starts",
+    "DerivedDynamics",
+    "TunedAdam",
+    "TunedSchedule",
 ]

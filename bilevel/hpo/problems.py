@@ -37,6 +37,8 @@ from ..backend import device, namespace
 from ..dynamics import Dynamics
 from ..problem import BilevelProblem
 from ..testing.ridge import linear, ridge_objectives, ridge_problem
+from ..validation import boolean
+from .cleaning_oracles import CleaningOracles
 from .inputs import pair, same_features
 from .tuned_dynamics import TunedGradientDescent, TunedMomentum
 
@@ -181,6 +183,7 @@ def hyper_cleaning(
     *,
     n_classes: int | None = None,
     l2: float = 1e-3,
+    fast_oracles: bool = True,
 ) -> BilevelProblem:
     """Data hyper-cleaning (Franceschi et al. 2017; Ji et al. 2021).
 
@@ -204,6 +207,11 @@ def hyper_cleaning(
     l2 : float
         ``c > 0``: makes ``g`` strongly convex (softmax cross-entropy alone has a null space
         along the all-classes direction), so the implicit methods apply.
+    fast_oracles : bool
+        Use the analytic gradient, Hessian-vector and mixed products of
+        :class:`~bilevel.hpo.cleaning_oracles.CleaningOracles` (default) instead of
+        autograd's: the same derivatives to rounding, 2–3 matrix products each with no
+        tracing. ``False`` keeps autograd (needed to differentiate the hypergradient itself).
 
     Returns
     -------
@@ -231,8 +239,10 @@ def hyper_cleaning(
         "X_val": xp.concat([Xv, ones_v], axis=1),
         "y_val": yv,
     }
+    oracles = CleaningOracles(C, float(l2)).table() if boolean("fast_oracles", fast_oracles) \
+        else None
     return BilevelProblem(_CleaningInner(d, C, float(l2)), _CleaningOuter(d, C), data=data,
-                          name="hyper_cleaning")
+                          oracles=oracles, name="hyper_cleaning")
 
 
 def _cleaning_logits(w: Any, Xa: Any, d: int, C: int) -> Any:

@@ -30,12 +30,20 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..backend import namespace
+import numpy as np
+
+from ..backend import namespace as _array_namespace
 from .models import MLP
 
 __all__ = ["MLPOracles", "supports"]
 
 Layers = list[tuple[Any, Any]]
+
+
+def namespace(x: Any) -> Any:
+    """The array namespace of ``x``: NumPy itself for a NumPy array (no lookup; the oracles
+    ask for it a few times per product), else :func:`bilevel.backend.namespace`."""
+    return np if type(x) is np.ndarray else _array_namespace(x)
 
 
 def supports(model: Any) -> bool:
@@ -55,11 +63,27 @@ def unpack(flat: Any, shapes: list[tuple[int, ...]]) -> Layers:
     return out
 
 
-def pack(parts: Layers, like: Any) -> Any:
-    """The flat ``(T, n)`` vector of per-layer ``(gW, gb)`` (inverse of :func:`unpack`)."""
-    xp = namespace(like)
-    T = like.shape[0]
-    return xp.concat([a.reshape(T, -1) for pair in parts for a in pair], axis=1)
+def flat_output(like: Any, layers: Layers) -> tuple[Any, Layers]:
+    """A fresh flat ``(T, n)`` array and its per-layer views (the layout of ``like``), for
+    the backward passes to write their ``(∇W_l, ∇b_l)`` into: no concatenation after."""
+    out = namespace(like).empty_like(like)
+    return out, unpack(out, [s for W, b in layers for s in (W.shape[1:], b.shape[1:])])
+
+
+def _matmul_into(a: Any, b: Any, dest: Any) -> Any:
+    """``a @ b`` written into ``dest`` (a view of a flat output)."""
+    if type(dest) is np.ndarray:
+        return np.matmul(a, b, out=dest)
+    dest[...] = a @ b
+    return dest
+
+
+def _sum_into(d: Any, dest: Any) -> Any:
+    """``Σ_n d`` over the examples axis, written into ``dest``."""
+    if type(dest) is np.ndarray:
+        return np.sum(d, axis=1, out=dest)
+    dest[...] = d.sum(axis=1)
+    return dest
 
 
 # ------------------------------------------------------------------ activations
@@ -116,19 +140,20 @@ def _outputs(tr: Trace, last: bool) -> list[Any]:
     return tr.hs[1:] + [tr.out] if last else tr.hs[1:]
 
 
-def backward(layers: Layers, tr: Trace, activation: str, last: bool, d_out: Any,
-             need_input: bool = False) -> tuple[Layers, Any]:
-    """``([(∇W_l, ∇b_l)], ∂/∂x)`` for the cotangent ``d_out`` of the stack's output."""
-    grads: Layers = [None] * len(layers)
+def backward(layers: Layers, tr: Trace, activation: str, last: bool, d_out: Any, out: Layers,
+             need_input: bool = False) -> Any:
+    """``∂/∂x`` for the cotangent ``d_out`` of the stack's output; ``(∇W_l, ∇b_l)`` are
+    written into the views ``out`` (:func:`flat_output`)."""
     d = d_out * tr.d1s[-1] if last else d_out
     for li in range(len(layers) - 1, -1, -1):
         W, _ = layers[li]
-        grads[li] = (tr.hs[li].swapaxes(1, 2) @ d, d.sum(axis=1))
+        _matmul_into(tr.hs[li].swapaxes(1, 2), d, out[li][0])
+        _sum_into(d, out[li][1])
         if li or need_input:
             d = d @ W.swapaxes(1, 2)
             if li:
                 d = d * tr.d1s[li - 1]
-    return grads, (d if need_input else None)
+    return d if need_input else None
 
 
 def r_forward(layers: Layers, dirs: Layers | None, tr: Trace, activation: str, last: bool,
@@ -147,9 +172,10 @@ def r_forward(layers: Layers, dirs: Layers | None, tr: Trace, activation: str, l
 
 
 def r_backward(layers: Layers, dirs: Layers | None, tr: Trace, rzs: list[Any], activation: str,
-               last: bool, d_out: Any, rd_out: Any, need_input: bool = False,
-               r_in: Any = None) -> tuple[Layers, Any]:
-    """``R{∇θ}`` per layer (and ``R{∂/∂x}``) from ``d_out = ∂L/∂out`` and ``R{d_out}``.
+               last: bool, d_out: Any, rd_out: Any, out: Layers, need_input: bool = False,
+               r_in: Any = None) -> Any:
+    """``R{∂/∂x}`` from ``d_out = ∂L/∂out`` and ``R{d_out}``; ``R{∇θ}`` per layer is written
+    into the views ``out`` (:func:`flat_output`).
 
     ``dirs`` and ``r_in`` are the directions given to :func:`r_forward` (``None``: zero).
     """
@@ -158,14 +184,16 @@ def r_backward(layers: Layers, dirs: Layers | None, tr: Trace, rzs: list[Any], a
     d, rd = d_out, rd_out
     if last:
         d, rd = _through_act(activation, tr, n - 1, outs[-1], d, rd, rzs[-1])
-    grads: Layers = [None] * n
     rhs = [r_in] + [tr.d1s[i] * rzs[i] for i in range(n - 1)]
     for li in range(n - 1, -1, -1):
         W = layers[li][0]
-        gW = tr.hs[li].swapaxes(1, 2) @ rd
-        if rhs[li] is not None:
-            gW = gW + rhs[li].swapaxes(1, 2) @ d
-        grads[li] = (gW, rd.sum(axis=1))
+        if rhs[li] is None:
+            _matmul_into(tr.hs[li].swapaxes(1, 2), rd, out[li][0])
+        else:  # h_lᵀ R{δ_l} + R{h_l}ᵀ δ_l as one product over the stacked examples
+            xp = namespace(rd)
+            _matmul_into(xp.concat([tr.hs[li], rhs[li]], axis=1).swapaxes(1, 2),
+                         xp.concat([rd, d], axis=1), out[li][0])
+        _sum_into(rd, out[li][1])
         if li or need_input:
             rd = rd @ W.swapaxes(1, 2)
             if dirs is not None:
@@ -173,7 +201,7 @@ def r_backward(layers: Layers, dirs: Layers | None, tr: Trace, rzs: list[Any], a
             d = d @ W.swapaxes(1, 2)
             if li:
                 d, rd = _through_act(activation, tr, li - 1, outs[li - 1], d, rd, rzs[li - 1])
-    return grads, (rd if need_input else None)
+    return rd if need_input else None
 
 
 def _through_act(activation: str, tr: Trace, li: int, h: Any, d: Any, rd: Any, rz: Any
@@ -248,8 +276,9 @@ class MLPOracles:
         layers, h, bb = self._stacks(w, lam, x)
         tr = forward(layers, h, self.model.activation, last=False)
         d_out = loss_grad(self.model.loss_name, tr.out, y)
-        grads, d_in = backward(layers, tr, self.model.activation, False, d_out, need_input)
-        return pack(grads, w), d_in, bb
+        out, views = flat_output(w, layers)
+        d_in = backward(layers, tr, self.model.activation, False, d_out, views, need_input)
+        return out, d_in, bb
 
     def _lam_grad(self, lam: Any, bb: Any, d_feat: Any) -> Any:
         """``∂/∂λ`` of a cotangent ``d_feat`` on the backbone features (zero elsewhere)."""
@@ -257,9 +286,10 @@ class MLPOracles:
         out = xp.zeros_like(lam)
         layers, tr = bb
         if layers:
-            grads, _ = backward(layers, tr, self.model.activation, True, d_feat)
             part = self.backbone if self.backbone is not None else slice(None)
-            out[:, part] = pack(grads, lam)
+            views = unpack(out[:, part], [s for W, b in layers
+                                           for s in (W.shape[1:], b.shape[1:])])
+            backward(layers, tr, self.model.activation, True, d_feat, views)
         return out
 
     # -------------------------------------------------------------- oracles
@@ -279,9 +309,9 @@ class MLPOracles:
         rzs = r_forward(layers, dirs, tr, name, last=False)
         d_out = loss_grad(loss, tr.out, y)
         need = bool(mixed and self.head)
-        grads, rd_in = r_backward(layers, dirs, tr, rzs, name, False, d_out,
-                                  loss_hvp(loss, tr.out, rzs[-1]), need_input=need)
-        hv = pack(grads, w)
+        hv, views = flat_output(w, layers)
+        rd_in = r_backward(layers, dirs, tr, rzs, name, False, d_out,
+                           loss_hvp(loss, tr.out, rzs[-1]), views, need_input=need)
         if self.rho:
             hv = hv + self.rho * v
         if not mixed:
@@ -314,9 +344,10 @@ class MLPOracles:
         tr = forward(layers, h, name, last=False)
         rzs = r_forward(layers, None, tr, name, last=False, r_in=r_h)
         d_out = loss_grad(loss, tr.out, y)
-        grads, _ = r_backward(layers, None, tr, rzs, name, False, d_out,
-                              loss_hvp(loss, tr.out, rzs[-1]), r_in=r_h)
-        return pack(grads, w)
+        out, views = flat_output(w, layers)
+        r_backward(layers, None, tr, rzs, name, False, d_out, loss_hvp(loss, tr.out, rzs[-1]),
+                   views, r_in=r_h)
+        return out
 
     def outer_grads(self, w: Any, lam: Any, x: Any, y: Any) -> tuple[Any, Any]:
         """``(∇_w f, ∇_λ f)`` of the query loss."""

@@ -41,7 +41,6 @@ def implicit_at(problem: BilevelProblem, lam: Any, w: Any, solver: Callable | No
     ``1e-6·max(1, ‖F(0, λ)‖)``) and the solver's diagnostics. Cost: one trace of ``F`` at
     ``(w, λ)``, the solver's products, one mixed product and one outer gradient.
     """
-    state.w = None  # the given w is the solution: no warm start of the iterate
     method = Implicit(solver, inner_tol=1e-6, condition=condition or Stationarity())
     return hypergrad(problem, lam, w, dynamics=Solved(), method=method, state=state,
                      on_failure="ignore")
