@@ -11,15 +11,19 @@ picked computes the hypergradient of what you think it does, (3) your solver set
 are accurate enough, and (4) all of this holds over a range of hyperparameters.
 
 Run it with ``pytest examples/verify_your_problem.py`` or ``python
-examples/verify_your_problem.py``. Set ``HYPOTHESIS_PROFILE=thorough`` for many more
-random examples.
+examples/verify_your_problem.py``; it needs hypothesis and pytest (``pip install -e
+".[verify]"``). Set ``HYPOTHESIS_PROFILE=thorough`` for many more random examples.
 """
 
 import sys
 
 import numpy as np
-from hypothesis import given, settings
-from hypothesis import strategies as st
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # a clear message, not a traceback
+    sys.exit('this example needs hypothesis and pytest: pip install -e ".[verify]"')
 
 import bilevel.numpy as bnp
 from bilevel import (

@@ -199,9 +199,12 @@ def solve(
     state = restore(state, checkpointing, config, backend)
     run = _Steps(problem, method, steps, eval_every, evaluate)
     run.record(state)
-    stop = drive(run, state, optimizer, steps=steps, config=config,
-                 checkpointing=checkpointing, monitoring=monitoring, backend=backend,
-                 record=run.record, callback=callback, desc=method.name)
+    # A diverging run is reported once, by the result (success=False and its message), not
+    # by NumPy's overflow warnings at every step before the next finiteness check.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        stop = drive(run, state, optimizer, steps=steps, config=config,
+                     checkpointing=checkpointing, monitoring=monitoring, backend=backend,
+                     record=run.record, callback=callback, desc=method.name)
     return _result(state, run, stop, steps)
 
 
