@@ -114,9 +114,9 @@ class Conv4(Model):
                                self._channel(p[f"beta{blk}"]), self.eps)
             else:
                 h = bnp.add(h, self._channel(p[f"bias{blk}"]))
+            if self.pools[blk] and blk < 3:  # max-pool then ReLU: max(·, 0) commutes with
+                h = bnp.max_pool2d(h, 2)  # the block max, on a quarter of the pixels
             h = bnp.maximum(h, 0.0)
-            if self.pools[blk] and blk < 3:
-                h = bnp.max_pool2d(h, 2)
         return h
 
     def features(self, theta_backbone: Any, x: Any) -> Any:
