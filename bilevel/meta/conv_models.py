@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 import bilevel.numpy as bnp
+from bilevel.numpy.nn import standardize
 
 from .model_base import Model, _shape
 from .tasks.base import check_count
@@ -206,7 +207,4 @@ class ConvCoLearner(Model):
 
 def _task_norm(h: Any, gamma: Any, beta: Any, eps: float) -> Any:
     """Normalization with each task's statistics (over images and pixels), scale and shift."""
-    mu = bnp.mean(h, axis=(1, 3, 4), keepdims=True)
-    var = bnp.var(h, axis=(1, 3, 4), keepdims=True)
-    h = bnp.divide(bnp.subtract(h, mu), bnp.sqrt(bnp.add(var, eps)))
-    return bnp.add(bnp.multiply(h, gamma), beta)
+    return bnp.add(standardize(h, (1, 3, 4), eps, gamma), beta)
