@@ -28,8 +28,11 @@ class Conv4(Model):
     no running statistics; learned scale ``γ`` and shift ``β``) → ReLU → 2×2 max-pool.
     The pool is applied while the feature map is at least 2×2, so images smaller than 16
     pixels still work (8×8 → 4, 2, 1, 1). The flattened features feed the linear head
-    with ``ways`` outputs. Convolutions have no bias when normalized (the mean subtraction
-    would cancel it). Init: He normal for convolutions, ``N(0, 1/fan_in)`` for the head.
+    with ``ways`` outputs. The pool is computed before the ReLU (the two commute: the same
+    values, and the same derivatives away from exact zeros), and the normalization is the
+    fused :func:`bilevel.numpy.nn.standardize`. Convolutions have no bias when normalized
+    (the mean subtraction would cancel it). Init: He normal for convolutions,
+    ``N(0, 1/fan_in)`` for the head.
 
     Cost per call: ``O(T·N·Σ_l hidden·C_l·9·H_l·W_l)`` time; the im2col columns take
     ``T·N·C_l·9·H_l·W_l`` floats per layer.
