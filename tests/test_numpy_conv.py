@@ -219,3 +219,19 @@ def test_block_sum_and_unblock_are_adjoint():
     )
     np.testing.assert_allclose(bnp.nn.block_sum(x, 3), x.reshape(2, 3, 2, 3, 3, 3).sum((3, 5)))
     check_grads(lambda a: bnp.nn.block_max(a, 3), modes=MODES, order=2)(x)
+
+
+def test_standardize_matches_mean_var_and_differentiates_to_third_order():
+    from bilevel.numpy.nn import center, inv_rms, standardize
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 4, 2, 3))
+    scale = rng.standard_normal((2, 1, 4, 1, 1))
+    axes = (1, 3, 4)
+    mu, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    np.testing.assert_allclose(standardize(x, axes, 0.1, scale),
+                               (x - mu) / np.sqrt(var + 0.1) * scale, rtol=1e-12)
+    np.testing.assert_allclose(standardize(x, axes), (x - mu) / np.sqrt(var + 1e-5), rtol=1e-10)
+    check_grads(lambda a: center(a, axes), modes=MODES, order=2)(x)
+    check_grads(lambda c: inv_rms(c, axes, 0.1), modes=MODES, order=3)(x)
+    check_grads(lambda a, s: bnp.tanh(standardize(a, axes, 0.1, s)), modes=MODES, order=3)(x, scale)

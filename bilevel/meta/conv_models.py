@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 import bilevel.numpy as bnp
+from bilevel.numpy.nn import standardize
 
 from .model_base import Model, _shape
 from .tasks.base import check_count
@@ -27,8 +28,11 @@ class Conv4(Model):
     no running statistics; learned scale ``γ`` and shift ``β``) → ReLU → 2×2 max-pool.
     The pool is applied while the feature map is at least 2×2, so images smaller than 16
     pixels still work (8×8 → 4, 2, 1, 1). The flattened features feed the linear head
-    with ``ways`` outputs. Convolutions have no bias when normalized (the mean subtraction
-    would cancel it). Init: He normal for convolutions, ``N(0, 1/fan_in)`` for the head.
+    with ``ways`` outputs. The pool is computed before the ReLU (the two commute: the same
+    values, and the same derivatives away from exact zeros), and the normalization is the
+    fused :func:`bilevel.numpy.nn.standardize`. Convolutions have no bias when normalized
+    (the mean subtraction would cancel it). Init: He normal for convolutions,
+    ``N(0, 1/fan_in)`` for the head.
 
     Cost per call: ``O(T·N·Σ_l hidden·C_l·9·H_l·W_l)`` time; the im2col columns take
     ``T·N·C_l·9·H_l·W_l`` floats per layer.
@@ -114,9 +118,9 @@ class Conv4(Model):
                                self._channel(p[f"beta{blk}"]), self.eps)
             else:
                 h = bnp.add(h, self._channel(p[f"bias{blk}"]))
+            if self.pools[blk] and blk < 3:  # max-pool then ReLU: max(·, 0) commutes with
+                h = bnp.max_pool2d(h, 2)  # the block max, on a quarter of the pixels
             h = bnp.maximum(h, 0.0)
-            if self.pools[blk] and blk < 3:
-                h = bnp.max_pool2d(h, 2)
         return h
 
     def features(self, theta_backbone: Any, x: Any) -> Any:
@@ -206,7 +210,4 @@ class ConvCoLearner(Model):
 
 def _task_norm(h: Any, gamma: Any, beta: Any, eps: float) -> Any:
     """Normalization with each task's statistics (over images and pixels), scale and shift."""
-    mu = bnp.mean(h, axis=(1, 3, 4), keepdims=True)
-    var = bnp.var(h, axis=(1, 3, 4), keepdims=True)
-    h = bnp.divide(bnp.subtract(h, mu), bnp.sqrt(bnp.add(var, eps)))
-    return bnp.add(bnp.multiply(h, gamma), beta)
+    return bnp.add(standardize(h, (1, 3, 4), eps, gamma), beta)

@@ -1,4 +1,4 @@
-"""Network functions: log-softmax, softmax, cross-entropy and 2-D convolution.
+"""Network functions: log-softmax, softmax, cross-entropy, normalization and 2-D convolution.
 
 :func:`conv2d` is the primitive :func:`correlate`: im2col (:mod:`bilevel.numpy.windows`)
 and one GEMM per task, with derivatives that rebuild the columns instead of keeping them
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from autograd.extend import primitive
 
-from bilevel.numpy._core import getval, namespace, shape_of
-from bilevel.numpy.elementwise import add, exp, negative, subtract
+from bilevel.numpy._core import getval, namespace, normalize_axes, shape_of
+from bilevel.numpy.elementwise import add, exp, multiply, negative, subtract
 from bilevel.numpy.indexing import take_along_axis
 from bilevel.numpy.linalg import matmul
 from bilevel.numpy.pooling import (
@@ -44,10 +45,12 @@ __all__ = [
     "avg_pool2d",
     "block_max",
     "block_sum",
+    "center",
     "columns",
     "conv2d",
     "correlate",
     "flat_columns",
+    "inv_rms",
     "log_softmax",
     "max_pool2d",
     "maximizers",
@@ -56,6 +59,7 @@ __all__ = [
     "pool_max",
     "softmax",
     "softmax_cross_entropy",
+    "standardize",
     "unblock",
     "uncolumns",
     "unpatches",
@@ -109,6 +113,49 @@ def softmax_cross_entropy(logits: Any, labels: Any, axis: int = -1, reduction: s
     if reduction == "sum":
         return sum(losses)
     return losses
+
+
+# ----------------------------------------------------------------- normalization
+
+
+@primitive
+def center(x: Any, axis: Any) -> Any:
+    """``x - mean(x, axis)`` (keeping dims): the orthogonal projection that removes the mean.
+
+    Linear and self-adjoint: VJP ``center(g)``, JVP ``center(t)``. Two passes over ``x``.
+    """
+    if type(x) is np.ndarray:
+        return x - x.mean(axis=axis, keepdims=True)
+    xp = namespace(x)
+    return x - xp.mean(x, axis=axis, keepdims=True)
+
+
+@primitive
+def inv_rms(c: Any, axis: Any, eps: float) -> Any:
+    """``r = 1 / sqrt(mean(c², axis) + eps)`` (keeping dims), for a centered ``c``.
+
+    ``∂r/∂c = -r³ c / n`` (``n`` entries per mean): VJP ``g ↦ -c · r³ g / n``, JVP
+    ``t ↦ -r³ Σ(c·t) / n`` (rules in :mod:`bilevel.numpy.rules.normalization`). Two
+    passes over ``c``; the result has the reduced shape.
+    """
+    xp = np if type(c) is np.ndarray else namespace(c)
+    return 1.0 / xp.sqrt(xp.mean(c * c, axis=axis, keepdims=True) + eps)
+
+
+def standardize(x: Any, axis: Any, eps: float = 1e-5, scale: Any = None) -> Any:
+    """``(x - μ) · r · scale`` with ``μ`` the mean and ``r = 1 / sqrt(σ² + eps)`` the inverse
+    standard deviation over ``axis`` (the normalization of batch norm before its shift).
+
+    Two primitives, :func:`center` and :func:`inv_rms`, and one full-size product
+    (``r · scale`` is formed on the reduced shape first): six passes over ``x`` forward
+    and about as many backward, instead of the dozen of the composition of ``mean``,
+    ``var``, ``subtract`` and ``divide``. ``scale`` broadcasts against the reduced shape.
+    Differentiable to any order.
+    """
+    axes = normalize_axes(axis, len(shape_of(x)))
+    c = center(x, axes)
+    r = inv_rms(c, axes, float(eps))
+    return multiply(c, r if scale is None else multiply(r, scale))
 
 
 # ----------------------------------------------------------------- convolution

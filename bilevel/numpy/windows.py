@@ -120,6 +120,8 @@ def columns(x: Any, kh: int, kw: int, stride: int = 1, padding: int = 0) -> Any:
     lead, n, c = shape[:-4], shape[-4], shape[-3]
     out = zeros(xp, lead + (c, kh * kw, n, ho, wo), x.dtype, like=x)
     xt = _images_behind_channels(xp, x)
+    if xp is np:  # one transposing copy, then each slice copies contiguous image planes
+        xt = np.ascontiguousarray(xt)
     for k, (po, qo), (pi, qi) in _windows(kh, kw, stride, padding, h, w):
         out[..., k, :, po, qo] = xt[..., pi, qi]
     return out

@@ -12,6 +12,6 @@ Notation in the rules: ``g`` is the cotangent of the output, ``t`` the tangent o
 input, ``ans`` the primal output.
 """
 
-from bilevel.numpy.rules import arrays, elementwise, products
+from bilevel.numpy.rules import arrays, elementwise, normalization, products
 
-__all__ = ["arrays", "elementwise", "products"]
+__all__ = ["arrays", "elementwise", "normalization", "products"]
