@@ -65,11 +65,14 @@ from bilevel.numpy.indexing import getitem, take, take_along_axis
 from bilevel.numpy.linalg import dot, einsum, matmul
 from bilevel.numpy.nn import (
     avg_pool2d,
+    center,
     conv2d,
+    inv_rms,
     log_softmax,
     max_pool2d,
     softmax,
     softmax_cross_entropy,
+    standardize,
 )
 from bilevel.numpy.reductions import logsumexp, max, mean, min, sum, var
 from bilevel.numpy.shape import (
@@ -112,6 +115,7 @@ __all__ = [
     "astype",
     "avg_pool2d",
     "broadcast_to",
+    "center",
     "clip",
     "concatenate",
     "conv2d",
@@ -130,6 +134,7 @@ __all__ = [
     "getitem",
     "int32",
     "int64",
+    "inv_rms",
     "isfinite",
     "linspace",
     "log",
@@ -165,6 +170,7 @@ __all__ = [
     "sqrt",
     "square",
     "squeeze",
+    "standardize",
     "stack",
     "subtract",
     "sum",
