@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import warnings
+from collections.abc import Callable, ItemsView, Iterator, KeysView, ValuesView
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "HypergradWarning",
     "Method",
     "at_step",
+    "defer_inner_residual",
     "failure_result",
     "flag",
     "largest",
@@ -90,7 +92,89 @@ class HypergradResult(dict):
 
     Method-specific diagnostics (``linear_solve``, ``reconstruction_error``,
     ``nonfinite_step``, ...) are further keys; ``keys()`` lists them.
+
+    An entry may be *deferred* (:meth:`defer`): a diagnostic that costs work, such as the
+    unrolled methods' ``inner_residual`` (one inner gradient), is computed on its first read
+    (``res[key]``, ``res.key``, ``res.get``, ``in`` does not read) or when the result is
+    listed, compared, printed or pickled, then kept; it costs nothing when nobody reads it.
     """
+
+    def defer(self, key: str, compute: Callable[[], Any]) -> None:
+        """Make ``self[key]`` the value of ``compute()``, called on the first read and kept.
+
+        A value stored under ``key`` before the first read wins over ``compute``.
+        """
+        self.__dict__.setdefault("_pending", {})[key] = compute
+
+    def deferred(self, key: str) -> bool:
+        """Whether ``key`` is deferred and not computed yet (reading it would compute it)."""
+        return key in self.__dict__.get("_pending", ()) and not dict.__contains__(self, key)
+
+    def _resolve(self) -> None:
+        """Compute every deferred entry (before the result is listed, compared or pickled)."""
+        pending = self.__dict__.pop("_pending", None)
+        for key, compute in (pending or {}).items():
+            if not dict.__contains__(self, key):
+                dict.__setitem__(self, key, compute())
+
+    def __missing__(self, key: str) -> Any:
+        pending = self.__dict__.get("_pending")
+        if not pending or key not in pending:
+            raise KeyError(key)
+        value = pending.pop(key)()
+        dict.__setitem__(self, key, value)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or key in self.__dict__.get("_pending", ())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else dict.setdefault(self, key, default)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key in self:
+            self[key]  # noqa: B018 (computes a deferred entry)
+        return dict.pop(self, key, *default)
+
+    def __iter__(self) -> Iterator[str]:
+        self._resolve()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._resolve()
+        return dict.__len__(self)
+
+    def keys(self) -> KeysView[str]:
+        self._resolve()
+        return dict.keys(self)
+
+    def values(self) -> ValuesView[Any]:
+        self._resolve()
+        return dict.values(self)
+
+    def items(self) -> ItemsView[str, Any]:
+        self._resolve()
+        return dict.items(self)
+
+    def copy(self) -> dict[str, Any]:
+        self._resolve()
+        return dict.copy(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._resolve()
+        if isinstance(other, HypergradResult):
+            other._resolve()
+        return dict.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like dict
+
+    def __reduce__(self) -> tuple:
+        """Pickles (results travel between processes) with the deferred entries computed."""
+        self._resolve()
+        return type(self), (dict(dict.items(self)),)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -208,6 +292,20 @@ def failure_result(lam: Any, message: str, **diagnostics: Any) -> HypergradResul
         inner_residual=float("nan"),
     )
     res.update(diagnostics)
+    return res
+
+
+def defer_inner_residual(res: HypergradResult, problem: BilevelProblem, lam: Any
+                         ) -> HypergradResult:
+    """Defer ``res.inner_residual = ‖∇_w g(w, λ)‖`` (per problem) at the final iterate
+    ``res.w`` to its first read: one inner gradient, spent only when someone reads it.
+
+    For the methods whose own tests do not need the residual (the unrolled ones); it is then
+    not counted in ``n_grad``.
+    """
+    w = res.get("w")
+    if w is not None and "inner_residual" not in res:
+        res.defer("inner_residual", lambda: norm_per_problem(problem.inner_grad(w, lam)))
     return res
 
 

@@ -25,6 +25,7 @@ from .base import (
     HypergradState,
     Method,
     at_step,
+    defer_inner_residual,
     outcome,
     require_step_derivatives,
 )
@@ -188,7 +189,7 @@ class Reverse(Validated, Method):
         sweep = unrolled_vjp(problem, lam, s, dynamics, start=start, sweep=schedule,
                              watch=watch)
         stability, unstable = watch.report()
-        return HypergradResult(
+        return defer_inner_residual(HypergradResult(
             grad=sweep.grad,
             w=sweep.w,
             value=sweep.value,
@@ -197,5 +198,5 @@ class Reverse(Validated, Method):
             steps_recomputed=sweep.stats.steps_recomputed,
             max_states_held=sweep.stats.max_states_held,
             **stability,
-        )
+        ), problem, lam)
 
