@@ -1,7 +1,8 @@
 """The unrolled methods' ``inner_residual`` is deferred: computed on its first read, kept.
 
-Reverse, Forward and FirstOrder do not need ``‖∇_w g(w_K, λ)‖`` for their own success test,
-so the extra inner gradient at the final iterate is spent only when someone reads it
+Reverse, Forward, FirstOrder and Adjoint do not need ``‖∇_w g(w_K, λ)‖`` for their own
+success test, so the extra inner gradient at the final iterate is spent only when someone
+reads it
 (issue 15: 11 % of a MAML K = 1 meta-gradient). Every way of reading a result still sees it.
 """
 
@@ -16,10 +17,12 @@ import pytest
 
 from bilevel import (
     CG,
+    Adjoint,
     BilevelProblem,
     FirstOrder,
     Forward,
     GradientDescent,
+    GradientFlow,
     HypergradResult,
     Implicit,
     Reverse,
@@ -56,6 +59,12 @@ def test_the_residual_costs_one_gradient_on_first_read_only(method):
     assert p.counts.snapshot()["grad"] == spent + 1
     assert res["inner_residual"] == res.get("inner_residual") == res.inner_residual
     assert p.counts.snapshot()["grad"] == spent + 1  # kept
+
+
+def test_every_method_without_its_own_residual_defers_it():
+    res = hypergrad(problem(), LAM, np.zeros(3), dynamics=GradientFlow(0.5, 8),
+                    method=Adjoint())
+    assert res.deferred("inner_residual") and float(res.inner_residual) > 0
 
 
 def test_n_grad_counts_only_the_work_done():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable, ItemsView, Iterator, KeysView, ValuesView
 from dataclasses import dataclass, field
@@ -234,6 +235,11 @@ class Method(abc.ABC):
     methods are frozen dataclasses (their options checked once, at construction); their
     ``repr`` reads like the constructor call, with the options whose ``repr`` differs from
     the default's (and those named in ``_repr_always``).
+
+    A result without ``inner_residual`` gets it deferred (:func:`defer_inner_residual`):
+    the methods that need the residual for their own test (Implicit, Historyless) store it;
+    for the others (Reverse, Forward, FirstOrder, Adjoint, ...) its inner gradient is spent
+    only when someone reads it.
     """
 
     name = "method"
@@ -257,6 +263,11 @@ class Method(abc.ABC):
         """Raise when this method cannot run with ``dynamics`` (default: any dynamics)."""
         return None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "compute" in cls.__dict__ and not getattr(cls.compute, "__isabstractmethod__", False):
+            cls.compute = _deferring_residual(cls.__dict__["compute"])
+
     def __repr__(self) -> str:
         args = []
         if dataclasses.is_dataclass(self):
@@ -265,6 +276,19 @@ class Method(abc.ABC):
                 if f.name in self._repr_always or _differs(value, f.default):
                     args.append(f"{f.name}={value!r}")
         return f"{type(self).__name__}({', '.join(args)})"
+
+
+def _deferring_residual(compute: Callable[..., Any]) -> Callable[..., Any]:
+    """``compute`` whose result gets a deferred ``inner_residual`` where it has none."""
+
+    @functools.wraps(compute)
+    def deferring(self: Method, problem: BilevelProblem, lam: Any, *args: Any,
+                  **kwargs: Any) -> Any:
+        res = compute(self, problem, lam, *args, **kwargs)
+        return defer_inner_residual(res, problem, lam) if isinstance(res, HypergradResult) \
+            else res
+
+    return deferring
 
 
 flag = boolean  # the option check of boolean fields (bilevel.validation.boolean)
@@ -300,8 +324,8 @@ def defer_inner_residual(res: HypergradResult, problem: BilevelProblem, lam: Any
     """Defer ``res.inner_residual = ‖∇_w g(w, λ)‖`` (per problem) at the final iterate
     ``res.w`` to its first read: one inner gradient, spent only when someone reads it.
 
-    For the methods whose own tests do not need the residual (the unrolled ones); it is then
-    not counted in ``n_grad``.
+    Applied to every method's result (:class:`Method`); a stored residual is kept. The
+    deferred gradient is not counted in ``n_grad``.
     """
     w = res.get("w")
     if w is not None and "inner_residual" not in res:

@@ -17,7 +17,7 @@ from ..dynamics import Dynamics, run
 from ..problem import BilevelProblem
 from ..registry import register
 from ..validation import Validated
-from .base import HypergradResult, HypergradState, Method, defer_inner_residual
+from .base import HypergradResult, HypergradState, Method
 
 __all__ = ["FirstOrder"]
 
@@ -53,5 +53,4 @@ class FirstOrder(Validated, Method):
         w = dynamics.weights(run(problem, dynamics, w0, lam))
         value, gw, gl = problem.outer_value_and_grads(w, lam)
         grad = gl + problem.init_vjp(lam, gw) if problem.init is not None else gl
-        res = HypergradResult(grad=grad, w=w, value=value, success=True, message="ok")
-        return defer_inner_residual(res, problem, lam)
+        return HypergradResult(grad=grad, w=w, value=value, success=True, message="ok")

@@ -19,7 +19,6 @@ from .base import (
     HypergradWarning,
     Method,
     at_step,
-    defer_inner_residual,
     require_step_derivatives,
 )
 
@@ -92,9 +91,8 @@ class Forward(Validated, Method):
         w = dynamics.weights(s)
         value, gw, gl = problem.outer_value_and_grads(w, lam)
         grad = _add_projections(gl, gw, [dynamics.weights(t) for t in tangents], directions)
-        res = HypergradResult(grad=grad, w=w, value=value, success=True, message="ok",
-                              tangent_columns=len(directions))
-        return defer_inner_residual(res, problem, lam)
+        return HypergradResult(grad=grad, w=w, value=value, success=True, message="ok",
+                               tangent_columns=len(directions))
 
     def _warn_if_costly(self, m: int, n: int) -> None:
         if m > self.warn_ratio * n:

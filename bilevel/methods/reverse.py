@@ -25,7 +25,6 @@ from .base import (
     HypergradState,
     Method,
     at_step,
-    defer_inner_residual,
     outcome,
     require_step_derivatives,
 )
@@ -189,7 +188,7 @@ class Reverse(Validated, Method):
         sweep = unrolled_vjp(problem, lam, s, dynamics, start=start, sweep=schedule,
                              watch=watch)
         stability, unstable = watch.report()
-        return defer_inner_residual(HypergradResult(
+        return HypergradResult(
             grad=sweep.grad,
             w=sweep.w,
             value=sweep.value,
@@ -198,5 +197,5 @@ class Reverse(Validated, Method):
             steps_recomputed=sweep.stats.steps_recomputed,
             max_states_held=sweep.stats.max_states_held,
             **stability,
-        ), problem, lam)
+        )
 
