@@ -82,7 +82,8 @@ class HypergradResult(dict):
     message : str
         What happened, in words.
     inner_residual : array
-        ‖∇_w g(w, λ)‖ at the final iterate (per problem).
+        ‖∇_w g(w, λ)‖ at the final iterate (per problem); computed on its first read
+        (one inner gradient, not in ``n_grad``) by the methods that do not test it.
     n_grad, n_hvp, n_jvp : int
         Inner gradients (incl. outer gradients), Hessian/mixed vector products and
         Jacobian-vector products spent.
