@@ -231,9 +231,9 @@ def test_solvers_report_breakdowns_on_the_device():
 
 
 # ---------------------------------------------------------------------- meta-learning
-# Reptile is not here: its analytic oracles (meta/model_oracles.py) are NumPy-only and it has
-# no fast_oracles=False.
-META = ["maml", "fomaml", "anil", "imaml", "amaml", "pretrain", "cml", "memoryreduced"]
+# Reptile has no fast_oracles=False: it runs the analytic oracles (meta/model_oracles.py).
+META = ["maml", "fomaml", "anil", "imaml", "amaml", "pretrain", "cml", "memoryreduced",
+        "reptile"]
 
 
 @pytest.mark.parametrize("name", META)
@@ -250,13 +250,41 @@ def test_meta_algorithms_run_on_the_device_and_match_numpy(name):
         base = registry.lookup("algorithm", "maml")(model, 0.05, 2, fast_oracles=False)
         alg = cls(base, MLP((8, 2, 1), activation="tanh"), weight=0.7)
     else:
-        alg = cls(model) if name == "pretrain" else cls(model, fast_oracles=False)
+        alg = cls(model) if name in ("pretrain", "reptile") else cls(model, fast_oracles=False)
     theta = alg.init(np.random.default_rng(1))
     grad, step = alg.meta_gradient(on_device(theta), episode)
     ref, ref_step = alg.meta_gradient(theta, raw)
     assert_on_device(grad)
     assert step.success == ref_step.success
     np.testing.assert_allclose(to_numpy(grad), ref, rtol=1e-9, atol=1e-12)
+
+
+FAST = ["maml", "fomaml", "anil", "imaml", "amaml"]
+
+
+@pytest.mark.filterwarnings("ignore::bilevel.HypergradWarning")
+@pytest.mark.parametrize("act, loss", [("relu", "mse"), ("tanh", "cross_entropy")])
+@pytest.mark.parametrize("name", FAST)
+def test_analytic_oracles_run_on_the_device_and_match_numpy(name, act, loss):
+    """The default fast path: the MLP's analytic oracles (backpropagation, R-operator)."""
+    from bilevel.meta import Episode, Sinusoid
+    from bilevel.meta.models import MLP
+
+    rng = np.random.default_rng(0)
+    if loss == "mse":
+        model, raw = MLP((1, 6, 5, 1), activation=act), Sinusoid(4, 4).sample(3, rng)
+    else:
+        model = MLP((2, 6, 5, 3), activation=act, loss="cross_entropy")
+        raw = Episode(rng.standard_normal((3, 4, 2)), rng.integers(0, 3, (3, 4)),
+                      rng.standard_normal((3, 4, 2)), rng.integers(0, 3, (3, 4)))
+    alg = registry.lookup("algorithm", name)(model, fast_oracles=True)
+    assert alg.specification().problem_oracles() is not None
+    theta = alg.init(np.random.default_rng(1))
+    fields = (raw.x_support, raw.y_support, raw.x_query, raw.y_query)
+    grad, _ = alg.meta_gradient(on_device(theta), Episode(*map(on_device, fields)))
+    ref, _ = alg.meta_gradient(theta, raw)
+    assert_on_device(grad)
+    np.testing.assert_allclose(to_numpy(grad), ref, rtol=1e-12, atol=1e-14)
 
 
 # ---------------------------------------------------------------------- HPO problems
@@ -266,7 +294,8 @@ def moved(tree):
 
 
 def hpo_problem(name, convert):
-    """An HPO problem built from data made by ``convert`` (device or NumPy), ``(problem, n, m)``."""
+    """An HPO problem built from data made by ``convert`` (device or NumPy),
+    ``(problem, n, m, dynamics)``."""
     from bilevel.hpo import problems
 
     rng = np.random.default_rng(5)
@@ -274,25 +303,30 @@ def hpo_problem(name, convert):
     y, yv = X @ np.ones(4) + 0.1 * rng.standard_normal(20), Xv @ np.ones(4)
     labels, labels_v = (y > 0).astype(np.int64), (yv > 0).astype(np.int64)
     X, Xv, y, yv, labels, labels_v = map(convert, (X, Xv, y, yv, labels, labels_v))
+    if name == "optimizer_tuning":  # λ = (log α, logit β) of the tuned dynamics
+        problem, dynamics = problems.optimizer_tuning(X, y, Xv, yv, steps=20)
+        return problem, 4, 2, dynamics
+    plain = GradientDescent(0.1, 20)
     built = {
-        "ridge": lambda: (problems.ridge(X, y, Xv, yv), 4, 4),
-        "logistic": lambda: (problems.logistic(X, labels, Xv, labels_v), 5, 1),
-        "hyper_cleaning": lambda: (problems.hyper_cleaning(X, labels, Xv, labels_v), 10, 20),
+        "ridge": lambda: (problems.ridge(X, y, Xv, yv), 4, 4, plain),
+        "logistic": lambda: (problems.logistic(X, labels, Xv, labels_v), 5, 1, plain),
+        "hyper_cleaning": lambda: (problems.hyper_cleaning(X, labels, Xv, labels_v), 10, 20,
+                                   plain),
     }[name]
     return built()
 
 
-@pytest.mark.parametrize("name", ["ridge", "logistic", "hyper_cleaning"])
+@pytest.mark.parametrize("name", ["ridge", "logistic", "hyper_cleaning", "optimizer_tuning"])
 def test_hpo_problems_run_on_the_device(name):
     """The factories take device arrays as they are; the hypergradient equals NumPy's."""
     results = []
     for convert in (on_device, np.asarray):
-        problem, n, m = hpo_problem(name, convert)
+        problem, n, m, dynamics = hpo_problem(name, convert)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            results.append(hypergrad(problem, convert(np.zeros(m)), convert(np.zeros(n)),
-                                     dynamics=GradientDescent(0.1, 20), method=Reverse(),
-                                     on_failure="raise"))
+            lam = np.full(m, -2.0) if name == "optimizer_tuning" else np.zeros(m)
+            results.append(hypergrad(problem, convert(lam), convert(np.zeros(n)),
+                                     dynamics=dynamics, method=Reverse(), on_failure="raise"))
     assert_on_device(results[0].grad)
     np.testing.assert_allclose(to_numpy(results[0].grad), results[1].grad, rtol=1e-9,
                                atol=1e-14)

@@ -135,6 +135,8 @@ CASES = {
     "historyless": (Historyless(tol=None), descent, 16),
     "adjoint-rk4": (Adjoint(), flow, 16),
     "adjoint-continuous": (Adjoint("store", discrete=False, stiffness_iters=0), flow, 16),
+    # with its Lanczos estimate of λ_max(H(u_K)) (8 steps, the default): read once
+    "adjoint-continuous-lanczos": (Adjoint("store", discrete=False), flow, 17),
     "adjoint-reconstruct": (Adjoint("reconstruct"), short_flow, 16),
     "forward": (Forward(), descent, 12),
     "first-order": (FirstOrder(), descent, 12),
@@ -160,6 +162,15 @@ def test_reads_per_call_do_not_grow_with_the_steps(name):
     assert res.grad.device == DEVICE
     assert k_reads == k2_reads, f"{name}: {k_reads} reads at K=8, {k2_reads} at K=16"
     assert k_reads <= budget, f"{name}: {k_reads} reads per call {kinds} > {budget}"
+
+
+def test_the_lanczos_estimate_reads_once():
+    """The Lanczos coefficients of the continuous adjoint's λ_max(H) stay on the device."""
+    plain, _, _ = reads_of(Adjoint("store", discrete=False, stiffness_iters=0), flow(8))
+    for iters in (4, 8):
+        total, _, res = reads_of(Adjoint("store", discrete=False, stiffness_iters=iters),
+                                 flow(8))
+        assert total == plain + 1 and res.success
 
 
 def test_cg_reads_its_convergence_flags_every_few_iterations():

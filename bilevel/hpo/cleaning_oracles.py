@@ -14,11 +14,11 @@ and ``D = diag(s)/N``::
 
 (Pearlmutter, *Fast exact multiplication by the Hessian*, Neural Computation 1994, for the
 R-operator.) Each oracle is two or three matrix products of ``N × (d+1) × C`` on the arrays'
-own namespace (NumPy or CuPy), with no tracing. The probabilities ``P`` of the last point
-and the product ``X V`` of the last direction are kept, so the Hessian and mixed products of
-one reverse step of gradient descent (``H a`` and ``Mᵀa`` at one ``(w, λ)``) share one
-forward pass: a reverse step costs three matrix products, the forward step two. Memory:
-``O(N·C)`` for the cache. Checked against autograd to rounding in
+own namespace (NumPy, CuPy or any Array API library), with no tracing. The probabilities
+``P`` of the last point and the product ``X V`` of the last direction are kept, so the
+Hessian and mixed products of one reverse step of gradient descent (``H a`` and ``Mᵀa`` at
+one ``(w, λ)``) share one forward pass: a reverse step costs three matrix products, the
+forward step two. Memory: ``O(N·C)`` for the cache. Checked against autograd to rounding in
 ``tests/test_fast_oracles.py``.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import namespace
+from ..backend import device, namespace
 
 __all__ = ["CleaningOracles"]
 
@@ -75,18 +75,18 @@ class CleaningOracles:
             return last
         xp = _namespace(X)
         P = self._matrix(w, X).T @ X.T
-        P -= P.max(axis=0)
+        P -= xp.max(P, axis=0)
         P = xp.exp(P)
-        P /= P.sum(axis=0)
-        residual = P.copy()
-        residual[y, xp.arange(P.shape[1])] -= 1.0
+        P /= xp.sum(P, axis=0)
+        classes = xp.arange(self.classes, dtype=y.dtype, device=device(y))
+        residual = P - xp.astype(classes[:, None] == y, P.dtype)  # P − Yᵀ
         point = _Point((w, X, y), P, residual)
         self._points[which] = point
         return point
 
     def _matrix(self, w: Any, X: Any) -> Any:
         """``W = reshape(w, (d+1, C))``."""
-        return w.reshape(X.shape[1], self.classes)
+        return _namespace(w).reshape(w, (X.shape[1], self.classes))
 
     def _times_X(self, X: Any, v: Any) -> Any:
         """``(X V)ᵀ`` for the direction ``v`` (kept for the last direction)."""
@@ -109,7 +109,7 @@ class CleaningOracles:
     @staticmethod
     def _flat(Gt: Any, X: Any) -> Any:
         """``vec(Xᵀ G)`` from ``Gᵀ`` (``(C, N)``): the layout of ``w``."""
-        return (Gt @ X).T.reshape(-1)
+        return _namespace(X).reshape((Gt @ X).T, (-1,))
 
     # ------------------------------------------------------------------ oracles
     def inner_grad(self, w: Any, lam: Any, data: dict) -> Any:
@@ -123,7 +123,7 @@ class CleaningOracles:
         X = data["X"]
         pt = self._point(w, lam, X, data["y"], "train")
         PR = pt.P * self._times_X(X, v)
-        PR -= pt.P * PR.sum(axis=0)
+        PR -= pt.P * _namespace(PR).sum(PR, axis=0)
         PR *= self._weights(lam)[0]
         return self._flat(PR, X) + self.l2 * v
 
@@ -132,7 +132,8 @@ class CleaningOracles:
         :meth:`inner_hvp` along the same ``u``)."""
         X = data["X"]
         pt = self._point(w, lam, X, data["y"], "train")
-        return self._weights(lam)[1] * (pt.residual * self._times_X(X, u)).sum(axis=0)
+        return self._weights(lam)[1] * _namespace(u).sum(pt.residual * self._times_X(X, u),
+                                                         axis=0)
 
     def inner_mixed_jvp(self, w: Any, lam: Any, e: Any, data: dict) -> Any:
         """``M e = Xᵀ diag(s(1 − s) e/N)(P − Y)``: one matrix product."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import bilevel.numpy as bnp
 
-from ..backend import namespace
+from ..backend import device, namespace
 from ..dynamics import Dynamics, State
 from ..problem import BilevelProblem
 
@@ -38,7 +38,7 @@ def _basis_times(lam: Any, i: int, coef: Any) -> Any:
     """An array of the shape of λ with ``coef`` (``(1,)`` or ``(B, 1)``) at index ``i``."""
     xp = namespace(lam)
     m = lam.shape[-1]
-    mask = xp.astype(xp.arange(m) == i, lam.dtype)
+    mask = xp.astype(xp.arange(m, device=device(lam)) == i, lam.dtype)
     return coef * mask
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bilevel.backend import namespace
+from bilevel.backend import namespace, unbox
 from bilevel.batch import dot_per_problem, norm_per_problem, per_problem, to_host
 
 __all__ = ["lanczos_max_eigenvalue"]
@@ -23,7 +23,8 @@ def lanczos_max_eigenvalue(hvp: Callable[[Any], Any], v0: Any, iters: int) -> np
 
     Ritz values lie in ``[λ_min(H), λ_max(H)]``, so the result is a lower bound on
     ``λ_max`` that is usually sharp for a separated top eigenvalue. Memory: three vectors
-    (no reorthogonalization); cost: ``iters`` HVPs. Returns a NumPy array of shape ``()``
+    (no reorthogonalization); cost: ``iters`` HVPs and one host read (the coefficients
+    ``α_j, β_j`` stay on the device until the end). Returns a NumPy array of shape ``()``
     or ``(B,)``.
     """
     xp = namespace(v0)
@@ -46,18 +47,20 @@ def lanczos_max_eigenvalue(hvp: Callable[[Any], Any], v0: Any, iters: int) -> np
         v_prev, v = v, w / per_problem(safe, w)
         v = xp.where(per_problem(ok, v), v, xp.zeros_like(v))
         beta = beta_next
-    return _top_ritz_value(alphas, betas, batched=len(v0.shape) > 1)
+    # the coefficients stay on the device through the loop and are read once, together:
+    # (2·iters − 1,) or (B, 2·iters − 1)
+    coefficients = xp.stack([unbox(c) for c in alphas + betas], axis=-1)
+    host = to_host(coefficients).reshape(-1, coefficients.shape[-1])  # the one host read
+    top = _top_ritz_value(host[:, :iters], host[:, iters:])
+    return top if len(v0.shape) > 1 else top.reshape(())
 
 
-def _top_ritz_value(alphas: list, betas: list, batched: bool) -> np.ndarray:
-    """Largest eigenvalue of the tridiagonal matrix ``tridiag(β, α, β)`` per problem."""
-    a = np.stack([np.atleast_1d(to_host(x)) for x in alphas], axis=-1)  # (B, m)
-    b = (np.stack([np.atleast_1d(to_host(x)) for x in betas], axis=-1) if betas
-         else np.zeros((a.shape[0], 0)))
-    T = np.zeros(a.shape + (a.shape[-1],))
-    idx = np.arange(a.shape[-1])
+def _top_ritz_value(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Largest eigenvalue of the tridiagonal matrix ``tridiag(b, a, b)`` per row ``(B,)``."""
+    m = a.shape[-1]
+    T = np.zeros(a.shape + (m,))
+    idx = np.arange(m)
     T[:, idx, idx] = a
     T[:, idx[:-1], idx[1:]] = b
     T[:, idx[1:], idx[:-1]] = b
-    top = np.linalg.eigvalsh(T)[:, -1]
-    return top if batched else top.reshape(())
+    return np.linalg.eigvalsh(T)[:, -1]

@@ -15,8 +15,8 @@ stack) and the loss derivative ``δ_L = ∂L/∂z_L``::
 
 for the direction ``v = (V_l, c_l)_l``. Each product is a handful of batched matrix
 products per layer (``O(T·N·Σ sizes[l]·sizes[l+1])``, like one gradient) and runs on the
-arrays' own namespace (NumPy or CuPy) with no tracing. Memory: the activations of one
-forward pass, ``O(T·N·Σ sizes)``.
+arrays' own namespace (NumPy, CuPy or any Array API library) with no tracing. Memory:
+the activations of one forward pass, ``O(T·N·Σ sizes)``.
 
 :class:`MLPOracles` turns them into the oracle table of :class:`bilevel.BilevelProblem`
 for the two inner problems of the meta-learning algorithms: all weights (MAML, A-MAML,
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import device
 from ..backend import namespace as _array_namespace
 from .models import MLP
 
@@ -46,6 +47,28 @@ def namespace(x: Any) -> Any:
     return np if type(x) is np.ndarray else _array_namespace(x)
 
 
+# The few array operations below are methods on NumPy arrays (the fast path: a NumPy
+# function call costs ~1 µs more than the method, a few hundred times per meta-gradient)
+# and namespace functions on every other array (CuPy, array_api_strict's devices).
+def _reshape(a: Any, shape: tuple[int, ...]) -> Any:
+    return a.reshape(shape) if type(a) is np.ndarray else namespace(a).reshape(a, shape)
+
+
+def _mT(a: Any) -> Any:
+    """The transpose of the last two axes (a view)."""
+    return a.swapaxes(-1, -2) if type(a) is np.ndarray else namespace(a).matrix_transpose(a)
+
+
+def _sum(a: Any, axis: int, keepdims: bool = False) -> Any:
+    if type(a) is np.ndarray:
+        return a.sum(axis=axis, keepdims=keepdims)
+    return namespace(a).sum(a, axis=axis, keepdims=keepdims)
+
+
+def _astype(a: Any, dtype: Any) -> Any:
+    return a.astype(dtype) if type(a) is np.ndarray else namespace(a).astype(a, dtype)
+
+
 def supports(model: Any) -> bool:
     """Whether :class:`MLPOracles` covers ``model`` (an :class:`MLP`, relu or tanh)."""
     return type(model) is MLP and model.activation in ("relu", "tanh")
@@ -57,7 +80,7 @@ def unpack(flat: Any, shapes: list[tuple[int, ...]]) -> Layers:
     out, start, T = [], 0, flat.shape[0]
     for i in range(0, len(shapes), 2):
         (fi, fo), k = shapes[i], math.prod(shapes[i])
-        out.append((flat[:, start:start + k].reshape(T, fi, fo),
+        out.append((_reshape(flat[:, start:start + k], (T, fi, fo)),
                     flat[:, start + k:start + k + fo]))
         start += k + fo
     return out
@@ -82,7 +105,7 @@ def _sum_into(d: Any, dest: Any) -> Any:
     """``Σ_n d`` over the examples axis, written into ``dest``."""
     if type(dest) is np.ndarray:
         return np.sum(d, axis=1, out=dest)
-    dest[...] = d.sum(axis=1)
+    dest[...] = _sum(d, 1)
     return dest
 
 
@@ -94,7 +117,7 @@ def act(name: str, z: Any) -> Any:
 
 def act_d1(name: str, z: Any, h: Any) -> Any:
     """``σ'(z)`` from ``z`` and ``h = σ(z)``."""
-    return (z > 0).astype(z.dtype) if name == "relu" else 1.0 - h * h
+    return _astype(z > 0, z.dtype) if name == "relu" else 1.0 - h * h
 
 
 def act_d2(name: str, z: Any, h: Any) -> Any | None:
@@ -147,10 +170,10 @@ def backward(layers: Layers, tr: Trace, activation: str, last: bool, d_out: Any,
     d = d_out * tr.d1s[-1] if last else d_out
     for li in range(len(layers) - 1, -1, -1):
         W, _ = layers[li]
-        _matmul_into(tr.hs[li].swapaxes(1, 2), d, out[li][0])
+        _matmul_into(_mT(tr.hs[li]), d, out[li][0])
         _sum_into(d, out[li][1])
         if li or need_input:
-            d = d @ W.swapaxes(1, 2)
+            d = d @ _mT(W)
             if li:
                 d = d * tr.d1s[li - 1]
     return d if need_input else None
@@ -188,17 +211,17 @@ def r_backward(layers: Layers, dirs: Layers | None, tr: Trace, rzs: list[Any], a
     for li in range(n - 1, -1, -1):
         W = layers[li][0]
         if rhs[li] is None:
-            _matmul_into(tr.hs[li].swapaxes(1, 2), rd, out[li][0])
+            _matmul_into(_mT(tr.hs[li]), rd, out[li][0])
         else:  # h_lᵀ R{δ_l} + R{h_l}ᵀ δ_l as one product over the stacked examples
             xp = namespace(rd)
-            _matmul_into(xp.concat([tr.hs[li], rhs[li]], axis=1).swapaxes(1, 2),
+            _matmul_into(_mT(xp.concat([tr.hs[li], rhs[li]], axis=1)),
                          xp.concat([rd, d], axis=1), out[li][0])
         _sum_into(rd, out[li][1])
         if li or need_input:
-            rd = rd @ W.swapaxes(1, 2)
+            rd = rd @ _mT(W)
             if dirs is not None:
-                rd = rd + d @ dirs[li][0].swapaxes(1, 2)
-            d = d @ W.swapaxes(1, 2)
+                rd = rd + d @ _mT(dirs[li][0])
+            d = d @ _mT(W)
             if li:
                 d, rd = _through_act(activation, tr, li - 1, outs[li - 1], d, rd, rzs[li - 1])
     return rd if need_input else None
@@ -225,18 +248,18 @@ def loss_hvp(name: str, pred: Any, r: Any) -> Any:
     if name == "mse":
         return (2.0 / (pred.shape[1] * pred.shape[2])) * r
     s = softmax(pred)
-    return (s * r - s * (s * r).sum(axis=-1, keepdims=True)) / pred.shape[1]
+    return (s * r - s * _sum(s * r, -1, keepdims=True)) / pred.shape[1]
 
 
 def softmax(z: Any) -> Any:
     xp = namespace(z)
     e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    return e / _sum(e, -1, keepdims=True)
 
 
 def onehot(y: Any, like: Any) -> Any:
     xp = namespace(like)
-    return (y[..., None] == xp.arange(like.shape[-1])).astype(like.dtype)
+    return _astype(y[..., None] == xp.arange(like.shape[-1], device=device(like)), like.dtype)
 
 
 @dataclass(frozen=True)

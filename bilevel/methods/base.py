@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import warnings
+from collections.abc import Callable, ItemsView, Iterator, KeysView, ValuesView
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,7 @@ __all__ = [
     "HypergradWarning",
     "Method",
     "at_step",
+    "defer_inner_residual",
     "failure_result",
     "flag",
     "largest",
@@ -79,7 +82,8 @@ class HypergradResult(dict):
     message : str
         What happened, in words.
     inner_residual : array
-        ‖∇_w g(w, λ)‖ at the final iterate (per problem).
+        ‖∇_w g(w, λ)‖ at the final iterate (per problem); computed on its first read
+        (one inner gradient, not in ``n_grad``) by the methods that do not test it.
     n_grad, n_hvp, n_jvp : int
         Inner gradients (incl. outer gradients), Hessian/mixed vector products and
         Jacobian-vector products spent.
@@ -90,7 +94,89 @@ class HypergradResult(dict):
 
     Method-specific diagnostics (``linear_solve``, ``reconstruction_error``,
     ``nonfinite_step``, ...) are further keys; ``keys()`` lists them.
+
+    An entry may be *deferred* (:meth:`defer`): a diagnostic that costs work, such as the
+    unrolled methods' ``inner_residual`` (one inner gradient), is computed on its first read
+    (``res[key]``, ``res.key``, ``res.get``, ``in`` does not read) or when the result is
+    listed, compared, printed or pickled, then kept; it costs nothing when nobody reads it.
     """
+
+    def defer(self, key: str, compute: Callable[[], Any]) -> None:
+        """Make ``self[key]`` the value of ``compute()``, called on the first read and kept.
+
+        A value stored under ``key`` before the first read wins over ``compute``.
+        """
+        self.__dict__.setdefault("_pending", {})[key] = compute
+
+    def deferred(self, key: str) -> bool:
+        """Whether ``key`` is deferred and not computed yet (reading it would compute it)."""
+        return key in self.__dict__.get("_pending", ()) and not dict.__contains__(self, key)
+
+    def _resolve(self) -> None:
+        """Compute every deferred entry (before the result is listed, compared or pickled)."""
+        pending = self.__dict__.pop("_pending", None)
+        for key, compute in (pending or {}).items():
+            if not dict.__contains__(self, key):
+                dict.__setitem__(self, key, compute())
+
+    def __missing__(self, key: str) -> Any:
+        pending = self.__dict__.get("_pending")
+        if not pending or key not in pending:
+            raise KeyError(key)
+        value = pending.pop(key)()
+        dict.__setitem__(self, key, value)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or key in self.__dict__.get("_pending", ())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else dict.setdefault(self, key, default)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key in self:
+            self[key]  # noqa: B018 (computes a deferred entry)
+        return dict.pop(self, key, *default)
+
+    def __iter__(self) -> Iterator[str]:
+        self._resolve()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._resolve()
+        return dict.__len__(self)
+
+    def keys(self) -> KeysView[str]:
+        self._resolve()
+        return dict.keys(self)
+
+    def values(self) -> ValuesView[Any]:
+        self._resolve()
+        return dict.values(self)
+
+    def items(self) -> ItemsView[str, Any]:
+        self._resolve()
+        return dict.items(self)
+
+    def copy(self) -> dict[str, Any]:
+        self._resolve()
+        return dict.copy(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._resolve()
+        if isinstance(other, HypergradResult):
+            other._resolve()
+        return dict.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like dict
+
+    def __reduce__(self) -> tuple:
+        """Pickles (results travel between processes) with the deferred entries computed."""
+        self._resolve()
+        return type(self), (dict(dict.items(self)),)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -150,6 +236,11 @@ class Method(abc.ABC):
     methods are frozen dataclasses (their options checked once, at construction); their
     ``repr`` reads like the constructor call, with the options whose ``repr`` differs from
     the default's (and those named in ``_repr_always``).
+
+    A result without ``inner_residual`` gets it deferred (:func:`defer_inner_residual`):
+    the methods that need the residual for their own test (Implicit, Historyless) store it;
+    for the others (Reverse, Forward, FirstOrder, Adjoint, ...) its inner gradient is spent
+    only when someone reads it.
     """
 
     name = "method"
@@ -173,6 +264,11 @@ class Method(abc.ABC):
         """Raise when this method cannot run with ``dynamics`` (default: any dynamics)."""
         return None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "compute" in cls.__dict__ and not getattr(cls.compute, "__isabstractmethod__", False):
+            cls.compute = _deferring_residual(cls.__dict__["compute"])
+
     def __repr__(self) -> str:
         args = []
         if dataclasses.is_dataclass(self):
@@ -181,6 +277,19 @@ class Method(abc.ABC):
                 if f.name in self._repr_always or _differs(value, f.default):
                     args.append(f"{f.name}={value!r}")
         return f"{type(self).__name__}({', '.join(args)})"
+
+
+def _deferring_residual(compute: Callable[..., Any]) -> Callable[..., Any]:
+    """``compute`` whose result gets a deferred ``inner_residual`` where it has none."""
+
+    @functools.wraps(compute)
+    def deferring(self: Method, problem: BilevelProblem, lam: Any, *args: Any,
+                  **kwargs: Any) -> Any:
+        res = compute(self, problem, lam, *args, **kwargs)
+        return defer_inner_residual(res, problem, lam) if isinstance(res, HypergradResult) \
+            else res
+
+    return deferring
 
 
 flag = boolean  # the option check of boolean fields (bilevel.validation.boolean)
@@ -208,6 +317,20 @@ def failure_result(lam: Any, message: str, **diagnostics: Any) -> HypergradResul
         inner_residual=float("nan"),
     )
     res.update(diagnostics)
+    return res
+
+
+def defer_inner_residual(res: HypergradResult, problem: BilevelProblem, lam: Any
+                         ) -> HypergradResult:
+    """Defer ``res.inner_residual = ‖∇_w g(w, λ)‖`` (per problem) at the final iterate
+    ``res.w`` to its first read: one inner gradient, spent only when someone reads it.
+
+    Applied to every method's result (:class:`Method`); a stored residual is kept. The
+    deferred gradient is not counted in ``n_grad``.
+    """
+    w = res.get("w")
+    if w is not None and "inner_residual" not in res:
+        res.defer("inner_residual", lambda: norm_per_problem(problem.inner_grad(w, lam)))
     return res
 
 
