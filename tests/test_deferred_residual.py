@@ -125,3 +125,21 @@ def test_implicit_still_computes_it_for_its_own_test():
     res = hypergrad(problem(), LAM, np.zeros(3), dynamics=GradientDescent(0.5, 60),
                     method=Implicit(CG()))
     assert not res.deferred("inner_residual") and res.success
+
+
+def test_meta_step_keeps_the_residual_deferred_until_read():
+    """A MAML meta-step does not pay the residual's inner gradient unless someone reads it;
+    read, it is the worst task's ‖∇_w g(w_K)‖, and a settled step carries it."""
+    from bilevel.meta import MAML, MLP, Sinusoid
+
+    alg = MAML(MLP((1, 8, 1), activation="tanh"), 0.05, 1)
+    episode = Sinusoid(n_shot=4, n_query=4).sample(3, np.random.default_rng(0))
+    _, step = alg.meta_gradient(alg.init(np.random.default_rng(1)), episode)
+    assert step.result.deferred("inner_residual")
+    assert "inner_residual" in list(step)  # listed without computing
+    assert step.result.deferred("inner_residual")
+    value = step["inner_residual"]
+    assert not step.result.deferred("inner_residual")
+    assert value == pytest.approx(float(np.max(step.result["inner_residual"])))
+    _, fresh = alg.meta_gradient(alg.init(np.random.default_rng(1)), episode)
+    assert fresh.settled().diagnostics["inner_residual"] == value

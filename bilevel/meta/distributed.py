@@ -26,7 +26,7 @@ meta-gradient.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -158,7 +158,7 @@ class _Work:
 def _light(step: Any) -> Any:
     """The diagnostics of a part without its per-task results (``O(T·n)``, kept home)."""
     if isinstance(step, MetaStep):
-        return replace(step, result=None)
+        return step.settled()
     return {k: v for k, v in dict(step).items() if k != "result"}
 
 
@@ -192,9 +192,14 @@ def _weighted_sum(grads: list[Any], weights: list[int]) -> Any:
     return total / sum(weights)
 
 
+def _diagnostics(step: Mapping) -> dict:
+    """A part's diagnostics: the ``diagnostics`` of a MetaStep, or of a plain mapping."""
+    return (step.diagnostics if isinstance(step, MetaStep) else step.get("diagnostics")) or {}
+
+
 def _worst(steps: list[Mapping]) -> dict[str, float]:
-    keys = dict.fromkeys(k for s in steps for k in (s.get("diagnostics") or {}))
-    return {k: float(np.max([s["diagnostics"].get(k, np.nan) for s in steps])) for k in keys}
+    keys = dict.fromkeys(k for s in steps for k in _diagnostics(s))
+    return {k: float(np.max([_diagnostics(s).get(k, np.nan) for s in steps])) for k in keys}
 
 
 def combine_parts(outs: Sequence[tuple[Any, Any]], sizes: Sequence[int],

@@ -9,7 +9,7 @@ reads: loss, success, per-task success, work counts.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -184,7 +184,9 @@ class MetaStep(Mapping):
         ``problem_success``, the diagnostics its worst task's.
         """
         mask = _task_success(res)
-        worst = {key: _worst(res, key) for key in DIAGNOSTICS}
+        # a diagnostic the method deferred (the unrolled methods' inner_residual costs one
+        # more inner gradient) stays deferred until the step is read for it
+        worst = {key: _worst(res, key) for key in DIAGNOSTICS if not res.deferred(key)}
         return cls(
             grad=grad,
             loss=float(np.mean(to_numpy(res.value))) if res.get("w") is not None else np.nan,
@@ -200,16 +202,32 @@ class MetaStep(Mapping):
         )
 
     # -- read-only mapping over the fields and the diagnostics --------------------------
+    def _lazy(self) -> list[str]:
+        """Diagnostics the result deferred and nobody has read yet."""
+        res = self.result
+        if res is None:
+            return []
+        return [k for k in DIAGNOSTICS if k not in self.diagnostics and res.deferred(k)]
+
     def _names(self) -> list[str]:
         own = [f.name for f in fields(self) if f.name not in NOT_KEYS]
-        return own + list(self.diagnostics)
+        return own + list(self.diagnostics) + self._lazy()
 
     def __getitem__(self, key: str) -> Any:
+        if key in self._lazy():
+            self.diagnostics[key] = _worst(self.result, key)
         if key in self.diagnostics:
             return self.diagnostics[key]
         if key in self._names():
             return getattr(self, key)
         raise KeyError(key)
+
+    def settled(self) -> MetaStep:
+        """This step with its deferred diagnostics computed and without the per-task result
+        (what travels between processes: ``O(T·n)`` less)."""
+        for key in self._lazy():
+            self.diagnostics[key] = _worst(self.result, key)
+        return replace(self, result=None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names())
