@@ -112,6 +112,12 @@ class HypergradResult(dict):
         """Whether ``key`` is deferred and not computed yet (reading it would compute it)."""
         return key in self.__dict__.get("_pending", ()) and not dict.__contains__(self, key)
 
+    def settle(self) -> HypergradResult:
+        """Compute every deferred entry now and return ``self`` (drops what the deferred
+        computations hold: the problem and the final iterate)."""
+        self._resolve()
+        return self
+
     def _resolve(self) -> None:
         """Compute every deferred entry (before the result is listed, compared or pickled)."""
         pending = self.__dict__.pop("_pending", None)

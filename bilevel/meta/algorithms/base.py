@@ -285,8 +285,12 @@ class Specified(MetaAlgorithm):
         """
         spec = self._spec()
         results, sizes = [], []
-        for part in micro_batches(episode, chunks):
-            results.append(self._hypergradient(spec, params, part))
+        parts = list(micro_batches(episode, chunks))
+        for part in parts:
+            res = self._hypergradient(spec, params, part)
+            # a micro-batch's deferred diagnostics would keep its problem alive until the
+            # join (memory growing with T): computed now when there are several
+            results.append(res.settle() if len(parts) > 1 else res)
             sizes.append(part.n_tasks)
         step = MetaStep.of(join_results(results, sizes))
         mask = step.task_success if drop_failed else None
