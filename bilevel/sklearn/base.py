@@ -16,6 +16,7 @@ import numpy as np
 from scipy.linalg import cho_solve
 from sklearn.base import is_classifier
 from sklearn.model_selection import check_cv
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..api import HypergradResult, HypergradState, hypergrad
 from ..conditions import Condition, Stationarity
@@ -118,6 +119,12 @@ class HypergradCVMixin:
         ``(points, m)``); returns the search (see :func:`.search.tune`)."""
         return tune(CVObjective(folds), grid, self.max_iter, self.tol)
 
+    def _record(self, found: Tuned) -> None:
+        """The fitted search attributes: ``hypergradient_``, ``history_``, ``n_iter_``."""
+        self.hypergradient_ = diagnostics(found)
+        self.history_ = found.history
+        self.n_iter_ = found.n_iter
+
     def _shared_grid(self, scale: float, n_features: int) -> np.ndarray:
         """:meth:`_grid` as rows of ``n_features`` equal penalties (``per_feature``) or one."""
         values = self._grid(scale)
@@ -137,3 +144,16 @@ def diagnostics(found: Tuned) -> dict:
         "messages": [str(r.message) for r in results],
         "search": found.message,
     }
+
+
+class LinearPrediction:
+    """``predict(X) = X @ coef_ + intercept_`` for the fitted linear regressors (a mixin)."""
+
+    coef_: np.ndarray
+    intercept_: float
+
+    def predict(self, X: Any) -> np.ndarray:
+        """``X @ coef_ + intercept_``."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return X @ self.coef_ + self.intercept_

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import validate_data
 
 from ..api import HypergradResult, HypergradState
 from ..hpo import problems
-from .base import CholeskySolve, HypergradCVMixin, diagnostics, implicit_at
+from .base import CholeskySolve, HypergradCVMixin, LinearPrediction, implicit_at
 
 __all__ = ["HypergradRidge", "RidgeFold"]
 
@@ -60,7 +60,7 @@ class RidgeFold:
         return implicit_at(self.problem, lam, w, CholeskySolve(factor), self.state)
 
 
-class HypergradRidge(RegressorMixin, HypergradCVMixin, BaseEstimator):
+class HypergradRidge(LinearPrediction, RegressorMixin, HypergradCVMixin, BaseEstimator):
     """Ridge regression with penalties tuned by hypergradient on a K-fold validation loss.
 
     Fits ``min_w ‖y − Xw − b‖² + Σ_j α_j w_j²`` (scikit-learn's :class:`~sklearn.linear_model.Ridge`
@@ -143,13 +143,5 @@ class HypergradRidge(RegressorMixin, HypergradCVMixin, BaseEstimator):
         self.coef_ = cho_solve(cho_factor(Xc.T @ Xc + np.diag(alpha)), Xc.T @ (y - y_mean))
         self.intercept_ = float(y_mean - x_mean @ self.coef_)
         self.alpha_ = alpha.copy() if self.per_feature else float(alpha[0])
-        self.hypergradient_ = diagnostics(found)
-        self.history_ = found.history
-        self.n_iter_ = found.n_iter
+        self._record(found)
         return self
-
-    def predict(self, X: Any) -> np.ndarray:
-        """``X @ coef_ + intercept_``."""
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
-        return X @ self.coef_ + self.intercept_

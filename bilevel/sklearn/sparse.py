@@ -10,14 +10,14 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import ElasticNet
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import validate_data
 
 import bilevel.numpy as bnp
 
 from ..api import HypergradResult, HypergradState
 from ..conditions import ProximalGradient
 from ..problem import BilevelProblem
-from .base import HypergradCVMixin, diagnostics, implicit_at
+from .base import HypergradCVMixin, LinearPrediction, implicit_at
 
 __all__ = ["ElasticNetFold", "HypergradElasticNet", "HypergradLasso"]
 
@@ -91,7 +91,7 @@ class ElasticNetFold:
         return implicit_at(self.problem, lam, w, None, self.state, condition)
 
 
-class _SparseBase(RegressorMixin, HypergradCVMixin, BaseEstimator):
+class _SparseBase(LinearPrediction, RegressorMixin, HypergradCVMixin, BaseEstimator):
     """Fit, predict and the shared attributes of :class:`HypergradLasso` and
     :class:`HypergradElasticNet` (subclasses give the grid of ``log α``)."""
 
@@ -119,16 +119,8 @@ class _SparseBase(RegressorMixin, HypergradCVMixin, BaseEstimator):
             model = ElasticNet(alpha=self.alpha_, l1_ratio=self.l1_ratio_, tol=1e-10,
                                max_iter=100_000, fit_intercept=self.fit_intercept).fit(X, y)
         self.coef_, self.intercept_ = model.coef_, float(model.intercept_)
-        self.hypergradient_ = diagnostics(found)
-        self.history_ = found.history
-        self.n_iter_ = found.n_iter
+        self._record(found)
         return self
-
-    def predict(self, X: Any) -> np.ndarray:
-        """``X @ coef_ + intercept_``."""
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
-        return X @ self.coef_ + self.intercept_
 
 
 class HypergradLasso(_SparseBase):
