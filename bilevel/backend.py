@@ -26,6 +26,7 @@ __all__ = [
     "module",
     "name_of",
     "namespace",
+    "namespace_of",
     "to_backend",
     "to_numpy",
     "unbox",
@@ -119,6 +120,13 @@ def namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Any:
         return array_api_compat.array_namespace(*[v for _, v in found])
     except TypeError as err:  # e.g. two array_api_strict devices
         raise TypeError(f"cannot combine these arrays: {err}") from err
+
+
+def namespace_of(x: Any) -> Any:
+    """The namespace of the one array ``x``: NumPy itself for a NumPy ``ndarray`` (no
+    lookup: analytic oracles ask for it several times per product), else
+    :func:`namespace`. Only for code that calls functions NumPy and the Array API share."""
+    return np if type(x) is np.ndarray else namespace(x)
 
 
 def _device_key(x: Any) -> Any:

@@ -27,16 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from ..backend import device, namespace
+from ..backend import device, namespace_of
 
 __all__ = ["CleaningOracles"]
-
-
-def _namespace(x: Any) -> Any:
-    """The array namespace of ``x`` (NumPy without a lookup)."""
-    return np if type(x) is np.ndarray else namespace(x)
 
 
 @dataclass
@@ -73,7 +66,7 @@ class CleaningOracles:
         last = self._points.get(which)
         if last is not None and all(a is b for a, b in zip(last.keys, (w, X, y), strict=True)):
             return last
-        xp = _namespace(X)
+        xp = namespace_of(X)
         P = self._matrix(w, X).T @ X.T
         P -= xp.max(P, axis=0)
         P = xp.exp(P)
@@ -86,7 +79,7 @@ class CleaningOracles:
 
     def _matrix(self, w: Any, X: Any) -> Any:
         """``W = reshape(w, (d+1, C))``."""
-        return _namespace(w).reshape(w, (X.shape[1], self.classes))
+        return namespace_of(w).reshape(w, (X.shape[1], self.classes))
 
     def _times_X(self, X: Any, v: Any) -> Any:
         """``(X V)ᵀ`` for the direction ``v`` (kept for the last direction)."""
@@ -100,7 +93,7 @@ class CleaningOracles:
         """``(s/N, s(1 − s)/N)`` with ``s = σ(λ)`` (kept for the last λ), each ``(N,)``."""
         if self._weights_at and self._weights_at[0] is lam:
             return self._weights_at[1]
-        xp = _namespace(lam)
+        xp = namespace_of(lam)
         s = xp.exp(-xp.logaddexp(0.0, -lam))  # σ(λ) without overflow
         out = (s / lam.shape[0], s * (1.0 - s) / lam.shape[0])
         self._weights_at = (lam, out)
@@ -109,7 +102,7 @@ class CleaningOracles:
     @staticmethod
     def _flat(Gt: Any, X: Any) -> Any:
         """``vec(Xᵀ G)`` from ``Gᵀ`` (``(C, N)``): the layout of ``w``."""
-        return _namespace(X).reshape((Gt @ X).T, (-1,))
+        return namespace_of(X).reshape((Gt @ X).T, (-1,))
 
     # ------------------------------------------------------------------ oracles
     def inner_grad(self, w: Any, lam: Any, data: dict) -> Any:
@@ -123,7 +116,7 @@ class CleaningOracles:
         X = data["X"]
         pt = self._point(w, lam, X, data["y"], "train")
         PR = pt.P * self._times_X(X, v)
-        PR -= pt.P * _namespace(PR).sum(PR, axis=0)
+        PR -= pt.P * namespace_of(PR).sum(PR, axis=0)
         PR *= self._weights(lam)[0]
         return self._flat(PR, X) + self.l2 * v
 
@@ -132,7 +125,7 @@ class CleaningOracles:
         :meth:`inner_hvp` along the same ``u``)."""
         X = data["X"]
         pt = self._point(w, lam, X, data["y"], "train")
-        return self._weights(lam)[1] * _namespace(u).sum(pt.residual * self._times_X(X, u),
+        return self._weights(lam)[1] * namespace_of(u).sum(pt.residual * self._times_X(X, u),
                                                          axis=0)
 
     def inner_mixed_jvp(self, w: Any, lam: Any, e: Any, data: dict) -> Any:
@@ -145,7 +138,7 @@ class CleaningOracles:
         """``(X_vᵀ (P_v − Y_v)/N_v, 0)``: two matrix products."""
         Xv = data["X_val"]
         pt = self._point(w, lam, Xv, data["y_val"], "val")
-        return self._flat(pt.residual, Xv) / Xv.shape[0], _namespace(lam).zeros_like(lam)
+        return self._flat(pt.residual, Xv) / Xv.shape[0], namespace_of(lam).zeros_like(lam)
 
     def table(self) -> dict[str, Any]:
         """The ``oracles=`` dictionary of :class:`bilevel.BilevelProblem`."""

@@ -33,18 +33,12 @@ from typing import Any
 import numpy as np
 
 from ..backend import device
-from ..backend import namespace as _array_namespace
+from ..backend import namespace_of as namespace
 from .models import MLP
 
 __all__ = ["MLPOracles", "supports"]
 
 Layers = list[tuple[Any, Any]]
-
-
-def namespace(x: Any) -> Any:
-    """The array namespace of ``x``: NumPy itself for a NumPy array (no lookup; the oracles
-    ask for it a few times per product), else :func:`bilevel.backend.namespace`."""
-    return np if type(x) is np.ndarray else _array_namespace(x)
 
 
 # The few array operations below are methods on NumPy arrays (the fast path: a NumPy
