@@ -22,20 +22,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..backend import namespace
-from ..batch import dot_per_problem, per_problem
+from ..batch import per_problem
 from ..linalg import CG
 from ..problem import BilevelProblem
 from ..registry import register
 from ..validation import Validated, integer, nonnegative, number, option
 from .base import Dynamics, State
+from .line_search import SearchedSteps, armijo_step, descent_direction
 
 __all__ = ["NewtonCG"]
 
 
 @register("dynamics", "hessian-free")
 @dataclass(frozen=True, repr=False)
-class NewtonCG(Validated, Dynamics):
+class NewtonCG(SearchedSteps, Validated, Dynamics):
     """Newton-CG with an Armijo backtracking line search (Hessian-free optimization).
 
     Parameters
@@ -82,38 +82,7 @@ class NewtonCG(Validated, Dynamics):
         lin = problem.linearize(w, lam, data=data)
         g = lin.grad
         d = CG.fixed(self.cg_iters)(lin.hvp, -g, damping=self.damping).x
-        slope = dot_per_problem(g, d)
-        descent = slope < 0
-        d = _where(descent, d, -g)
-        slope = _where(descent, slope, -dot_per_problem(g, g))
-        return (w + per_problem(self._search(problem, w, lam, data, d, slope), w) * d,)
-
-    def _search(self, problem: BilevelProblem, w: Any, lam: Any, data: Any, d: Any,
-                slope: Any) -> Any:
-        """Per-problem step lengths ``t`` passing the Armijo test (0 where none did)."""
-        xp = namespace(w)
-        g0 = problem.evaluate("inner", w, lam, data)
-        t = xp.ones_like(slope)
-        done = xp.zeros_like(slope, dtype=bool)
-        for _ in range(self.backtracks + 1):
-            trial = problem.evaluate("inner", w + per_problem(t, w) * d, lam, data)
-            problem.counts.value += 1
-            ok = xp.isfinite(trial) & (trial <= g0 + self.armijo * t * slope)
-            done = done | ok
-            if bool(xp.all(done)):
-                break
-            t = xp.where(done, t, self.shrink * t)
-        return xp.where(done, t, xp.zeros_like(t))
-
-    def step_vjp(self, problem: BilevelProblem, state: State, lam: Any, k: int,
-                 cot: State) -> tuple[State, Any]:
-        raise NotImplementedError(self.not_differentiated)
-
-    def step_jvp(self, problem: BilevelProblem, state: State, lam: Any, k: int, tan: State,
-                 tan_lam: Any) -> tuple[State, State]:
-        raise NotImplementedError(self.not_differentiated)
-
-
-def _where(mask: Any, a: Any, b: Any) -> Any:
-    """``a`` where ``mask`` else ``b``, with ``mask`` per problem."""
-    return namespace(a).where(per_problem(mask, a), a, b)
+        d, slope = descent_direction(d, g)
+        t = armijo_step(problem, w, lam, data, d, slope, shrink=self.shrink,
+                        armijo=self.armijo, backtracks=self.backtracks)
+        return (w + per_problem(t, w) * d,)
