@@ -9,6 +9,7 @@ get ∇F(λ) from interchangeable methods::
     res.grad, res.success, res.message
 """
 
+from .allocator import keep_heap_padding
 from .api import (
     HypergradError,
     HypergradResult,
@@ -55,6 +56,7 @@ __all__ = [
     "Solved",
     "TracingError",
     "hypergrad",
+    "keep_heap_padding",
     "minibatch_indices",
     "value_and_hypergrad",
     *_methods_all,

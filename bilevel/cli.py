@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from .allocator import keep_heap_padding
 from .backend import BackendError
 from .outer import UsageError
 from .outer.driver import progress_bar
@@ -226,6 +227,7 @@ def bench_main(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bilevel`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    keep_heap_padding()  # the heap stops shrinking and regrowing between meta-gradients
     if argv and argv[0] in ("meta-train", "meta-eval"):
         from .meta import cli as meta_cli
 

@@ -134,6 +134,12 @@ def _checks(problem: DerivedOracles, ref: DerivedOracles, p: _Point) -> dict[str
             lambda: ref.outer_grads(w, lam, data),
             "outer",
         ),
+        "outer_value": (
+            lambda: problem.outer_value_and_grads(w, lam, data)[0],
+            lambda: ref.evaluate("outer", w, lam, data),
+            lambda: ref.evaluate("outer", w, lam, data),
+            None,
+        ),
     }
 
 
@@ -188,9 +194,15 @@ def check_oracles(
 
     point = _Point(w, lam, data, rand(w), rand(w), rand(lam), eps)
     errors, methods = {}, {}
-    for name, (mine, by_fd, by_ag, kind) in _checks(problem, problem.reference(), point).items():
+    checks = _checks(problem, problem.reference(), point)
+    user = set(problem.oracles)
+    if "outer_value_and_grads" in user:  # checked as its value and its gradients
+        user |= {"outer_grads", "outer_value"}
+    else:
+        del checks["outer_value"]
+    for name, (mine, by_fd, by_ag, kind) in checks.items():
         got = mine()
-        if reference == "fd" or (reference == "auto" and name not in problem.oracles):
+        if reference == "fd" or (reference == "auto" and name not in user):
             methods[name] = "finite differences"
             got, scale = _directional(got, kind, point)
             errors[name] = _rel_err(got, by_fd(), scale)

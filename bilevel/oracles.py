@@ -12,6 +12,7 @@ oracle                        value                                   cost
 ``inner_mixed_jvp(w, λ, e)``  M e = ∂_ε ∇_w g(w, λ + εe)              1 JVP (fwd-over-rev)
 ``inner_grad_jvp(w,λ,z,e)``   H z + M e                               1 JVP
 ``outer_grads(w, λ)``         (∇_w f, ∇_λ f)                          1 gradient
+``outer_value_and_grads``     (f, ∇_w f, ∇_λ f)                       1 gradient
 ``linearize(w, λ)``           ∇_w g and closures for many H u, Mᵀu    1 trace, then 1 HVP each
 ============================  ======================================  ========================
 
@@ -67,7 +68,11 @@ ORACLE_NAMES = (
     "inner_mixed_vjp",
     "inner_mixed_jvp",
     "outer_grads",
+    "outer_value_and_grads",
 )
+"""Names of the oracles a user may supply. ``outer_value_and_grads(w, λ, data) -> (f, ∇_w f,
+∇_λ f)`` replaces ``outer_grads`` when the value comes with the gradients' forward pass
+(the value is otherwise one more evaluation of ``f``)."""
 
 
 def check_user_output(name: str, out: Any, like: Any, arg: str) -> Any:
@@ -384,7 +389,9 @@ class DerivedOracles:
         """(f, ∇_w f, ∇_λ f) at (w, λ); f is per problem with a batch axis."""
         self.check_point(w, lam)
         self.counts.outer_grad += 1
-        if "outer_grads" in self.oracles:
+        if "outer_value_and_grads" in self.oracles:
+            value, gw, gl = self._user_outer_value_and_grads(w, lam, data)
+        elif "outer_grads" in self.oracles:
             value, gw, gl = self._user_outer_grads(w, lam, data)
         else:
             holder = {}
@@ -400,6 +407,20 @@ class DerivedOracles:
         self.require_finite("outer_grads (w part)", gw)
         self.require_finite("outer_grads (lam part)", gl)
         return value, gw, gl
+
+    def _user_outer_value_and_grads(self, w: Any, lam: Any, data: Any) -> tuple[Any, Any, Any]:
+        out = self.oracles["outer_value_and_grads"](w, lam, self.resolve_data(data))
+        if not isinstance(out, (tuple, list)) or len(out) != 3:
+            raise ValueError("user oracle 'outer_value_and_grads' must return a triple "
+                             f"(f, grad_w, grad_lam), got {type(out).__name__}")
+        value, gw, gl = out
+        want = tuple(w.shape[:1]) if len(w.shape) == 2 else ()
+        if tuple(getattr(value, "shape", ())) != want:
+            raise ValueError(
+                "user oracle 'outer_value_and_grads' returned a value of shape "
+                f"{tuple(getattr(value, 'shape', ()))}; expected {want} (f per problem)")
+        return (value, check_user_output("outer_value_and_grads (w part)", gw, w, "w"),
+                check_user_output("outer_value_and_grads (lam part)", gl, lam, "lam"))
 
     def _user_outer_grads(self, w: Any, lam: Any, data: Any) -> tuple[Any, Any, Any]:
         value = self.evaluate("outer", w, lam, data)

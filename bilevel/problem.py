@@ -11,7 +11,9 @@ compares them against references.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,7 +37,42 @@ __all__ = [
 ]
 
 
+_TAKES_DATA: dict[Any, bool] = {}
+""":func:`_accepts_data` by :func:`_signature_key` (a signature costs ~0.1 ms to read; the
+meta-learning algorithms build a new ``partial`` objective on every meta-gradient)."""
+
+
+def _signature_key(fn: Callable) -> Any:
+    """What the call signature of ``fn`` depends on: a ``partial``'s function and the
+    number and names of its bound arguments, a callable instance's class, a function
+    itself; ``None`` when it is not hashable (no caching)."""
+    if isinstance(fn, functools.partial):
+        inner = _signature_key(fn.func)
+        return None if inner is None else (inner, len(fn.args), tuple(sorted(fn.keywords)))
+    if not isinstance(fn, (type, types.FunctionType, types.BuiltinFunctionType,
+                           types.MethodType)) and not hasattr(fn, "__signature__"):
+        return ("instance", type(fn))
+    try:
+        hash(fn)
+    except TypeError:
+        return None
+    return fn
+
+
 def _accepts_data(fn: Callable) -> bool:
+    """Whether ``fn`` takes a third argument, the data (:func:`_reads_data`), cached."""
+    key = _signature_key(fn)
+    if key is None:
+        return _reads_data(fn)
+    found = _TAKES_DATA.get(key)
+    if found is None:
+        if len(_TAKES_DATA) >= 512:
+            _TAKES_DATA.clear()
+        found = _TAKES_DATA[key] = _reads_data(fn)
+    return found
+
+
+def _reads_data(fn: Callable) -> bool:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -97,8 +134,10 @@ class BilevelProblem(DerivedOracles):
         User-supplied derivatives replacing autograd's, any of
         ``inner_grad(w, lam, data)``, ``inner_hvp(w, lam, v, data)``,
         ``inner_mixed_vjp(w, lam, u, data)``, ``inner_mixed_jvp(w, lam, e, data)``,
-        ``outer_grads(w, lam, data) -> (gw, glam)``. Check them with
-        :meth:`check_oracles`.
+        ``outer_grads(w, lam, data) -> (gw, glam)``, or instead
+        ``outer_value_and_grads(w, lam, data) -> (f, gw, glam)`` when the value comes
+        with the gradients' forward pass (it saves the evaluation of ``f``). Check them
+        with :meth:`check_oracles`.
     check_finite : bool
         Raise :class:`NonFiniteError` when a value or derivative has NaN/inf (default).
     name : str, optional

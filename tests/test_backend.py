@@ -177,3 +177,17 @@ def test_cupy_round_trip_and_mixing_error():
     with backend.using("cupy") as mod:
         assert mod is cupy
         assert isinstance(backend.asarray([1.0]), cupy.ndarray)
+
+
+def test_keep_heap_padding():
+    """glibc's heap padding is set where glibc is the C library; bad sizes are refused."""
+    import sys
+
+    import bilevel
+
+    applied = bilevel.keep_heap_padding(1 << 20)
+    assert isinstance(applied, bool)
+    if not sys.platform.startswith("linux"):
+        assert applied is False
+    with pytest.raises(ValueError, match="pad must be"):
+        bilevel.keep_heap_padding(-1)

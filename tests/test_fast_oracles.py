@@ -85,8 +85,11 @@ def test_each_oracle_equals_autograd(act, loss, name):
     assert close(fast.inner_hvp(w, lam, v), ref.inner_hvp(w, lam, v))
     assert close(fast.inner_mixed_vjp(w, lam, v), ref.inner_mixed_vjp(w, lam, v))
     assert close(fast.inner_mixed_jvp(w, lam, e), ref.inner_mixed_jvp(w, lam, e))
-    for a, b in zip(fast.outer_grads(w, lam), ref.outer_grads(w, lam), strict=True):
+    for a, b in zip(fast.outer_value_and_grads(w, lam), ref.outer_value_and_grads(w, lam),
+                    strict=True):
         assert close(a, b)
+    report = fast.check_oracles(w, lam)  # the value is checked with the gradients
+    assert "outer_value" in report.errors and report.ok, report.errors
 
 
 def test_oracles_cover_only_what_they_know():
@@ -107,3 +110,26 @@ def test_oracle_table_pickles():
     model, _ = model_and_episode("relu", "mse")
     table = MLPOracles(model, head=True, backbone=model.split["backbone"]).table()
     assert set(pickle.loads(pickle.dumps(table))) == set(table)
+
+
+def test_outer_value_and_grads_oracle_is_checked():
+    """A user ``outer_value_and_grads`` replaces the evaluation of ``f``; its shapes are
+    checked and a wrong value is caught by ``check_oracles``."""
+    from bilevel import BilevelProblem
+
+    def g(w, lam):
+        return 0.5 * (w * w).sum() - (w * lam).sum()
+
+    def f(w, lam):
+        return 0.5 * ((w - 1.0) ** 2).sum()
+
+    right = {"outer_value_and_grads": lambda w, lam, data: (f(w, lam), w - 1.0, 0.0 * lam)}
+    wrong = {"outer_value_and_grads": lambda w, lam, data: (f(w, lam) + 1.0, w - 1.0, 0.0 * lam)}
+    bad = {"outer_value_and_grads": lambda w, lam, data: (w, w - 1.0, 0.0 * lam)}
+    w, lam = np.arange(3.0), np.ones(3)
+    p = BilevelProblem(g, f, oracles=right)
+    assert p.outer_value_and_grads(w, lam)[0] == f(w, lam)
+    assert p.check_oracles(w, lam).ok
+    assert not BilevelProblem(g, f, oracles=wrong).check_oracles(w, lam).ok
+    with pytest.raises(ValueError, match="outer_value_and_grads"):
+        BilevelProblem(g, f, oracles=bad).outer_grads(w, lam)

@@ -15,7 +15,7 @@ import pathlib
 #: Layers, low to high. Adjust module names here when modules move or are added.
 LAYERS: list[tuple[str, ...]] = [
     ("bilevel.backend", "bilevel.validation", "bilevel.registry", "bilevel.tree",
-     "bilevel.batch"),
+     "bilevel.batch", "bilevel.allocator"),
     ("bilevel.numpy",),
     ("bilevel.nonfinite", "bilevel.oracles", "bilevel.problem", "bilevel.oracle_checks",
      "bilevel.conditions", "bilevel.input_checks"),

@@ -295,7 +295,7 @@ class MLPOracles:
         d_out = loss_grad(self.model.loss_name, tr.out, y)
         out, views = flat_output(w, layers)
         d_in = backward(layers, tr, self.model.activation, False, d_out, views, need_input)
-        return out, d_in, bb
+        return out, d_in, bb, tr.out
 
     def _lam_grad(self, lam: Any, bb: Any, d_feat: Any) -> Any:
         """``∂/∂λ`` of a cotangent ``d_feat`` on the backbone features (zero elsewhere)."""
@@ -368,13 +368,20 @@ class MLPOracles:
 
     def outer_grads(self, w: Any, lam: Any, x: Any, y: Any) -> tuple[Any, Any]:
         """``(∇_w f, ∇_λ f)`` of the query loss."""
-        gw, d_feat, bb = self._grads(w, lam, x, y, need_input=self.head)
+        return self.outer_value_and_grads(w, lam, x, y)[1:]
+
+    def outer_value_and_grads(self, w: Any, lam: Any, x: Any, y: Any) -> tuple[Any, Any, Any]:
+        """``(f, ∇_w f, ∇_λ f)``: the query loss per task (the model's own :meth:`loss` on
+        the predictions of the gradient's forward pass) and its gradients."""
+        gw, d_feat, bb, pred = self._grads(w, lam, x, y, need_input=self.head)
+        value = self.model.loss(pred, y)
         if self.head:
-            return gw, self._lam_grad(lam, bb, d_feat)
+            return value, gw, self._lam_grad(lam, bb, d_feat)
         if not self.rho_outer:
-            return gw, namespace(lam).zeros_like(lam)
-        r = self.rho_outer * (w - lam)
-        return gw + r, -r
+            return value, gw, namespace(lam).zeros_like(lam)
+        d = w - lam
+        r = self.rho_outer * d
+        return value + (0.5 * self.rho_outer) * _sum(d * d, -1), gw + r, -r
 
     # -------------------------------------------------------------- the table
     def table(self) -> dict[str, Any]:
@@ -384,7 +391,7 @@ class MLPOracles:
             "inner_hvp": _OnSet(self.hvp, "support"),
             "inner_mixed_vjp": _OnSet(self.mixed_vjp, "support"),
             "inner_mixed_jvp": _OnSet(self.mixed_jvp, "support"),
-            "outer_grads": _OnSet(self.outer_grads, "query"),
+            "outer_value_and_grads": _OnSet(self.outer_value_and_grads, "query"),
         }
 
 
