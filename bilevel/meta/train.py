@@ -11,10 +11,8 @@ an uninterrupted run. Held-out evaluation is :mod:`bilevel.meta.heldout`.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,20 +26,32 @@ from ..outer import (
     Monitoring,
     ResumeError,
     Step,
-    describe,
     drive,
     legacy_keywords,
-    read_run,
     restore,
 )
-from ..outer.checkpoint import save_checkpoint as _save_tree
 from ..outer.executor import open_executor
-from ..outer.fingerprint import public_fields
 from ..problem import NonFiniteError
-from ..validation import Validated, integer, number, one_of, option
+from ..validation import integer
 from .algorithms import MetaAlgorithm
 from .distributed import STREAM, PartedMetaGradient, call_meta_gradient, split_parts
 from .heldout import evaluate, held_out_episodes
+from .run_record import (
+    EVAL_KEYS,
+    HISTORY_KEYS,
+    empty,
+    fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .train_options import (
+    Evaluation,
+    FailurePolicy,
+    MetaTrainingError,
+    MetaTrainingWarning,
+    TrainResult,
+    _ResumeMismatch,
+)
 
 __all__ = [
     "Evaluation",
@@ -56,9 +66,6 @@ __all__ = [
     "train",
 ]
 
-HISTORY_KEYS = ("iteration", "loss", "time", "peak_memory", "success", "success_fraction",
-                "applied", "n_grad", "n_hvp")
-EVAL_KEYS = ("iteration", "loss", "loss_ci", "accuracy", "accuracy_ci")
 _LEGACY = {
     "eval_every": ("evaluation", "every"),
     "eval_tasks": ("evaluation", "tasks"),
@@ -74,125 +81,7 @@ _LEGACY = {
 }
 
 
-class MetaTrainingError(RuntimeError):
-    """Meta-training cannot continue (non-finite meta-gradient, mismatched checkpoint)."""
-
-
-class _ResumeMismatch(MetaTrainingError, ResumeError):
-    """A checkpoint of another run: a :class:`MetaTrainingError` and a
-    :class:`bilevel.outer.ResumeError` (a ``ValueError``) at once."""
-
-    def __init__(self, message: str, cli: str | None = None, fields: tuple[str, ...] = ()):
-        ResumeError.__init__(self, message, cli, fields)
-
-
-class MetaTrainingWarning(RuntimeWarning):
-    """Many meta-gradients fail their diagnostics (issued once per :func:`train` call)."""
-
-
-@dataclass
-class TrainResult:
-    """Outcome of :func:`train`.
-
-    Attributes
-    ----------
-    theta : array
-        Final meta-parameters.
-    history : dict
-        Per iteration (lists of equal length): ``iteration``, ``loss`` (mean meta-objective
-        after adaptation), ``time`` (seconds of the iteration), ``peak_memory`` (bytes of
-        host memory allocated during the meta-gradient, measured every ``memory_every``
-        iterations, NaN otherwise), ``success`` (every task of the meta-batch passed its
-        diagnostics), ``success_fraction`` (fraction of tasks that passed), ``applied``
-        (the update was made), ``n_grad``, ``n_hvp``.
-    evaluations : dict
-        Per evaluation: ``iteration``, ``loss``, ``loss_ci``, ``accuracy``,
-        ``accuracy_ci`` (95% normal confidence half-widths over the held-out tasks).
-    start_iteration : int
-        Iteration this call started from (non-zero after a resume).
-    """
-
-    theta: Any
-    history: dict[str, list] = field(default_factory=dict)
-    evaluations: dict[str, list] = field(default_factory=dict)
-    start_iteration: int = 0
-
-
-# ------------------------------------------------------------------ options
-@dataclass(frozen=True)
-class Evaluation(Validated):
-    """Held-out evaluation during :func:`train`.
-
-    Parameters
-    ----------
-    every : int
-        Evaluate every ``every`` iterations and at the end (0: never).
-    tasks : int
-        Number of held-out tasks, drawn once from ``default_rng([seed, 2])``.
-    sampler : optional
-        Task sampler of the held-out tasks (default: the training sampler).
-    """
-
-    every: int = option(0, check=integer(0))
-    tasks: int = option(100, check=integer(1))
-    sampler: Any = None
-
-
-@dataclass(frozen=True)
-class FailurePolicy(Validated):
-    """What :func:`train` does when meta-gradient diagnostics fail.
-
-    Parameters
-    ----------
-    on_failure : {"drop", "skip", "apply", "raise"}
-        ``"drop"`` (default): drop the failing tasks. Algorithms whose method reports
-        per-task diagnostics (``info["task_success"]``: iMAML, MemoryReduced and CML on
-        them, through :class:`bilevel.Implicit`'s ``problem_success``) average the
-        meta-gradient over the tasks that passed; the update is skipped only when none
-        passed. Algorithms with whole-batch diagnostics skip the update on failure.
-        ``"skip"``: skip the update whenever any task failed. ``"apply"``: apply the mean
-        over all tasks anyway. ``"raise"``: raise :class:`MetaTrainingError`.
-    window, warn
-        Warn (:class:`MetaTrainingWarning`, once per call) when the mean fraction of
-        failing tasks over the last ``window`` iterations exceeds ``warn`` (a sign of a bad
-        configuration: inner step size, damping, ...).
-    """
-
-    on_failure: str = option("drop", check=one_of(("drop", "skip", "apply", "raise")))
-    window: int = option(20, check=integer(1))
-    warn: float = option(0.5, check=number(0, maximum=1))
-
-
-# ------------------------------------------------------------------ checkpoints
-def save_checkpoint(path: str | os.PathLike, *, params: Any, opt_state: dict[str, Any],
-                    rng: np.random.Generator, iteration: int, history: dict, evaluations: dict,
-                    config: dict[str, Any]) -> None:
-    """Write a meta-training checkpoint atomically, in the outer-loop format
-    (:mod:`bilevel.outer.checkpoint`): parameters, optimizer state, generator state,
-    iteration, history, evaluations and the run configuration."""
-    _save_tree(path, {"step": int(iteration), "params": params, "optimizer_state": opt_state,
-                      "rng": rng.bit_generator.state, "history": history, "config": config,
-                      "extra": {"evaluations": evaluations}})
-
-
-def load_checkpoint(path: str | os.PathLike, backend: str = "numpy") -> dict[str, Any]:
-    """Read a meta-training checkpoint (this version's format or the earlier one).
-
-    Returns a dict with ``params``, ``opt_state`` (arrays on ``backend``), ``rng_state``,
-    ``iteration``, ``history``, ``evaluations`` and ``config``.
-    """
-    ck = read_run(path, backend)
-    return {"params": ck["params"], "opt_state": ck["optimizer_state"], "rng_state": ck["rng"],
-            "iteration": int(ck["step"]), "history": ck["history"],
-            "evaluations": ck["extra"].get("evaluations", _empty(EVAL_KEYS)),
-            "config": ck["config"]}
-
-
 # ------------------------------------------------------------------ training loop
-def _empty(keys: tuple[str, ...]) -> dict[str, list]:
-    return {k: [] for k in keys}
-
-
 class _MetaStep:
     """One meta-iteration: sample a meta-batch, take its meta-gradient, apply the policy."""
 
@@ -256,22 +145,6 @@ class _MetaStep:
 def _finite(x: Any) -> bool:
     xp = namespace(x)
     return bool(xp.all(xp.isfinite(x)))
-
-
-def fingerprint(algorithm: MetaAlgorithm, sampler: Any, optimizer: Any, seed: int,
-                meta_batch: int, theta0: Any = None, parts: int | None = None) -> dict[str, Any]:
-    """What determines a meta-training run, field by field (stored in its checkpoint; a
-    resume is refused when a field differs): the algorithm's ``repr`` and its options, the
-    model, the task sampler, the outer optimizer, the seed, the meta-batch, θ0
-    (``"init"`` for the algorithm's seeded initialization) and the number of parts of a
-    split meta-batch (``None``: unsplit). Cost: one hash of every array these hold
-    (:func:`bilevel.outer.describe`)."""
-    options = {k: v for k, v in public_fields(algorithm).items() if k != "model"}
-    return {"algorithm": repr(algorithm), "algorithm_options": describe(options),
-            "model": describe(getattr(algorithm, "model", None)), "tasks": describe(sampler),
-            "optimizer": describe(optimizer), "seed": int(seed), "meta_batch": meta_batch,
-            "theta0": "init" if theta0 is None else describe(theta0),
-            "parts": None if parts is None else int(parts)}
 
 
 class _Bookkeeping:
@@ -427,8 +300,8 @@ def train(
         params = algorithm.init(np.random.default_rng([int(seed), 1]), backend) \
             if theta0 is None else theta0
         state = LoopState(params=params, optimizer_state=optimizer.init(params),
-                          rng=np.random.default_rng([int(seed), 0]), history=_empty(HISTORY_KEYS),
-                          extra={"evaluations": _empty(EVAL_KEYS)})
+                          rng=np.random.default_rng([int(seed), 0]), history=empty(HISTORY_KEYS),
+                          extra={"evaluations": empty(EVAL_KEYS)})
         try:
             state = restore(state, args["checkpointing"], config, name_of(params))
         except ResumeError as err:
