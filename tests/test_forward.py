@@ -1,4 +1,4 @@
-"""Tests for bilevel.methods.forward: forward-mode hypergradients (ALGORITHMS §2.3).
+"""Tests for bilevel.methods.forward: forward-mode hypergradients (docs/theory.rst §2.3).
 
 Forward mode and reverse mode differentiate the same unrolled map, so they must agree to
 rounding (V1); both must match central finite differences; the linear-quadratic closed form
@@ -84,7 +84,7 @@ def test_forward_equals_reverse_and_finite_differences(kind, K, seed, with_init)
 
 @given(n=st.integers(1, 5), m=st.integers(1, 3), K=st.integers(1, 20), seed=st.integers(0, 2**16))
 def test_forward_matches_linear_quadratic_closed_form(n, m, K, seed):
-    """∇F_K = Bᵀ(I − R^K)H⁻¹Cᵀ(Cw_K − d) with R = I − αH (ALGORITHMS V2)."""
+    """∇F_K = Bᵀ(I − R^K)H⁻¹Cᵀ(Cw_K − d) with R = I − αH (docs/theory.rst V2)."""
     rng = np.random.default_rng(seed)
     H, Bm, c = spd(n, rng), rng.standard_normal((n, m)), rng.standard_normal(n)
     C, d = rng.standard_normal((n + 1, n)), rng.standard_normal(n + 1)

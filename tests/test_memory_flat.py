@@ -1,5 +1,5 @@
 """Peak memory (tracemalloc) of the memory-flat methods does not grow with the number of
-inner steps K, while reverse mode's does (DESIGN principle 7, ALGORITHMS §3).
+inner steps K, while reverse mode's does (docs/theory.rst §3, memory).
 
 The problem supplies its own oracles (a diagonal quadratic), so the measurement sees the
 method's storage, not autodiff traces, and the long runs stay fast.

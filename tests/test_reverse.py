@@ -1,6 +1,6 @@
 """Tests for bilevel.methods.reverse: full, truncated and checkpointed reverse-mode unrolling.
 
-References: the linear-quadratic closed form (ALGORITHMS V2), convergence of unrolled to
+References: the linear-quadratic closed form (docs/theory.rst V2), convergence of unrolled to
 implicit (V5), truncated reverse = Neumann series at a fixed point (V6), one-step MAML (V10),
 central finite differences of λ ↦ f(w_K(λ), λ), and identities between the variants.
 """
