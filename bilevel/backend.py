@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,6 +100,8 @@ def namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Any:
         When arrays of different libraries (or different GPUs) are mixed; the message
         names each argument and where it lives.
     """
+    if arrays and all(type(a) is np.ndarray for a in arrays):  # the common case, no lookup
+        return _numpy_namespace()
     vals = [unbox(a) for a in arrays]
     found = [(i, v) for i, v in enumerate(vals) if is_array(v) and not isinstance(v, np.generic)]
     if not found:
@@ -120,6 +123,12 @@ def namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Any:
         return array_api_compat.array_namespace(*[v for _, v in found])
     except TypeError as err:  # e.g. two array_api_strict devices
         raise TypeError(f"cannot combine these arrays: {err}") from err
+
+
+@functools.cache
+def _numpy_namespace() -> Any:
+    """``array_api_compat``'s namespace of NumPy arrays (looked up once)."""
+    return array_api_compat.array_namespace(np.empty(0))
 
 
 def namespace_of(x: Any) -> Any:

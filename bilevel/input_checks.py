@@ -71,6 +71,8 @@ def _signature(problem: BilevelProblem, lam: Any, w0: Any) -> tuple | None:
 
 
 def _array_signature(x: Any) -> tuple:
+    if type(x) is np.ndarray:  # NumPy's dtypes hash (its str() costs microseconds)
+        return np.ndarray, x.shape, x.dtype
     return type(x), tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", type(x).__name__))
 
 
@@ -106,7 +108,10 @@ def _callable_key(fn: Any) -> Any:
 def bad_inputs(problem: BilevelProblem, lam: Any, w0: Any,
                 finite: Callable[[Any], bool] = all_finite) -> list[str]:
     """Names of the inputs holding NaN or inf: ``lam``, ``w0``, ``data[...]`` entries."""
-    bad = [name for name, x in (("lam", lam), ("w0", w0)) if not finite(x)]
+    pairs = (("lam", lam),) if w0 is lam else (("lam", lam), ("w0", w0))  # w0 = init(λ) = λ
+    bad = [name for name, x in pairs if not finite(x)]
+    if w0 is lam and bad:
+        bad.append("w0")
     return bad + _bad_data(problem.data, "data", finite)
 
 
@@ -129,13 +134,18 @@ def _finite_sum(x: Any) -> bool:
     return bool(xp.isfinite(xp.sum(x))) or all_finite(x)
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def _children(data: Any, name: str) -> list[tuple[str, Any]] | None:
     """``(label, value)`` of the entries of a container, ``None`` for a leaf."""
     if isinstance(data, dict):
         return [(f"{name}[{k!r}]", v) for k, v in data.items()]
     fields = getattr(data, "_fields", None)  # a named tuple
     if fields is None and dataclasses.is_dataclass(data) and not isinstance(data, type):
-        fields = [f.name for f in dataclasses.fields(data)]  # e.g. a meta-learning Episode
+        fields = _field_names(type(data))  # e.g. a meta-learning Episode
     if fields is not None:
         return [(f"{name}.{k}", getattr(data, k)) for k in fields]
     if isinstance(data, (tuple, list)):

@@ -88,7 +88,8 @@ class GradientFlow(Validated, Dynamics):
         if self.scheme.stages != 1:
             return None
         (a,), (a_prev,) = cot, cot_prev
-        return dot_per_problem(a, a - a_prev), dot_per_problem(a, a)
+        aa = dot_per_problem(a, a)
+        return aa - dot_per_problem(a, a_prev), aa
 
     def lr_at(self, k: int) -> float:
         """The step of the scheme, ``h`` (named like gradient descent's step size)."""

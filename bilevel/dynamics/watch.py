@@ -45,6 +45,7 @@ class StabilityWatch:
         self.largest: Any = None  # per problem: max_k α_k·ρ_k
         self.first: Any = None  # per problem: first step beyond the bound, −1 if none
         self.log_growth: Any = 0.0  # per problem: Σ log(‖A_kᵀa‖/‖a‖) over steps beyond it
+        self._carried: tuple[tuple, Any] | None = None  # (cot_prev, ‖cot_prev‖²) of the last step
 
     def record(self, k: int, cot: tuple, cot_prev: tuple) -> None:
         """Take the backward step ``k``: ``cot_prev = A_kᵀ cot`` (boxes are read through).
@@ -61,8 +62,9 @@ class StabilityWatch:
         xp = namespace(num)
         s = num / xp.where(den > 0, den, 1.0)  # ‖a‖² = 0 means a = 0 and num = 0
         beyond = ~(s <= self.dynamics.stability_bound * (1.0 + 1e-9))
-        before = sum(dot_per_problem(unbox(c), unbox(c)) for c in cot)
+        before = self._squared_norm(cot)
         after = sum(dot_per_problem(unbox(c), unbox(c)) for c in cot_prev)
+        self._carried = (tuple(cot_prev), after)
         ratio = after / xp.where(before > 0, before, 1.0)
         grow = xp.where(beyond, 0.5 * xp.log(xp.where(ratio > 1.0, ratio, 1.0)), 0.0)
         grow = xp.where(xp.isnan(s), xp.inf, grow)  # a NaN quotient is a failure
@@ -73,6 +75,15 @@ class StabilityWatch:
         # fmax (NaN ignored), in Array-API functions
         self.largest = xp.where(xp.isnan(s) | (self.largest >= s), self.largest, s)
         self.first = xp.where(beyond, float(k), self.first)
+
+    def _squared_norm(self, cot: tuple) -> Any:
+        """``‖cot‖²`` per problem: the previous step's ``‖cot_prev‖²`` when ``cot`` is that
+        step's ``cot_prev`` (the reverse sweep hands it on), else two passes."""
+        carried = self._carried
+        if carried is not None and len(carried[0]) == len(cot) and all(
+                c is p for c, p in zip(cot, carried[0], strict=True)):
+            return carried[1]
+        return sum(dot_per_problem(unbox(c), unbox(c)) for c in cot)
 
     def report(self) -> tuple[dict[str, Any], str | None]:
         """``(diagnostics, problem)``: ``step_stiffness`` (largest ``α_k·ρ_k``),
