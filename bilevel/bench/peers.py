@@ -21,10 +21,10 @@ Rows (float64, CPU, the same inputs for every framework):
 ``Conv4 MAML K=k``
     Conv4 (64 channels), 28×28 Omniglot-sized images, 8 random 5-way 1-shot tasks with 15
     queries per class, inner step 0.4, full second order, float32 (the model's dtype; the
-    agreement is then ~1e-5): :func:`bilevel.bench.conv_peers.conv4_case`. PyTorch loops
-    over the tasks (:func:`bilevel.bench.peer_torch.conv4`); there is no JAX version (a
-    ``lax.conv_general_dilated`` port is possible but not written). Peak memory against
-    PyTorch, measured alike for both, is in ``bilevel bench meta --methods Conv4``.
+    agreement is then ~1e-4): :func:`bilevel.bench.conv_peers.conv4_case`. PyTorch loops
+    over the tasks (:func:`bilevel.bench.peer_torch.conv4`), JAX unrolls them in ``jit``
+    (:func:`bilevel.bench.peer_jax.conv4`). Peak memory against PyTorch, measured alike
+    for both, is in ``bilevel bench meta --methods Conv4``.
 ``ridge CG100``
     Ridge with one log-penalty per feature (:func:`bilevel.hpo.problems.ridge`, 2000 × 1000):
     the implicit hypergradient with 100 conjugate-gradient steps at the exact solution
@@ -307,8 +307,8 @@ def to_markdown(result: dict) -> str:
             if skipped else "")
     return ("bilevel (analytic oracles where the problem has them), bilevel through "
             "autograd, bilevel's full Reverse storing every iterate (beside the checkpointed "
-            "row), PyTorch eager and JAX jit on the same float64 hypergradients (Conv4: "
-            "float32, PyTorch only), one process, variants interleaved; best of the "
+            "row), PyTorch eager and JAX jit on the same float64 hypergradients (Conv4 rows: "
+            "float32), one process, variants interleaved; best of the "
             f"repeats.{note}\n\n"
             + markdown_table(flat, cols))
 
