@@ -50,17 +50,19 @@ from .report import format_bytes, markdown_table, peak_memory
 __all__ = ["FRAMEWORKS", "INNER_LR", "compare", "conv4_case", "conv4_episode",
            "installed_peers", "meta_gradient_fn", "peak_rss", "peer_inputs", "to_markdown"]
 
-FRAMEWORKS = ("bilevel", "torch")
+FRAMEWORKS = ("bilevel", "torch", "jax")
 """Frameworks :func:`peak_rss` can run; the peers among them need their package."""
 
 INNER_LR = 0.4
 """MAML's inner step on Omniglot."""
 
-PEERS = FRAMEWORKS[1:]
+PEERS = ("torch",)
+"""The peers :func:`installed_peers` looks for (those of ``bilevel bench meta``; JAX, in
+``bilevel bench peers`` and accepted by :func:`compare`, is left out for its compile time)."""
 
 
 def installed_peers() -> list[str]:
-    """The peers of :data:`FRAMEWORKS` whose package is installed."""
+    """The peers of :data:`PEERS` whose package is installed."""
     return [p for p in PEERS if importlib.util.find_spec(p) is not None]
 
 
@@ -104,26 +106,22 @@ def peer_inputs(alg: MAML, theta: Any, episode: Any) -> dict:
                 lr=alg.inner_lr, steps=alg.steps, eps=model.eps, pools=list(model.pools))
 
 
-def _bilevel(alg: MAML, theta: Any, episode: Any) -> Callable[[], np.ndarray]:
-    return lambda: to_numpy(alg.meta_gradient(theta, episode)[0])
-
-
 def meta_gradient_fn(framework: str, alg: MAML, theta: Any, episode: Any
                      ) -> Callable[[], np.ndarray]:
     """The meta-gradient of ``framework`` as a function of no arguments (a NumPy array)."""
     if framework == "bilevel":
-        return _bilevel(alg, theta, episode)
+        return lambda: to_numpy(alg.meta_gradient(theta, episode)[0])
     peer = importlib.import_module(f".peer_{framework}", __package__)
     return peer.conv4(peer_inputs(alg, theta, episode))
 
 
 def _child(config: str) -> None:
-    """In a fresh process: print the peak resident-set growth of two meta-gradients."""
+    """In a fresh process: print the peak resident-set growth of the second of two
+    meta-gradients (see the module docstring)."""
     cfg = json.loads(config)
-    if cfg["framework"] != "bilevel":
-        importlib.import_module(cfg["framework"])
-    fn = meta_gradient_fn(cfg["framework"], *conv4_case(cfg["hidden"], cfg["side"], cfg["T"],
-                                               cfg["K"], cfg["seed"], cfg["dtype"]))
+    case = conv4_case(cfg["hidden"], cfg["side"], cfg["T"], cfg["K"], cfg["seed"],
+                      cfg["dtype"])
+    fn = meta_gradient_fn(cfg["framework"], *case)
     fn()  # pages in the framework's code and does its one-time set-up
     _release_free_memory()
     _reset_peak_rss()

@@ -198,22 +198,19 @@ _BUILDERS = {"maml": _maml, "maml_checkpointed": _maml_checkpointed, "cleaning":
 
 
 # ------------------------------------------------------------------ measurement
-_best_times, _rel = best_times, relative_difference
-
-
 def measure(label: str, kind: str, args: tuple, peers: Sequence[str], repeats: int) -> dict:
     """One row: seconds of every variant, bilevel's peak memory, agreement of the peers."""
     data, fns = _BUILDERS[kind](*args)
     for p in peers if data else ():  # a row without peer inputs is bilevel's alone
-        builder = getattr(_peer(p), kind, None)  # a peer may lack the row (JAX: Conv4)
+        builder = getattr(_peer(p), kind, None)  # a peer may lack a row
         if builder is not None:
             fns[p] = builder(data)
     grads = {name: np.asarray(fn()) for name, fn in fns.items()}  # warm-up (JAX compiles)
-    seconds = _best_times(fns, repeats)
+    seconds = best_times(fns, repeats)
     peaks = {name: int(peak_memory(fns[name])[1]) for name in fns if name.startswith("bilevel")}
     ref = grads["bilevel"]
     return dict(row=label, seconds=seconds, peak_bytes=peaks,
-                agree={k: _rel(g, ref) for k, g in grads.items() if k != "bilevel"},
+                agree={k: relative_difference(g, ref) for k, g in grads.items() if k != "bilevel"},
                 checksum={k: float(np.sum(g)) for k, g in grads.items()})
 
 
