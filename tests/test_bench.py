@@ -122,3 +122,55 @@ def test_meta_bench_rows():
     assert all(r["peak_bytes"] > 0 and r["seconds"] > 0 for r in res["rows"])
     with pytest.raises(ValueError, match="unknown meta-learning algorithm"):
         meta.run(True, methods=["SuperMAML"])
+
+
+def test_meta_bench_conv4_rows_against_torch_when_installed():
+    from bilevel.bench import conv_peers, meta
+
+    res = meta.run(True, methods=["conv4"])
+    assert res["rows"] == [] and [r["K"] for r in res["conv4"]] == [1]
+    row = res["conv4"][0]
+    assert (row["hidden"], row["side"], row["meta_batch"]) == (8, 12, 2)
+    assert row["seconds"]["bilevel"] > 0 and row["peak_bytes"] > 0
+    assert row["peak_rss"]["bilevel"] >= 0  # resident-set growth; ~0 at this tiny size
+    md = meta.to_markdown(res)
+    assert "Conv4 MAML against PyTorch eager" in md and "| 1 |" in md
+    if conv_peers.installed_peers():
+        assert row["seconds"]["torch"] > 0 and row["peak_rss"]["torch"] >= 0
+        assert row["time_ratio"]["torch"] > 0 and row["agree"]["torch"] < 1e-4
+        assert "time bilevel / torch" in md
+    with pytest.raises(ValueError, match="not an algorithm"):
+        meta.algorithm("Conv4", 1)
+
+
+def test_conv4_row_without_peers_is_bilevel_alone(monkeypatch):
+    from bilevel.bench import conv_peers, meta
+
+    monkeypatch.setattr(conv_peers, "installed_peers", lambda: [])
+    res = meta.run(True, methods=["Conv4"])
+    row = res["conv4"][0]
+    assert set(row["seconds"]) == set(row["peak_rss"]) == {"bilevel"} and not row["agree"]
+    assert "PyTorch not installed" in meta.to_markdown(res)
+
+
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-11), ("float32", 1e-4)])
+def test_torch_conv4_maml_meta_gradient_equals_bilevel(dtype, tol):
+    pytest.importorskip("torch")
+    from bilevel.bench.conv_peers import conv4_case, meta_gradient_fn
+    from bilevel.bench.interleaved import relative_difference
+
+    for K in (1, 2):
+        case = conv4_case(hidden=4, side=12, T=2, K=K, dtype=dtype)
+        ours, theirs = (meta_gradient_fn(fw, *case)() for fw in ("bilevel", "torch"))
+        assert ours.dtype == theirs.dtype == np.dtype(dtype)
+        assert relative_difference(theirs, ours) < tol
+
+
+def test_peers_conv4_row_with_torch():
+    pytest.importorskip("torch")
+    from bilevel.bench import peers
+
+    res = peers.run(quick=True, methods=["torch"], rows=["Conv4"])
+    [row] = res["rows"]
+    assert row["row"] == "Conv4 MAML K=1" and row["seconds"]["torch"] > 0
+    assert row["agree"]["torch"] < 1e-4

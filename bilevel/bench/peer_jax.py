@@ -3,8 +3,8 @@
 Each builder takes the NumPy inputs of one workload of :mod:`bilevel.bench.peers` and
 returns a function of no arguments computing the same hypergradient as bilevel, as a NumPy
 array; the inner loops are ``lax.scan`` and ``lax.fori_loop`` (compiled once, on the
-warm-up call), tasks are ``vmap``-ed. Only imported when JAX is installed; importing it
-turns on 64-bit floats (``jax_enable_x64``).
+warm-up call), tasks are ``vmap``-ed (Conv4: unrolled, see :func:`conv4`). Only imported
+when JAX is installed; importing it turns on 64-bit floats (``jax_enable_x64``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["cleaning", "maml", "ridge"]
+__all__ = ["cleaning", "conv4", "maml", "ridge"]
 
 jax.config.update("jax_enable_x64", True)
 
@@ -48,10 +48,68 @@ def maml(d: dict) -> Callable[[], np.ndarray]:
         return loss(w, xq, yq)
 
     def meta(params: list) -> Any:
-        return jnp.mean(jax.vmap(task, in_axes=(None, 0, 0, 0, 0))(params, *data))
+        T = data[0].shape[0]
+        return sum(task(params, *(a[t] for a in data)) for t in range(T)) / T
 
     grad = jax.jit(jax.grad(meta))
     return _done(lambda: jnp.concatenate([g.reshape(-1) for g in grad(theta)]))
+
+
+def conv4(d: dict) -> Callable[[], np.ndarray]:
+    """Second-order MAML on Conv4 (cross-entropy), tasks and inner steps unrolled in ``jit``.
+
+    The inputs of :func:`bilevel.bench.peer_torch.conv4` (dtype kept: float32 stays
+    float32); a block is ``lax.conv_general_dilated`` (padding 1, no bias) → each task's
+    batch statistics over (images, height, width) with the biased variance, scale and
+    shift → 2×2 max-pool where ``d["pools"]`` says → ReLU. The tasks and the inner steps
+    are Python loops traced into one program: with ``vmap`` over the tasks the per-task
+    weights make grouped convolutions, and inside ``lax.map``/``lax.scan`` the
+    convolutions lose their fast path; both were 8–10× slower on XLA:CPU (64 channels,
+    28×28, 8 tasks: 14–18 s against 1.8 s per meta-gradient). Compiling takes 10 s and
+    more, growing with tasks × steps.
+    """
+    names = [name for name, _ in d["params"]]
+    theta = {name: jnp.asarray(a) for name, a in d["params"]}
+    data = tuple(jnp.asarray(d[k]) for k in ("x_support", "y_support", "x_query", "y_query"))
+    lr, K, eps, pools = d["lr"], d["steps"], d["eps"], d["pools"]
+
+    def block(h: Any, w: dict, blk: int, pool: bool) -> Any:
+        h = jax.lax.conv_general_dilated(h, w[f"conv{blk}"], (1, 1), ((1, 1), (1, 1)),
+                                         dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        c = h - jnp.mean(h, axis=(0, 2, 3), keepdims=True)
+        r = jax.lax.rsqrt(jnp.mean(c * c, axis=(0, 2, 3), keepdims=True) + eps)
+        h = c * r * w[f"gamma{blk}"][:, None, None] + w[f"beta{blk}"][:, None, None]
+        if pool:
+            n, ch, hh, ww = h.shape
+            h = h[:, :, :hh // 2 * 2, :ww // 2 * 2].reshape(n, ch, hh // 2, 2, ww // 2, 2)
+            h = jnp.max(h, axis=(3, 5))
+        return jax.nn.relu(h)
+
+    def loss(w: dict, x: Any, y: Any) -> Any:
+        h = x
+        for blk, pool in enumerate(pools):
+            h = block(h, w, blk, pool)
+        logp = jax.nn.log_softmax(h.reshape(h.shape[0], -1) @ w["w_head"] + w["b_head"])
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    def task(params: dict, xs: Any, ys: Any, xq: Any, yq: Any) -> Any:
+        w = params
+        for _ in range(K):
+            g = jax.grad(loss)(w, xs, ys)
+            w = {k: w[k] - lr * g[k] for k in w}
+        return loss(w, xq, yq)
+
+    def meta(params: dict) -> Any:
+        T = data[0].shape[0]
+        return sum(task(params, *(a[t] for a in data)) for t in range(T)) / T
+
+    grad = jax.jit(jax.grad(meta))
+
+    def run() -> Any:
+        g = grad(theta)
+        return jnp.concatenate([g[name].reshape(-1) for name in names])
+
+    return _done(run)
 
 
 def cleaning(d: dict) -> Callable[[], np.ndarray]:

@@ -4,8 +4,8 @@ Each builder takes the NumPy inputs of one workload of :mod:`bilevel.bench.peers
 returns a function of no arguments computing the same hypergradient as bilevel, as a NumPy
 array. The code is what a PyTorch user writes: parameters as separate tensors, the inner
 loop differentiated with ``torch.autograd.grad(..., create_graph=True)`` (MAML,
-hyper-cleaning), and for ridge one traced gradient with ``retain_graph=True`` products
-inside conjugate gradients. Only imported when PyTorch is installed. Builders set one
+hyper-cleaning, Conv4), and for ridge one traced gradient with ``retain_graph=True``
+products inside conjugate gradients. Only imported when PyTorch is installed. Builders set one
 intra-op thread (:data:`THREADS`): on a loaded two-core machine PyTorch's thread pool
 spin-waits and made the small MAML rows 10–100× slower than single-threaded.
 """
@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["THREADS", "cleaning", "maml", "ridge"]
+__all__ = ["THREADS", "cleaning", "conv4", "maml", "ridge"]
 
 THREADS = 1
-
 
 
 def _t(a: Any) -> Any:
@@ -51,6 +50,51 @@ def maml(d: dict) -> Callable[[], np.ndarray]:
             w = [p - lr * g for p, g in zip(w, grads, strict=True)]
         meta = torch.autograd.grad(loss(w, xq, yq).mean(), theta)
         return np.concatenate([g.detach().numpy().reshape(-1) for g in meta])
+
+    return run
+
+
+def conv4(d: dict) -> Callable[[], np.ndarray]:
+    """Second-order MAML on Conv4 (cross-entropy), looping over the tasks of the meta-batch.
+
+    What a learn2learn or higher user writes: the parameters as separate leaf tensors in
+    the order of ``d["params"]`` (``(name, array)`` pairs: ``conv{b}``, ``gamma{b}``,
+    ``beta{b}`` per block, ``w_head``, ``b_head``); per task, ``steps`` inner steps
+    ``w ← w − lr ∇ L_support(w)`` with ``create_graph=True``, then the query loss divided
+    by the number of tasks and ``backward()`` (so one task's graph is alive at a time, the
+    gradients accumulating in ``.grad``). A block is ``F.conv2d`` (padding 1, no bias) →
+    ``F.batch_norm(training=True)`` without running statistics (each task's batch
+    statistics, biased variance, ``eps``) → 2×2 max-pool where ``d["pools"]`` says →
+    ReLU; the head is linear on the flattened features. Returns the flat meta-gradient in
+    the order of ``d["params"]``.
+    """
+    torch.set_num_threads(THREADS)
+    F = torch.nn.functional
+    names = [name for name, _ in d["params"]]
+    leaves = [_t(a) for _, a in d["params"]]
+    xs, ys, xq, yq = (_t(d[k]) for k in ("x_support", "y_support", "x_query", "y_query"))
+    lr, K, eps, pools = d["lr"], d["steps"], d["eps"], d["pools"]
+
+    def loss(w: dict, x: Any, y: Any) -> Any:
+        h = x
+        for blk, pool in enumerate(pools):
+            h = F.conv2d(h, w[f"conv{blk}"], padding=1)
+            h = F.batch_norm(h, None, None, w[f"gamma{blk}"], w[f"beta{blk}"], training=True,
+                             eps=eps)
+            h = F.relu(F.max_pool2d(h, 2) if pool else h)
+        return F.cross_entropy(h.flatten(1) @ w["w_head"] + w["b_head"], y)
+
+    def run() -> np.ndarray:
+        theta = [p.clone().requires_grad_(True) for p in leaves]
+        T = xs.shape[0]
+        for t in range(T):
+            w = theta
+            for _ in range(K):
+                grads = torch.autograd.grad(loss(dict(zip(names, w, strict=True)), xs[t],
+                                                 ys[t]), w, create_graph=True)
+                w = [p - lr * g for p, g in zip(w, grads, strict=True)]
+            (loss(dict(zip(names, w, strict=True)), xq[t], yq[t]) / T).backward()
+        return np.concatenate([p.grad.numpy().reshape(-1) for p in theta])
 
     return run
 

@@ -18,13 +18,21 @@ Rows (float64, CPU, the same inputs for every framework):
     Data hyper-cleaning (:func:`bilevel.hpo.problems.hyper_cleaning`, 1000 examples of 30
     features, 5 classes, 30 % of the labels flipped): ``Reverse()`` through 500 gradient
     steps, the gradient in the 1000 example weights.
+``Conv4 MAML K=k``
+    Conv4 (64 channels), 28×28 Omniglot-sized images, 8 random 5-way 1-shot tasks with 15
+    queries per class, inner step 0.4, full second order, float32 (the model's dtype; the
+    agreement is then ~1e-4): :func:`bilevel.bench.conv_peers.conv4_case`. PyTorch loops
+    over the tasks (:func:`bilevel.bench.peer_torch.conv4`), JAX unrolls them in ``jit``
+    (:func:`bilevel.bench.peer_jax.conv4`). Peak memory against PyTorch, measured alike
+    for both, is in ``bilevel bench meta --methods Conv4``.
 ``ridge CG100``
     Ridge with one log-penalty per feature (:func:`bilevel.hpo.problems.ridge`, 2000 × 1000):
     the implicit hypergradient with 100 conjugate-gradient steps at the exact solution
     (BLAS-bound: two matrix-vector products per step).
 
 The peers (:mod:`bilevel.bench.peer_torch`, :mod:`bilevel.bench.peer_jax`) run when
-installed (``pip install bilevel[peers]``) and are skipped otherwise. Times are the best of
+installed (``pip install bilevel[peers]``) and when they have the row's builder, and are
+skipped otherwise. Times are the best of
 ``repeats`` calls after one warm-up call (JAX compiles there), the variants interleaved
 within each repeat so that the machine's load hits them alike; ``agree`` is the largest
 relative difference of a peer's hypergradient from bilevel's (checksums). Peak memory is
@@ -36,7 +44,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -52,6 +59,8 @@ from ..methods.implicit import implicit_vjp
 from ..outer.driver import progress_bar
 from ..recompute import checkpoints_for_memory
 from . import quiet_hypergrad
+from .conv_peers import conv4_case, meta_gradient_fn, peer_inputs
+from .interleaved import best_times, relative_difference
 from .report import RowLog, figure, format_bytes, markdown_table, peak_memory, save_figure
 
 __all__ = ["PEERS", "available_peers", "measure", "plot", "run", "to_markdown", "workloads"]
@@ -61,9 +70,11 @@ PEERS = ("torch", "jax")
 
 _SIZES = {
     "quick": dict(K=(1, 2), tasks=4, checkpointed=(12, 4 * 4 * 1761 * 8),
-                  cleaning=(60, 8, 3, 10), ridge=(80, 40, 10), repeats=1),
+                  cleaning=(60, 8, 3, 10), ridge=(80, 40, 10), conv4=((1,), 8, 12, 2),
+                  repeats=1),
     "full": dict(K=(1, 5, 25, 800), tasks=25, checkpointed=(800, 15 * 2**20),
-                 cleaning=(1000, 30, 5, 500), ridge=(2000, 1000, 100), repeats=3),
+                 cleaning=(1000, 30, 5, 500), ridge=(2000, 1000, 100),
+                 conv4=((1, 5), 64, 28, 8), repeats=3),
 }
 _AUTOGRAD_MAX_K = 25  # the autograd reference is skipped above this (minutes at K = 800)
 
@@ -158,6 +169,14 @@ def _ridge(N: int, d: int, iters: int, seed: int) -> tuple[dict, dict[str, Calla
     return data, {"bilevel": lambda: implicit_vjp(problem, w, lam, solver).grad}
 
 
+def _conv4(K: int, hidden: int, side: int, T: int, seed: int
+           ) -> tuple[dict, dict[str, Callable[[], Any]]]:
+    """Conv4 MAML with ``K`` inner steps on ``T`` tasks of ``side × side`` images."""
+    alg, theta, episode = conv4_case(hidden, side, T, K, seed)
+    return (peer_inputs(alg, theta, episode),
+            {"bilevel": meta_gradient_fn("bilevel", alg, theta, episode)})
+
+
 def workloads(quick: bool = False, seed: int = 0) -> list[tuple[str, str, tuple]]:
     """``(row label, peer builder name, arguments of the bilevel builder)`` per row."""
     size = _SIZES["quick" if quick else "full"]
@@ -169,41 +188,29 @@ def workloads(quick: bool = False, seed: int = 0) -> list[tuple[str, str, tuple]
     rows.append((f"hyper-cleaning, {K} GD steps", "cleaning", (N, d, C, K, seed)))
     N, d, iters = size["ridge"]
     rows.append((f"ridge CG{iters}", "ridge", (N, d, iters, seed)))
+    Ks, hidden, side, T = size["conv4"]
+    rows += [(f"Conv4 MAML K={K}", "conv4", (K, hidden, side, T, seed)) for K in Ks]
     return rows
 
 
 _BUILDERS = {"maml": _maml, "maml_checkpointed": _maml_checkpointed, "cleaning": _cleaning,
-             "ridge": _ridge}
+             "ridge": _ridge, "conv4": _conv4}
 
 
 # ------------------------------------------------------------------ measurement
-def _best_times(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Best wall time of each function over ``repeats`` rounds, interleaved."""
-    best = dict.fromkeys(fns, math.inf)
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
-
-
-def _rel(a: Any, b: Any) -> float:
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-300))
-
-
 def measure(label: str, kind: str, args: tuple, peers: Sequence[str], repeats: int) -> dict:
     """One row: seconds of every variant, bilevel's peak memory, agreement of the peers."""
     data, fns = _BUILDERS[kind](*args)
     for p in peers if data else ():  # a row without peer inputs is bilevel's alone
-        fns[p] = getattr(_peer(p), kind)(data)
+        builder = getattr(_peer(p), kind, None)  # a peer may lack a row
+        if builder is not None:
+            fns[p] = builder(data)
     grads = {name: np.asarray(fn()) for name, fn in fns.items()}  # warm-up (JAX compiles)
-    seconds = _best_times(fns, repeats)
+    seconds = best_times(fns, repeats)
     peaks = {name: int(peak_memory(fns[name])[1]) for name in fns if name.startswith("bilevel")}
     ref = grads["bilevel"]
     return dict(row=label, seconds=seconds, peak_bytes=peaks,
-                agree={k: _rel(g, ref) for k, g in grads.items() if k != "bilevel"},
+                agree={k: relative_difference(g, ref) for k, g in grads.items() if k != "bilevel"},
                 checksum={k: float(np.sum(g)) for k, g in grads.items()})
 
 
@@ -297,8 +304,9 @@ def to_markdown(result: dict) -> str:
             if skipped else "")
     return ("bilevel (analytic oracles where the problem has them), bilevel through "
             "autograd, bilevel's full Reverse storing every iterate (beside the checkpointed "
-            "row), PyTorch eager and JAX jit on the same float64 hypergradients, one "
-            f"process, variants interleaved; best of the repeats.{note}\n\n"
+            "row), PyTorch eager and JAX jit on the same float64 hypergradients (Conv4 rows: "
+            "float32), one process, variants interleaved; best of the "
+            f"repeats.{note}\n\n"
             + markdown_table(flat, cols))
 
 

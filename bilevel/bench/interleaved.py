@@ -1,0 +1,36 @@
+"""Interleaved best-of timing and the relative agreement of two results.
+
+Shared by the comparisons with other frameworks (:mod:`bilevel.bench.peers`,
+:mod:`bilevel.bench.conv_peers`): on a machine shared with other jobs, calling the
+variants in turn within each repeat lets the load hit them alike, and the best of the
+repeats is the least disturbed figure.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["best_times", "relative_difference"]
+
+
+def best_times(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Best wall time of each function over ``repeats`` rounds, the functions interleaved
+    within each round (cost: ``repeats`` calls of each)."""
+    best = dict.fromkeys(fns, math.inf)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def relative_difference(a: Any, b: Any) -> float:
+    """``max|a − b| / max|b|``: the largest difference relative to the reference ``b``."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-300))
