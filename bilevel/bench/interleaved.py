@@ -18,15 +18,23 @@ import numpy as np
 __all__ = ["best_times", "relative_difference"]
 
 
-def best_times(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Best wall time of each function over ``repeats`` rounds, the functions interleaved
-    within each round (cost: ``repeats`` calls of each)."""
+def best_times(fns: dict[str, Callable[[], Any]], repeats: int, min_seconds: float = 0.0,
+               max_rounds: int = 500) -> dict[str, float]:
+    """Best wall time of each function over at least ``repeats`` rounds, the functions
+    interleaved within each round; rounds go on (up to ``max_rounds``) until every
+    function has run for ``min_seconds`` in all, so that a call of a millisecond gets as
+    many chances to run undisturbed as ``timeit`` gives it (cost: about
+    ``max(repeats · t, min_seconds)`` per function of time ``t``)."""
     best = dict.fromkeys(fns, math.inf)
-    for _ in range(repeats):
+    spent = dict.fromkeys(fns, 0.0)
+    rounds = 0
+    while rounds < repeats or (rounds < max_rounds and min(spent.values()) < min_seconds):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
+            dt = time.perf_counter() - t0
+            best[name], spent[name] = min(best[name], dt), spent[name] + dt
+        rounds += 1
     return best
 
 

@@ -33,8 +33,10 @@ Rows (float64, CPU, the same inputs for every framework):
 The peers (:mod:`bilevel.bench.peer_torch`, :mod:`bilevel.bench.peer_jax`) run when
 installed (``pip install bilevel[peers]``) and when they have the row's builder, and are
 skipped otherwise. Times are the best of
-``repeats`` calls after one warm-up call (JAX compiles there), the variants interleaved
-within each repeat so that the machine's load hits them alike; ``agree`` is the largest
+at least ``repeats`` calls after one warm-up call (JAX compiles there), and of more calls
+until each variant has run for a second in all (a millisecond row gets hundreds of
+chances to run undisturbed, as with ``timeit``), the variants interleaved within each
+round so that the machine's load hits them alike; ``agree`` is the largest
 relative difference of a peer's hypergradient from bilevel's (checksums). Peak memory is
 tracemalloc's, for bilevel only (the peers allocate outside Python's allocator).
 """
@@ -71,10 +73,10 @@ PEERS = ("torch", "jax")
 _SIZES = {
     "quick": dict(K=(1, 2), tasks=4, checkpointed=(12, 4 * 4 * 1761 * 8),
                   cleaning=(60, 8, 3, 10), ridge=(80, 40, 10), conv4=((1,), 8, 12, 2),
-                  repeats=1),
+                  repeats=1, min_seconds=0.0),
     "full": dict(K=(1, 5, 25, 800), tasks=25, checkpointed=(800, 15 * 2**20),
                  cleaning=(1000, 30, 5, 500), ridge=(2000, 1000, 100),
-                 conv4=((1, 5), 64, 28, 8), repeats=3),
+                 conv4=((1, 5), 64, 28, 8), repeats=3, min_seconds=1.0),
 }
 _AUTOGRAD_MAX_K = 25  # the autograd reference is skipped above this (minutes at K = 800)
 
@@ -198,15 +200,18 @@ _BUILDERS = {"maml": _maml, "maml_checkpointed": _maml_checkpointed, "cleaning":
 
 
 # ------------------------------------------------------------------ measurement
-def measure(label: str, kind: str, args: tuple, peers: Sequence[str], repeats: int) -> dict:
-    """One row: seconds of every variant, bilevel's peak memory, agreement of the peers."""
+def measure(label: str, kind: str, args: tuple, peers: Sequence[str], repeats: int,
+            min_seconds: float = 0.0) -> dict:
+    """One row: seconds of every variant (best of at least ``repeats`` interleaved rounds,
+    more until each variant ran ``min_seconds``), bilevel's peak memory, agreement of the
+    peers."""
     data, fns = _BUILDERS[kind](*args)
     for p in peers if data else ():  # a row without peer inputs is bilevel's alone
         builder = getattr(_peer(p), kind, None)  # a peer may lack a row
         if builder is not None:
             fns[p] = builder(data)
     grads = {name: np.asarray(fn()) for name, fn in fns.items()}  # warm-up (JAX compiles)
-    seconds = best_times(fns, repeats)
+    seconds = best_times(fns, repeats, min_seconds)
     peaks = {name: int(peak_memory(fns[name])[1]) for name in fns if name.startswith("bilevel")}
     ref = grads["bilevel"]
     return dict(row=label, seconds=seconds, peak_bytes=peaks,
@@ -253,13 +258,14 @@ def run(quick: bool = False, backend: str = "numpy", methods: Sequence[str] | No
     installed = available_peers()
     peers = [p for p in wanted if p in installed]
     log = RowLog(None, "peers", {}) if log is None else log
-    repeats = _SIZES["quick" if quick else "full"]["repeats"]
+    size = _SIZES["quick" if quick else "full"]
+    repeats, min_seconds = size["repeats"], size["min_seconds"]
     selected = [w for w in workloads(quick, seed)
                 if rows is None or any(w[0].startswith(r) for r in rows)]
     out = []
     for label, kind, args in progress_bar(selected, desc="bench peers", progress=progress):
         row = log.compute([label], lambda la=label, k=kind, a=args:
-                          measure(la, k, a, peers, repeats))
+                          measure(la, k, a, peers, repeats, min_seconds))
         out.append({k: v for k, v in row.items() if k != "key"})
     return dict(rows=out, peers=peers, skipped=[p for p in wanted if p not in installed],
                 quick=quick, backend=backend)
@@ -305,8 +311,8 @@ def to_markdown(result: dict) -> str:
     return ("bilevel (analytic oracles where the problem has them), bilevel through "
             "autograd, bilevel's full Reverse storing every iterate (beside the checkpointed "
             "row), PyTorch eager and JAX jit on the same float64 hypergradients (Conv4 rows: "
-            "float32), one process, variants interleaved; best of the "
-            f"repeats.{note}\n\n"
+            "float32), one process, variants interleaved; best of at least three calls, "
+            f"and of as many as fit in a second of each variant.{note}\n\n"
             + markdown_table(flat, cols))
 
 
