@@ -1,0 +1,351 @@
+"""Analytic derivative oracles of Conv4: backpropagation and the R-operator through its blocks.
+
+Each block of :class:`~bilevel.meta.conv_models.Conv4` maps ``h (T, N, C, H, W)`` to
+
+    z = K ⋆ h                         (3×3, padding 1; per-task filters K; + bias without norm)
+    x̂ = (z − μ) / s,  s = sqrt(σ² + ε) (μ, σ² over the images and pixels of each task/channel)
+    y = γ ⊙ x̂ + β                     (per-task normalization: Ioffe & Szegedy, 2015)
+    p = maxpool₂(y),  a = max(p, 0)    (2×2 max-pool while the map is ≥ 2×2, ReLU)
+
+and the flattened last ``a`` feeds the linear head (Finn, Abbeel & Levine, 2017). With
+``cols(h)`` the im2col columns (so ``z = K cols(h)`` is one GEMM per task), ``n = N·H·W``
+and sums ``Σ`` over the images and pixels, the backward pass of a block, for the
+cotangent ``d = ∂L/∂a``::
+
+    ∂y = unpool(d ⊙ 1[p > 0])          (to the block maximizers, shared among ties)
+    ∇β = Σ ∂y,   ∇γ = Σ ∂y ⊙ x̂,   u = ∂y − ∇β/n − x̂ ⊙ ∇γ/n,   ∂z = (γ/s) ⊙ u
+    ∇K = ∂z cols(h)ᵀ,   ∂h = col2im(Kᵀ ∂z)
+
+and Pearlmutter's R-operator (*Fast exact multiplication by the Hessian*, Neural
+Computation 1994) along the direction ``(V, Γ, B)`` of ``(K, γ, β)`` and ``R{h}`` of the
+input, the maximizers and ReLU pattern held fixed::
+
+    R{z} = K ⋆ R{h} + V ⋆ h,   R{s} = mean(x̂ ⊙ R{z}),   R{x̂} = (center(R{z}) − x̂ R{s}) / s
+    R{y} = Γ x̂ + γ R{x̂} + B,   R{a} = 1[p > 0] ⊙ pool(R{y})
+    R{∂y} = unpool(R{d} ⊙ 1[p > 0]),   R{∇β} = Σ R{∂y},   R{∇γ} = Σ (R{∂y} x̂ + ∂y R{x̂})
+    R{u} = R{∂y} − R{∇β}/n − R{x̂} ∇γ/n − x̂ R{∇γ}/n
+    R{∂z} = ((Γ − γ R{s}/s) ⊙ u + γ ⊙ R{u}) / s
+    R{∇K} = R{∂z} cols(h)ᵀ + ∂z cols(R{h})ᵀ,   R{∂h} = col2im(Kᵀ R{∂z} + Vᵀ ∂z)
+
+(without normalization ``y = z + b``, ``∇b = Σ ∂z``). The raw kernels of
+:mod:`bilevel.numpy` do the work (:func:`~bilevel.numpy.nn.flat_columns`,
+:func:`~bilevel.numpy.nn.uncolumns`, :func:`~bilevel.numpy.nn.center`,
+:func:`~bilevel.numpy.nn.inv_rms`, :func:`~bilevel.numpy.nn.block_max`,
+:func:`~bilevel.numpy.nn.maximizers`, :func:`~bilevel.numpy.nn.unpool_max`,
+:func:`~bilevel.numpy.nn.pool_max`): called on plain arrays they just compute, on any
+array namespace.
+
+Cost: a gradient is three GEMMs per block (forward, filter and input derivative), an HVP
+eight. Memory: per block the input ``h`` (and ``R{h}``), ``x̂`` (and ``R{x̂}``), the
+ReLU mask and one byte of maximizer bits per pooled output; the im2col columns
+(``9·C`` times the input) exist for one GEMM at a time and are rebuilt in the backward
+pass, as in the autograd path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bilevel.numpy.nn import (
+    block_max,
+    center,
+    flat_columns,
+    inv_rms,
+    maximizers,
+    output_rows,
+    pool_max,
+    uncolumns,
+    unpool_max,
+)
+
+from ..backend import device
+from ..backend import namespace_of as namespace
+from .conv_models import Conv4
+from .model_oracles import DenseStack
+from .network_oracles import Chain, NetworkOracles, _mT, _reshape
+
+__all__ = ["Conv4Oracles", "ConvStack", "supports"]
+
+AXES = (1, 3, 4)  # images and pixels of (T, N, C, H, W): the statistics of each task/channel
+
+
+def supports(model: Any) -> bool:
+    """Whether :class:`Conv4Oracles` covers ``model`` (a :class:`Conv4`)."""
+    return type(model) is Conv4
+
+
+# ------------------------------------------------------------------ array helpers
+def _channel(a: Any) -> Any:
+    """``(T, O)`` → ``(T, 1, O, 1, 1)`` (broadcast over images and pixels)."""
+    return _reshape(a, (a.shape[0], 1, a.shape[1], 1, 1))
+
+
+def _total(a: Any) -> Any:
+    """``Σ`` over images and pixels, keeping dims: ``(T, 1, O, 1, 1)``."""
+    if type(a) is np.ndarray:
+        return a.sum(axis=AXES, keepdims=True)
+    return namespace(a).sum(a, axis=AXES, keepdims=True)
+
+
+def _put(dest: Any, value: Any) -> None:
+    """Write ``value`` into the view ``dest`` of a flat output (reshaped to its shape)."""
+    dest[...] = _reshape(value, dest.shape)
+
+
+def _conv(K: Any, cols: Any, shape: tuple[int, ...]) -> Any:
+    """``K cols`` (``(T, O, 9C) @ (T, 9C, N·H·W)``) as the map ``(T, N, O, H, W)`` (a view)."""
+    T, N, _, H, W = shape
+    z = _reshape(K @ cols, (T, K.shape[1], N, H, W))
+    return z.swapaxes(1, 2) if type(z) is np.ndarray else namespace(z).permute_dims(
+        z, (0, 2, 1, 3, 4))
+
+
+def _cols(h: Any) -> Any:
+    return flat_columns(h, 3, 3, 1, 1)
+
+
+def _filter_grad(h: Any, dz: Any) -> Any:
+    """``∂z cols(h)ᵀ`` as ``(cols(h) ∂zᵀ)ᵀ`` (BLAS is faster with the long axis inner)."""
+    return _mT(_cols(h) @ _mT(output_rows(dz)))
+
+
+def _input_grad(q: Any, shape: tuple[int, ...]) -> Any:
+    """``col2im(q)`` for the rows ``q (T, 9C, N·H·W)`` of an input of ``shape``."""
+    T, N, C, H, W = shape
+    return uncolumns(_reshape(q, (T, C, 9, N, H, W)), 3, 3, 1, 1, shape)
+
+
+def _crop(y: Any) -> Any:
+    """``y`` without the odd last row/column no 2×2 block covers (as the pool does)."""
+    h, w = y.shape[-2:]
+    return y[..., :h - h % 2, :w - w % 2] if h % 2 or w % 2 else y
+
+
+def _unpool(d: Any, code: Any, shape: tuple[int, ...]) -> Any:
+    """The pool's adjoint, zero on the cropped row/column: ``(.., h, w)`` → ``shape``."""
+    g = unpool_max(d, code, 2)
+    if tuple(g.shape) == tuple(shape):
+        return g
+    out = namespace(g).zeros(shape, dtype=g.dtype, device=device(g))
+    out[..., :g.shape[-2], :g.shape[-1]] = g
+    return out
+
+
+def _scaled(c: Any, r: Any) -> Any:
+    """``c ⊙ r`` (in place on a fresh NumPy ``c``)."""
+    if type(c) is np.ndarray:
+        c *= r
+        return c
+    return c * r
+
+
+# ------------------------------------------------------------------ one block
+@dataclass
+class Block:
+    """The saved quantities of one block: input ``h`` and ``R{h}``, ``x̂``, ``1/s``,
+    ``R{s}``, ``R{x̂}``, the maximizer bits, the map shape before pooling, the ReLU mask."""
+
+    h: Any
+    rh: Any
+    xhat: Any
+    r: Any
+    rs: Any
+    rxhat: Any
+    code: Any
+    shape: tuple[int, ...]
+    mask: Any
+
+
+@dataclass
+class ConvTrace:
+    """The blocks of one forward pass, the features ``out`` and ``R{out}``."""
+
+    blocks: list[Block]
+    out: Any
+    r_out: Any
+    map_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ConvStack:
+    """The four conv blocks of :class:`Conv4` and the flattening, as a stack of
+    :mod:`bilevel.meta.network_oracles` (parameters in the model's backbone layout)."""
+
+    in_channels: int
+    hidden: int
+    norm: bool
+    eps: float
+    pools: tuple[bool, ...]
+
+    @classmethod
+    def of(cls, model: Conv4) -> ConvStack:
+        return cls(model.in_channels, model.hidden, model.norm, model.eps, tuple(model.pools))
+
+    def _sizes(self) -> list[tuple[int, int]]:
+        """Per block ``(9·C·O filter entries, O)``."""
+        return [(9 * (self.in_channels if b == 0 else self.hidden) * self.hidden, self.hidden)
+                for b in range(len(self.pools))]
+
+    @property
+    def size(self) -> int:
+        return sum(k + o * (2 if self.norm else 1) for k, o in self._sizes())
+
+    def params(self, theta: Any) -> list[tuple[Any, Any, Any]]:
+        """Per block ``(K (T, O, 9C), γ or bias (T, O), β (T, O) or None)``, views of
+        ``theta (T, size)``."""
+        out, start, T = [], 0, theta.shape[0]
+        for k, o in self._sizes():
+            K = _reshape(theta[:, start:start + k], (T, o, k // o))
+            a = theta[:, start + k:start + k + o]
+            start += k + o
+            b = None
+            if self.norm:
+                b, start = theta[:, start:start + o], start + o
+            out.append((K, a, b))
+        return out
+
+    # -------------------------------------------------------------- forward
+    def forward(self, theta: Any, x: Any, v: Any = None, r_in: Any = None) -> ConvTrace:
+        """The forward pass, with the R-forward pass along ``(v, r_in)`` when either is given."""
+        dirs = [None] * len(self.pools) if v is None else self.params(v)
+        blocks, h, rh = [], x, r_in
+        for b, (p, dp) in enumerate(zip(self.params(theta), dirs, strict=True)):
+            blk, h, rh = self._block(p, dp, h, rh, self.pools[b])
+            blocks.append(blk)
+        T, N = x.shape[:2]
+        flat = (T, N, h.shape[2] * h.shape[3] * h.shape[4])
+        return ConvTrace(blocks, _reshape(h, flat), None if rh is None else _reshape(rh, flat),
+                         tuple(h.shape))
+
+    def _block(self, p: Any, dp: Any, h: Any, rh: Any, pool: bool) -> tuple[Block, Any, Any]:
+        K, a, b = p
+        shape = (h.shape[0], h.shape[1], K.shape[1], h.shape[3], h.shape[4])
+        cols = _cols(h)
+        z = _conv(K, cols, shape)
+        rz = None if dp is None else _conv(dp[0], cols, shape)
+        del cols
+        if rh is not None:
+            t = _conv(K, _cols(rh), shape)
+            rz = t if rz is None else rz + t
+        xhat = r = rs = rxhat = ry = None
+        if self.norm:
+            c = center(z, AXES)
+            r = inv_rms(c, AXES, self.eps)
+            xhat = _scaled(c, r)
+            y = xhat * _channel(a) + _channel(b)
+            if rz is not None:
+                rs = _total(xhat * rz) / (shape[1] * shape[3] * shape[4])
+                rxhat = r * (center(rz, AXES) - xhat * rs)
+                ry = rxhat * _channel(a)
+                if dp is not None:
+                    ry = ry + xhat * _channel(dp[1]) + _channel(dp[2])
+        else:
+            y = z + _channel(a)
+            ry = rz if rz is None or dp is None else rz + _channel(dp[1])
+        code = None
+        if pool:
+            yc = _crop(y)
+            y_pooled = block_max(yc, 2)
+            code = maximizers(yc, y_pooled, 2)
+            y = y_pooled
+            ry = None if ry is None else pool_max(_crop(ry), code, 2)
+        mask = y > 0 if type(y) is np.ndarray else namespace(y).astype(y > 0, y.dtype)
+        out = y * mask
+        return (Block(h, rh, xhat, r, rs, rxhat, code, shape, mask), out,
+                None if ry is None else ry * mask)
+
+    # -------------------------------------------------------------- backward
+    def backward(self, theta: Any, tr: ConvTrace, d_out: Any, out: Any,
+                 need_input: bool = False) -> Any:
+        """Backpropagation of ``d_out (T, N, F)``; ``∇θ`` written into ``out (T, size)``."""
+        return self._backward(theta, None, tr, d_out, None, out, need_input)[0]
+
+    def r_backward(self, theta: Any, v: Any, tr: ConvTrace, d_out: Any, rd_out: Any, out: Any,
+                   need_input: bool = False) -> Any:
+        """The R-backward pass; ``R{∇θ}`` written into ``out``, ``(∂x, R{∂x})`` returned when
+        ``need_input``."""
+        return self._backward(theta, v, tr, d_out, rd_out, out, need_input)
+
+    def _backward(self, theta: Any, v: Any, tr: ConvTrace, d: Any, rd: Any, out: Any,
+                  need_input: bool) -> Any:
+        params, views = self.params(theta), self.params(out)
+        dirs = [None] * len(params) if v is None else self.params(v)
+        d = _reshape(d, tr.map_shape)
+        rd = None if rd is None else _reshape(rd, tr.map_shape)
+        for b in range(len(params) - 1, -1, -1):
+            d, rd = self._block_backward(tr.blocks[b], params[b], dirs[b], d, rd, views[b],
+                                         need_input or b > 0)
+        return (d, rd) if need_input else (None, None)
+
+    def _block_backward(self, blk: Block, p: Any, dp: Any, d: Any, rd: Any, views: Any,
+                        need_input: bool) -> tuple[Any, Any]:
+        """``(∂h, R{∂h})`` of one block; ``∇`` (``rd is None``) or ``R{∇}`` into ``views``."""
+        K, a, _ = p
+        d = d * blk.mask
+        rd = None if rd is None else rd * blk.mask
+        if blk.code is not None:
+            d = _unpool(d, blk.code, blk.shape)
+            rd = None if rd is None else _unpool(rd, blk.code, blk.shape)
+        if self.norm:
+            dz, rdz = self._norm_backward(blk, a, dp, d, rd, views)
+        else:
+            dz, rdz = d, rd
+            _put(views[1], _total(d if rd is None else rd))
+        if rd is None:
+            _put(views[0], _filter_grad(blk.h, dz))
+        else:
+            g = _filter_grad(blk.h, rdz)
+            if blk.rh is not None:
+                g = g + _filter_grad(blk.rh, dz)
+            _put(views[0], g)
+        if not need_input:
+            return None, None
+        rows = output_rows(dz)
+        dh = _input_grad(_mT(K) @ rows, blk.h.shape)
+        if rd is None:
+            return dh, None
+        q = _mT(K) @ output_rows(rdz)
+        if dp is not None:
+            q = q + _mT(dp[0]) @ rows
+        return dh, _input_grad(q, blk.h.shape)
+
+    def _norm_backward(self, blk: Block, gamma: Any, dp: Any, dy: Any, rdy: Any,
+                       views: Any) -> tuple[Any, Any]:
+        """``(∂z, R{∂z})`` through ``y = γ x̂ + β``; ``(∇γ, ∇β)`` or their R into views."""
+        n = dy.shape[1] * dy.shape[3] * dy.shape[4]
+        xhat, g = blk.xhat, _channel(gamma)
+        s1, s2 = _total(dy), _total(dy * xhat)
+        u = dy - s1 / n - xhat * (s2 / n)
+        dz = (blk.r * g) * u
+        if rdy is None:
+            _put(views[1], s2)
+            _put(views[2], s1)
+            return dz, None
+        rs1, rs2 = _total(rdy), _total(rdy * xhat + dy * blk.rxhat)
+        _put(views[1], rs2)
+        _put(views[2], rs1)
+        ru = rdy - rs1 / n - blk.rxhat * (s2 / n) - xhat * (rs2 / n)
+        coef = -blk.r * blk.rs * g
+        coef = coef if dp is None else coef + _channel(dp[1])
+        return dz, blk.r * (coef * u + g * ru)
+
+
+@dataclass(frozen=True)
+class Conv4Oracles(NetworkOracles):
+    """The oracles of :class:`~bilevel.meta.network_oracles.NetworkOracles` for a
+    :class:`Conv4`: the conv blocks then the linear head as one stack (``head=False``:
+    MAML, A-MAML, iMAML), or the head on the conv features (``head=True``, ANIL).
+
+    Cost per oracle: about 3 GEMMs per block (gradient) or 8 (HVP) plus elementwise
+    passes, with no tracing (formulas in :mod:`bilevel.meta.conv_oracles`).
+    """
+
+    def stacks(self) -> tuple[Any, Any]:
+        convs = ConvStack.of(self.model)
+        head = DenseStack(tuple(s for _, s in self.model._layout["head"]), "relu")
+        if not self.head:
+            return Chain(convs, head), None
+        return head, convs
