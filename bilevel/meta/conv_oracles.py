@@ -55,7 +55,6 @@ from bilevel.numpy.nn import (
     flat_columns,
     inv_rms,
     maximizers,
-    output_rows,
     pool_max,
     uncolumns,
     unpool_max,
@@ -69,7 +68,11 @@ from .network_oracles import Chain, NetworkOracles, _mT, _reshape
 
 __all__ = ["Conv4Oracles", "ConvStack", "supports"]
 
-AXES = (1, 3, 4)  # images and pixels of (T, N, C, H, W): the statistics of each task/channel
+# Inside the stack the maps are held channel-major, (T, C, N, H, W): the GEMM output
+# K cols(h) is then the map itself and ∂z its GEMM operand, with no transposing copies,
+# and every elementwise pass runs over contiguous memory. The statistics of each task and
+# channel are over the images and pixels, the last three axes.
+AXES = (2, 3, 4)
 
 
 def supports(model: Any) -> bool:
@@ -78,13 +81,25 @@ def supports(model: Any) -> bool:
 
 
 # ------------------------------------------------------------------ array helpers
+def _swap(a: Any) -> Any:
+    """``(T, A, B, H, W)`` → ``(T, B, A, H, W)`` (a view)."""
+    if type(a) is np.ndarray:
+        return a.swapaxes(1, 2)
+    return namespace(a).permute_dims(a, (0, 2, 1, 3, 4))
+
+
+def _swapped(a: Any) -> Any:
+    """:func:`_swap` as a contiguous array (one copy on NumPy)."""
+    return np.ascontiguousarray(a.swapaxes(1, 2)) if type(a) is np.ndarray else _swap(a)
+
+
 def _channel(a: Any) -> Any:
-    """``(T, O)`` → ``(T, 1, O, 1, 1)`` (broadcast over images and pixels)."""
-    return _reshape(a, (a.shape[0], 1, a.shape[1], 1, 1))
+    """``(T, O)`` → ``(T, O, 1, 1, 1)`` (broadcast over images and pixels)."""
+    return _reshape(a, (a.shape[0], a.shape[1], 1, 1, 1))
 
 
 def _total(a: Any) -> Any:
-    """``Σ`` over images and pixels, keeping dims: ``(T, 1, O, 1, 1)``."""
+    """``Σ`` over images and pixels, keeping dims: ``(T, O, 1, 1, 1)``."""
     if type(a) is np.ndarray:
         return a.sum(axis=AXES, keepdims=True)
     return namespace(a).sum(a, axis=AXES, keepdims=True)
@@ -95,27 +110,30 @@ def _put(dest: Any, value: Any) -> None:
     dest[...] = _reshape(value, dest.shape)
 
 
-def _conv(K: Any, cols: Any, shape: tuple[int, ...]) -> Any:
-    """``K cols`` (``(T, O, 9C) @ (T, 9C, N·H·W)``) as the map ``(T, N, O, H, W)`` (a view)."""
-    T, N, _, H, W = shape
-    z = _reshape(K @ cols, (T, K.shape[1], N, H, W))
-    return z.swapaxes(1, 2) if type(z) is np.ndarray else namespace(z).permute_dims(
-        z, (0, 2, 1, 3, 4))
+def _rows(a: Any) -> Any:
+    """A channel-major map ``(T, O, N, H, W)`` as GEMM rows ``(T, O, N·H·W)`` (a view)."""
+    return _reshape(a, (a.shape[0], a.shape[1], a.shape[2] * a.shape[3] * a.shape[4]))
 
 
 def _cols(h: Any) -> Any:
-    return flat_columns(h, 3, 3, 1, 1)
+    """im2col of a channel-major map: ``(T, 9C, N·H·W)`` (no transposing copy)."""
+    return flat_columns(_swap(h), 3, 3, 1, 1)
 
 
-def _filter_grad(h: Any, dz: Any) -> Any:
-    """``∂z cols(h)ᵀ`` as ``(cols(h) ∂zᵀ)ᵀ`` (BLAS is faster with the long axis inner)."""
-    return _mT(_cols(h) @ _mT(output_rows(dz)))
+def _conv(K: Any, cols: Any, shape: tuple[int, ...]) -> Any:
+    """``K cols`` (``(T, O, 9C) @ (T, 9C, N·H·W)``) as the map ``shape = (T, O, N, H, W)``."""
+    return _reshape(K @ cols, shape)
+
+
+def _filter_grad(cols: Any, dz: Any) -> Any:
+    """``∂z colsᵀ`` as ``(cols ∂zᵀ)ᵀ`` (BLAS is faster with the long axis inner)."""
+    return _mT(cols @ _mT(_rows(dz)))
 
 
 def _input_grad(q: Any, shape: tuple[int, ...]) -> Any:
-    """``col2im(q)`` for the rows ``q (T, 9C, N·H·W)`` of an input of ``shape``."""
-    T, N, C, H, W = shape
-    return uncolumns(_reshape(q, (T, C, 9, N, H, W)), 3, 3, 1, 1, shape)
+    """``col2im(q)`` for the rows ``q (T, 9C, N·H·W)``, as the map ``shape (T, C, N, H, W)``."""
+    T, C, N, H, W = shape
+    return _swapped(uncolumns(_reshape(q, (T, C, 9, N, H, W)), 3, 3, 1, 1, (T, N, C, H, W)))
 
 
 def _crop(y: Any) -> Any:
@@ -134,12 +152,17 @@ def _unpool(d: Any, code: Any, shape: tuple[int, ...]) -> Any:
     return out
 
 
-def _scaled(c: Any, r: Any) -> Any:
-    """``c ⊙ r`` (in place on a fresh NumPy ``c``)."""
-    if type(c) is np.ndarray:
-        c *= r
-        return c
-    return c * r
+def _mean(a: Any) -> Any:
+    """The mean over images and pixels, keeping dims: ``(T, O, 1, 1, 1)``."""
+    if type(a) is np.ndarray:
+        return a.mean(axis=AXES, keepdims=True)
+    return namespace(a).mean(a, axis=AXES, keepdims=True)
+
+
+def _sub_mean(z: Any) -> Any:
+    """``z − mean(z)`` in place (``z`` is fresh)."""
+    z -= _mean(z)
+    return z
 
 
 # ------------------------------------------------------------------ one block
@@ -150,6 +173,8 @@ class Block:
 
     h: Any
     rh: Any
+    cols: Any
+    rcols: Any
     xhat: Any
     r: Any
     rs: Any
@@ -179,6 +204,7 @@ class ConvStack:
     norm: bool
     eps: float
     pools: tuple[bool, ...]
+    keep_columns: bool = True
 
     @classmethod
     def of(cls, model: Conv4) -> ConvStack:
@@ -211,40 +237,48 @@ class ConvStack:
     def forward(self, theta: Any, x: Any, v: Any = None, r_in: Any = None) -> ConvTrace:
         """The forward pass, with the R-forward pass along ``(v, r_in)`` when either is given."""
         dirs = [None] * len(self.pools) if v is None else self.params(v)
-        blocks, h, rh = [], x, r_in
+        blocks, h, rh = [], _swapped(x), None if r_in is None else _swapped(r_in)
         for b, (p, dp) in enumerate(zip(self.params(theta), dirs, strict=True)):
             blk, h, rh = self._block(p, dp, h, rh, self.pools[b])
             blocks.append(blk)
         T, N = x.shape[:2]
-        flat = (T, N, h.shape[2] * h.shape[3] * h.shape[4])
-        return ConvTrace(blocks, _reshape(h, flat), None if rh is None else _reshape(rh, flat),
-                         tuple(h.shape))
+        flat = (T, N, h.shape[1] * h.shape[3] * h.shape[4])
+        return ConvTrace(blocks, _reshape(_swap(h), flat),
+                         None if rh is None else _reshape(_swap(rh), flat), tuple(h.shape))
 
     def _block(self, p: Any, dp: Any, h: Any, rh: Any, pool: bool) -> tuple[Block, Any, Any]:
         K, a, b = p
-        shape = (h.shape[0], h.shape[1], K.shape[1], h.shape[3], h.shape[4])
-        cols = _cols(h)
+        shape = (h.shape[0], K.shape[1], h.shape[2], h.shape[3], h.shape[4])
+        cols, rcols = _cols(h), None if rh is None else _cols(rh)
         z = _conv(K, cols, shape)
         rz = None if dp is None else _conv(dp[0], cols, shape)
-        del cols
         if rh is not None:
-            t = _conv(K, _cols(rh), shape)
+            t = _conv(K, rcols, shape)
             rz = t if rz is None else rz + t
+        if not self.keep_columns:
+            cols = rcols = None
         xhat = r = rs = rxhat = ry = None
-        if self.norm:
-            c = center(z, AXES)
-            r = inv_rms(c, AXES, self.eps)
-            xhat = _scaled(c, r)
-            y = xhat * _channel(a) + _channel(b)
+        if self.norm:  # in place on the fresh maps: no full-size temporaries
+            xhat = _sub_mean(z)
+            r = inv_rms(xhat, AXES, self.eps)
+            xhat *= r
+            y = xhat * _channel(a)
+            y += _channel(b)
             if rz is not None:
-                rs = _total(xhat * rz) / (shape[1] * shape[3] * shape[4])
-                rxhat = r * (center(rz, AXES) - xhat * rs)
+                rs = _total(xhat * rz) / (shape[2] * shape[3] * shape[4])
+                rxhat = center(rz, AXES)
+                rxhat -= xhat * rs
+                rxhat *= r
                 ry = rxhat * _channel(a)
                 if dp is not None:
-                    ry = ry + xhat * _channel(dp[1]) + _channel(dp[2])
+                    ry += xhat * _channel(dp[1])
+                    ry += _channel(dp[2])
         else:
-            y = z + _channel(a)
-            ry = rz if rz is None or dp is None else rz + _channel(dp[1])
+            y = z
+            y += _channel(a)
+            ry = rz
+            if rz is not None and dp is not None:
+                ry += _channel(dp[1])
         code = None
         if pool:
             yc = _crop(y)
@@ -253,9 +287,10 @@ class ConvStack:
             y = y_pooled
             ry = None if ry is None else pool_max(_crop(ry), code, 2)
         mask = y > 0 if type(y) is np.ndarray else namespace(y).astype(y > 0, y.dtype)
-        out = y * mask
-        return (Block(h, rh, xhat, r, rs, rxhat, code, shape, mask), out,
-                None if ry is None else ry * mask)
+        y *= mask  # the ReLU, in place on the fresh pooled map
+        if ry is not None:
+            ry *= mask
+        return Block(h, rh, cols, rcols, xhat, r, rs, rxhat, code, shape, mask), y, ry
 
     # -------------------------------------------------------------- backward
     def backward(self, theta: Any, tr: ConvTrace, d_out: Any, out: Any,
@@ -273,12 +308,15 @@ class ConvStack:
                   need_input: bool) -> Any:
         params, views = self.params(theta), self.params(out)
         dirs = [None] * len(params) if v is None else self.params(v)
-        d = _reshape(d, tr.map_shape)
-        rd = None if rd is None else _reshape(rd, tr.map_shape)
+        T, O, N, H, W = tr.map_shape
+        d = _swapped(_reshape(d, (T, N, O, H, W)))
+        rd = None if rd is None else _swapped(_reshape(rd, (T, N, O, H, W)))
         for b in range(len(params) - 1, -1, -1):
             d, rd = self._block_backward(tr.blocks[b], params[b], dirs[b], d, rd, views[b],
                                          need_input or b > 0)
-        return (d, rd) if need_input else (None, None)
+        if not need_input:
+            return None, None
+        return _swapped(d), None if rd is None else _swapped(rd)
 
     def _block_backward(self, blk: Block, p: Any, dp: Any, d: Any, rd: Any, views: Any,
                         need_input: bool) -> tuple[Any, Any]:
@@ -294,20 +332,23 @@ class ConvStack:
         else:
             dz, rdz = d, rd
             _put(views[1], _total(d if rd is None else rd))
+        cols = _cols(blk.h) if blk.cols is None else blk.cols
         if rd is None:
-            _put(views[0], _filter_grad(blk.h, dz))
+            _put(views[0], _filter_grad(cols, dz))
         else:
-            g = _filter_grad(blk.h, rdz)
+            g = _filter_grad(cols, rdz)
             if blk.rh is not None:
-                g = g + _filter_grad(blk.rh, dz)
+                g += _filter_grad(_cols(blk.rh) if blk.rcols is None else blk.rcols, dz)
             _put(views[0], g)
+        del cols
+        blk.cols = blk.rcols = None  # the trace is read once: free the columns now
         if not need_input:
             return None, None
-        rows = output_rows(dz)
+        rows = _rows(dz)
         dh = _input_grad(_mT(K) @ rows, blk.h.shape)
         if rd is None:
             return dh, None
-        q = _mT(K) @ output_rows(rdz)
+        q = _mT(K) @ _rows(rdz)
         if dp is not None:
             q = q + _mT(dp[0]) @ rows
         return dh, _input_grad(q, blk.h.shape)
@@ -315,22 +356,30 @@ class ConvStack:
     def _norm_backward(self, blk: Block, gamma: Any, dp: Any, dy: Any, rdy: Any,
                        views: Any) -> tuple[Any, Any]:
         """``(∂z, R{∂z})`` through ``y = γ x̂ + β``; ``(∇γ, ∇β)`` or their R into views."""
-        n = dy.shape[1] * dy.shape[3] * dy.shape[4]
+        n = dy.shape[2] * dy.shape[3] * dy.shape[4]
         xhat, g = blk.xhat, _channel(gamma)
         s1, s2 = _total(dy), _total(dy * xhat)
-        u = dy - s1 / n - xhat * (s2 / n)
-        dz = (blk.r * g) * u
+        u = xhat * (-s2 / n)  # u = ∂y − ∇β/n − x̂ ∇γ/n, built in place
+        u += dy
+        u -= s1 / n
         if rdy is None:
             _put(views[1], s2)
             _put(views[2], s1)
-            return dz, None
-        rs1, rs2 = _total(rdy), _total(rdy * xhat + dy * blk.rxhat)
+            u *= blk.r * g
+            return u, None
+        rs1, rs2 = _total(rdy), _total(rdy * xhat) + _total(dy * blk.rxhat)
         _put(views[1], rs2)
         _put(views[2], rs1)
-        ru = rdy - rs1 / n - blk.rxhat * (s2 / n) - xhat * (rs2 / n)
+        ru = blk.rxhat * (-s2 / n)  # R{u}, then R{∂z} = r (Γ − r R{s} γ) u + r γ R{u}
+        ru += rdy
+        ru -= rs1 / n
+        ru -= xhat * (rs2 / n)
+        ru *= blk.r * g
         coef = -blk.r * blk.rs * g
-        coef = coef if dp is None else coef + _channel(dp[1])
-        return dz, blk.r * (coef * u + g * ru)
+        coef = blk.r * (coef if dp is None else coef + _channel(dp[1]))
+        ru += u * coef
+        u *= blk.r * g
+        return u, ru
 
 
 @dataclass(frozen=True)
