@@ -51,9 +51,7 @@ import numpy as np
 
 from bilevel.numpy.nn import (
     block_max,
-    center,
     flat_columns,
-    inv_rms,
     maximizers,
     pool_max,
     uncolumns,
@@ -159,6 +157,11 @@ def _mean(a: Any) -> Any:
     return namespace(a).mean(a, axis=AXES, keepdims=True)
 
 
+def _product(a: Any, b: Any, out: Any) -> Any:
+    """``a ⊙ b``, written into the scratch array ``out`` on NumPy (no fresh allocation)."""
+    return np.multiply(a, b, out=out) if type(out) is np.ndarray else a * b
+
+
 def _sub_mean(z: Any) -> Any:
     """``z − mean(z)`` in place (``z`` is fresh)."""
     z -= _mean(z)
@@ -258,18 +261,21 @@ class ConvStack:
         if not self.keep_columns:
             cols = rcols = None
         xhat = r = rs = rxhat = ry = None
-        if self.norm:  # in place on the fresh maps: no full-size temporaries
+        if self.norm:  # in place on the fresh maps, scratch reused: few full-size allocations
+            n = shape[2] * shape[3] * shape[4]
             xhat = _sub_mean(z)
-            r = inv_rms(xhat, AXES, self.eps)
+            y = xhat * xhat  # scratch for the variance, then y
+            r = 1.0 / namespace(y).sqrt(_mean(y) + self.eps)
             xhat *= r
-            y = xhat * _channel(a)
+            y = _product(xhat, _channel(a), y)
             y += _channel(b)
             if rz is not None:
-                rs = _total(xhat * rz) / (shape[2] * shape[3] * shape[4])
-                rxhat = center(rz, AXES)
-                rxhat -= xhat * rs
+                tmp = xhat * rz
+                rs = _total(tmp) / n
+                rxhat = _sub_mean(rz)
+                rxhat -= _product(xhat, rs, tmp)
                 rxhat *= r
-                ry = rxhat * _channel(a)
+                ry = _product(rxhat, _channel(a), tmp)
                 if dp is not None:
                     ry += xhat * _channel(dp[1])
                     ry += _channel(dp[2])
@@ -358,8 +364,9 @@ class ConvStack:
         """``(∂z, R{∂z})`` through ``y = γ x̂ + β``; ``(∇γ, ∇β)`` or their R into views."""
         n = dy.shape[2] * dy.shape[3] * dy.shape[4]
         xhat, g = blk.xhat, _channel(gamma)
-        s1, s2 = _total(dy), _total(dy * xhat)
-        u = xhat * (-s2 / n)  # u = ∂y − ∇β/n − x̂ ∇γ/n, built in place
+        u = dy * xhat  # scratch for ∇γ, then u = ∂y − ∇β/n − x̂ ∇γ/n in place
+        s1, s2 = _total(dy), _total(u)
+        u = _product(xhat, -s2 / n, u)
         u += dy
         u -= s1 / n
         if rdy is None:
@@ -367,10 +374,12 @@ class ConvStack:
             _put(views[2], s1)
             u *= blk.r * g
             return u, None
-        rs1, rs2 = _total(rdy), _total(rdy * xhat) + _total(dy * blk.rxhat)
+        ru = rdy * xhat  # scratch for R{∇γ}, then R{u}
+        rs1, rs2 = _total(rdy), _total(ru)
+        rs2 += _total(_product(dy, blk.rxhat, ru))
         _put(views[1], rs2)
         _put(views[2], rs1)
-        ru = blk.rxhat * (-s2 / n)  # R{u}, then R{∂z} = r (Γ − r R{s} γ) u + r γ R{u}
+        ru = _product(blk.rxhat, -s2 / n, ru)  # R{∂z} = r (Γ − r R{s} γ) u + r γ R{u}
         ru += rdy
         ru -= rs1 / n
         ru -= xhat * (rs2 / n)
