@@ -136,3 +136,23 @@ def test_conv_oracle_table_pickles():
     model, _ = conv_case()
     table = Conv4Oracles(model, head=True, backbone=model.split["backbone"]).table()
     assert set(pickle.loads(pickle.dumps(table))) == set(table)
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_channel_slices_change_nothing(monkeypatch, norm):
+    """NumPy runs a block's elementwise passes on slices of channels above a size: the
+    HVP and the meta-gradient are those of one pass over all channels."""
+    from bilevel.meta import conv_oracles
+
+    model, ep = conv_case(norm, side=7)
+    alg = MAML(model, 0.1, 2)
+    theta = alg.init(np.random.default_rng(1))
+    ref = alg._hypergradient(alg.specification(), theta, ep).grad
+    orc, rng = Conv4Oracles(model), np.random.default_rng(4)
+    w = np.tile(theta, (2, 1))
+    v = rng.standard_normal(w.shape)
+    hv = orc.hvp(w, w, v, ep.x_support, ep.y_support)
+    monkeypatch.setattr(conv_oracles, "CHUNK", 40)  # one or two channels per slice
+    assert len(conv_oracles._chunks(np.zeros((2, 4, 3, 7, 7)))) > 1
+    assert rel(alg._hypergradient(alg.specification(), theta, ep).grad, ref) < 1e-13
+    assert rel(Conv4Oracles(model).hvp(w, w, v, ep.x_support, ep.y_support), hv) < 1e-13

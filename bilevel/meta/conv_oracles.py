@@ -44,6 +44,7 @@ pass, as in the autograd path.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,9 +130,18 @@ def _filter_grad(cols: Any, dz: Any) -> Any:
 
 
 def _input_grad(q: Any, shape: tuple[int, ...]) -> Any:
-    """``col2im(q)`` for the rows ``q (T, 9C, N·H·W)``, as the map ``shape (T, C, N, H, W)``."""
+    """``col2im(q)`` for the rows ``q (T, 9C, N·H·W)``, as the map ``shape (T, C, N, H, W)``.
+
+    :func:`~bilevel.numpy.nn.uncolumns` with the roles of the image and channel axes
+    exchanged on both sides (``q`` viewed as ``(T, N, 9, C, H, W)``, the image shape given
+    as ``(T, C, N, H, W)``): it then accumulates straight into a channel-major result, in
+    memory order, instead of through a transposed view followed by a copy.
+    """
     T, C, N, H, W = shape
-    return _swapped(uncolumns(_reshape(q, (T, C, 9, N, H, W)), 3, 3, 1, 1, (T, N, C, H, W)))
+    q6 = _reshape(q, (T, C, 9, N, H, W))
+    q6 = q6.transpose(0, 3, 2, 1, 4, 5) if type(q6) is np.ndarray else namespace(
+        q6).permute_dims(q6, (0, 3, 2, 1, 4, 5))
+    return uncolumns(q6, 3, 3, 1, 1, shape)
 
 
 def _crop(y: Any) -> Any:
@@ -160,6 +170,50 @@ def _mean(a: Any) -> Any:
 def _product(a: Any, b: Any, out: Any) -> Any:
     """``a ⊙ b``, written into the scratch array ``out`` on NumPy (no fresh allocation)."""
     return np.multiply(a, b, out=out) if type(out) is np.ndarray else a * b
+
+
+# Below this many entries per slice, the elementwise passes of a block run on all channels
+# at once; above, NumPy runs them on slices of channels, so that every temporary stays in
+# the cache and is small enough for the allocator to reuse (a fresh large array costs its
+# page faults: about half the time of those passes on a 28×28 map, measured).
+CHUNK = 1 << 19
+
+
+def _chunks(x: Any, shape: tuple[int, ...] | None = None) -> list[slice]:
+    """Channel slices of about :data:`CHUNK` entries of the map ``shape`` (default
+    ``x.shape``) on NumPy; all channels at once elsewhere (one kernel per pass on a GPU)."""
+    shape = tuple(x.shape) if shape is None else shape
+    O = shape[1]
+    per = max(1, CHUNK * O // max(1, math.prod(shape)))
+    if type(x) is not np.ndarray or per >= O:
+        return [slice(0, O)]
+    return [slice(i, min(i + per, O)) for i in range(0, O, per)]
+
+
+def _part(a: Any, c: slice) -> Any:
+    """``a[:, c, ...]`` (``None`` stays ``None``); a pair of direction parts sliced each."""
+    if a is None:
+        return None
+    if isinstance(a, tuple):
+        return tuple(_part(x, c) for x in a)
+    return a[:, c, ...]
+
+
+def _joined(parts: list[tuple], inplace: dict[int, Any] | None = None) -> tuple:
+    """The per-chunk results joined along the channel axis; the fields ``i`` computed in
+    place in full arrays, ``inplace[i]``, are those arrays (no copy)."""
+    if len(parts) == 1:
+        return parts[0]
+    out, inplace = [], inplace or {}
+    for i, field in enumerate(zip(*parts, strict=True)):
+        if inplace.get(i) is not None and field[0] is not None:
+            out.append(inplace[i])
+        elif field[0] is None:
+            out.append(None)
+        else:
+            out.append(namespace(field[0]).concat(field, axis=1) if type(field[0]) is not
+                       np.ndarray else np.concatenate(field, axis=1))
+    return tuple(out)
 
 
 def _sub_mean(z: Any) -> Any:
@@ -260,9 +314,21 @@ class ConvStack:
             rz = t if rz is None else rz + t
         if not self.keep_columns:
             cols = rcols = None
-        xhat = r = rs = rxhat = ry = None
-        if self.norm:  # in place on the fresh maps, scratch reused: few full-size allocations
-            n = shape[2] * shape[3] * shape[4]
+        parts = [self._tail(z[:, c, ...], _part(rz, c), a[:, c, ...], _part(b, c),
+                            None if dp is None else (dp[1][:, c, ...], _part(dp[2], c)), pool)
+                 for c in _chunks(z)]
+        xhat, r, rs, rxhat, code, mask, y, ry = _joined(parts, {0: z, 3: rz})
+        return Block(h, rh, cols, rcols, xhat if self.norm else None, r, rs,
+                     rxhat if self.norm else None, code, shape, mask), y, ry
+
+    def _tail(self, z: Any, rz: Any, a: Any, b: Any, dirs: Any, pool: bool) -> tuple:
+        """Normalization, pool and ReLU on channels of the conv output ``z`` (and ``R{z}``),
+        in place on ``z`` and ``R{z}`` (which become ``x̂`` and ``R{x̂}``); scratch reused.
+
+        Returns ``(x̂, 1/s, R{s}, R{x̂}, maximizers, mask, a, R{a})``.
+        """
+        r = rs = ry = None
+        if self.norm:
             xhat = _sub_mean(z)
             y = xhat * xhat  # scratch for the variance, then y
             r = 1.0 / namespace(y).sqrt(_mean(y) + self.eps)
@@ -271,32 +337,31 @@ class ConvStack:
             y += _channel(b)
             if rz is not None:
                 tmp = xhat * rz
-                rs = _total(tmp) / n
-                rxhat = _sub_mean(rz)
-                rxhat -= _product(xhat, rs, tmp)
-                rxhat *= r
-                ry = _product(rxhat, _channel(a), tmp)
-                if dp is not None:
-                    ry += xhat * _channel(dp[1])
-                    ry += _channel(dp[2])
+                rs = _total(tmp) / (z.shape[2] * z.shape[3] * z.shape[4])
+                rz = _sub_mean(rz)  # R{x̂} = (center(R{z}) − x̂ R{s}) / s
+                rz -= _product(xhat, rs, tmp)
+                rz *= r
+                ry = _product(rz, _channel(a), tmp)
+                if dirs is not None:
+                    ry += xhat * _channel(dirs[0])
+                    ry += _channel(dirs[1])
         else:
             y = z
             y += _channel(a)
             ry = rz
-            if rz is not None and dp is not None:
-                ry += _channel(dp[1])
+            if rz is not None and dirs is not None:
+                ry += _channel(dirs[0])
         code = None
         if pool:
             yc = _crop(y)
-            y_pooled = block_max(yc, 2)
-            code = maximizers(yc, y_pooled, 2)
-            y = y_pooled
+            y = block_max(yc, 2)
+            code = maximizers(yc, y, 2)
             ry = None if ry is None else pool_max(_crop(ry), code, 2)
         mask = y > 0 if type(y) is np.ndarray else namespace(y).astype(y > 0, y.dtype)
-        y *= mask  # the ReLU, in place on the fresh pooled map
+        y *= mask  # the ReLU, in place on the fresh map
         if ry is not None:
             ry *= mask
-        return Block(h, rh, cols, rcols, xhat, r, rs, rxhat, code, shape, mask), y, ry
+        return z, r, rs, rz, code, mask, y, ry
 
     # -------------------------------------------------------------- backward
     def backward(self, theta: Any, tr: ConvTrace, d_out: Any, out: Any,
@@ -328,16 +393,12 @@ class ConvStack:
                         need_input: bool) -> tuple[Any, Any]:
         """``(∂h, R{∂h})`` of one block; ``∇`` (``rd is None``) or ``R{∇}`` into ``views``."""
         K, a, _ = p
-        d = d * blk.mask
-        rd = None if rd is None else rd * blk.mask
-        if blk.code is not None:
-            d = _unpool(d, blk.code, blk.shape)
-            rd = None if rd is None else _unpool(rd, blk.code, blk.shape)
+        parts = [self._tail_backward(blk, c, _part(dp, c), a[:, c, ...], d[:, c, ...], _part(rd, c))
+                 for c in _chunks(blk.mask, blk.shape)]
+        dz, rdz, s1, s2 = _joined(parts)
         if self.norm:
-            dz, rdz = self._norm_backward(blk, a, dp, d, rd, views)
-        else:
-            dz, rdz = d, rd
-            _put(views[1], _total(d if rd is None else rd))
+            _put(views[1], s2)
+        _put(views[-1 if self.norm else 1], s1)
         cols = _cols(blk.h) if blk.cols is None else blk.cols
         if rd is None:
             _put(views[0], _filter_grad(cols, dz))
@@ -359,36 +420,43 @@ class ConvStack:
             q = q + _mT(dp[0]) @ rows
         return dh, _input_grad(q, blk.h.shape)
 
-    def _norm_backward(self, blk: Block, gamma: Any, dp: Any, dy: Any, rdy: Any,
-                       views: Any) -> tuple[Any, Any]:
-        """``(∂z, R{∂z})`` through ``y = γ x̂ + β``; ``(∇γ, ∇β)`` or their R into views."""
-        n = dy.shape[2] * dy.shape[3] * dy.shape[4]
-        xhat, g = blk.xhat, _channel(gamma)
-        u = dy * xhat  # scratch for ∇γ, then u = ∂y − ∇β/n − x̂ ∇γ/n in place
-        s1, s2 = _total(dy), _total(u)
+    def _tail_backward(self, blk: Block, c: slice, dp: Any, gamma: Any, d: Any, rd: Any
+                       ) -> tuple:
+        """ReLU, pool and normalization backward on the channels ``c``: ``(∂z, R{∂z}, Σ
+        terms)`` with the sums ``(∇β, ∇γ)`` (or their R; ``(∇b, None)`` without norm)."""
+        mask = blk.mask[:, c, ...]
+        d = d * mask
+        rd = None if rd is None else rd * mask
+        if blk.code is not None:
+            shape = blk.shape[:1] + (mask.shape[1],) + blk.shape[2:]
+            d = _unpool(d, blk.code[:, c, ...], shape)
+            rd = None if rd is None else _unpool(rd, blk.code[:, c, ...], shape)
+        if not self.norm:
+            return d, rd, _total(d if rd is None else rd), None
+        xhat, g, r = blk.xhat[:, c, ...], _channel(gamma), blk.r[:, c, ...]
+        n = d.shape[2] * d.shape[3] * d.shape[4]
+        u = d * xhat  # scratch for ∇γ, then u = ∂y − ∇β/n − x̂ ∇γ/n in place
+        s1, s2 = _total(d), _total(u)
         u = _product(xhat, -s2 / n, u)
-        u += dy
+        u += d
         u -= s1 / n
-        if rdy is None:
-            _put(views[1], s2)
-            _put(views[2], s1)
-            u *= blk.r * g
-            return u, None
-        ru = rdy * xhat  # scratch for R{∇γ}, then R{u}
-        rs1, rs2 = _total(rdy), _total(ru)
-        rs2 += _total(_product(dy, blk.rxhat, ru))
-        _put(views[1], rs2)
-        _put(views[2], rs1)
-        ru = _product(blk.rxhat, -s2 / n, ru)  # R{∂z} = r (Γ − r R{s} γ) u + r γ R{u}
-        ru += rdy
+        if rd is None:
+            u *= r * g
+            return u, None, s1, s2
+        rxhat = blk.rxhat[:, c, ...]
+        ru = rd * xhat  # scratch for R{∇γ}, then R{u}
+        rs1, rs2 = _total(rd), _total(ru)
+        rs2 += _total(_product(d, rxhat, ru))
+        ru = _product(rxhat, -s2 / n, ru)  # R{∂z} = r (Γ − r R{s} γ) u + r γ R{u}
+        ru += rd
         ru -= rs1 / n
         ru -= xhat * (rs2 / n)
-        ru *= blk.r * g
-        coef = -blk.r * blk.rs * g
-        coef = blk.r * (coef if dp is None else coef + _channel(dp[1]))
+        ru *= r * g
+        coef = -r * blk.rs[:, c, ...] * g
+        coef = r * (coef if dp is None else coef + _channel(dp[1]))
         ru += u * coef
-        u *= blk.r * g
-        return u, ru
+        u *= r * g
+        return u, ru, rs1, rs2
 
 
 @dataclass(frozen=True)
