@@ -156,3 +156,22 @@ def test_channel_slices_change_nothing(monkeypatch, norm):
     assert len(conv_oracles._chunks(np.zeros((2, 4, 3, 7, 7)))) > 1
     assert rel(alg._hypergradient(alg.specification(), theta, ep).grad, ref) < 1e-13
     assert rel(Conv4Oracles(model).hvp(w, w, v, ep.x_support, ep.y_support), hv) < 1e-13
+
+
+def test_rebuilt_columns_give_the_same_products():
+    from bilevel.meta.conv_oracles import ConvStack
+
+    model, ep = conv_case()
+    rng = np.random.default_rng(5)
+    stack = ConvStack.of(model)
+    lean = replace(stack, keep_columns=False)
+    theta = np.tile(model.init(rng)[model.split["backbone"]], (2, 1))
+    v = rng.standard_normal(theta.shape)
+    d = rng.standard_normal((2, 3, model.n_features))
+    outs = []
+    for s in (stack, lean):
+        tr = s.forward(theta, ep.x_support, v=v)
+        out = np.empty_like(theta)
+        s.r_backward(theta, v, tr, d, 0.5 * d, out)
+        outs.append(out)
+    np.testing.assert_array_equal(*outs)
