@@ -18,10 +18,13 @@ products per layer (``O(T·N·Σ sizes[l]·sizes[l+1])``, like one gradient) and
 arrays' own namespace (NumPy, CuPy or any Array API library) with no tracing. Memory:
 the activations of one forward pass, ``O(T·N·Σ sizes)``.
 
-:class:`MLPOracles` turns them into the oracle table of :class:`bilevel.BilevelProblem`
-for the two inner problems of the meta-learning algorithms: all weights (MAML, A-MAML,
-iMAML with its proximal term) and the head on backbone features (ANIL). The autograd path
-stays the reference they are tested against (``tests/test_fast_oracles.py``).
+:class:`DenseStack` is a stack of dense layers in the sense of
+:mod:`bilevel.meta.network_oracles`, and :class:`MLPOracles` (a
+:class:`~bilevel.meta.network_oracles.NetworkOracles`) turns it into the oracle table of
+:class:`bilevel.BilevelProblem` for the two inner problems of the meta-learning algorithms:
+all weights (MAML, A-MAML, iMAML with its proximal term) and the head on backbone features
+(ANIL). Conv4's head is a :class:`DenseStack` too (:mod:`bilevel.meta.conv_oracles`). The
+autograd path stays the reference they are tested against (``tests/test_fast_oracles.py``).
 """
 
 from __future__ import annotations
