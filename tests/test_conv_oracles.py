@@ -142,7 +142,7 @@ def test_conv_oracle_table_pickles():
 def test_channel_slices_change_nothing(monkeypatch, norm):
     """NumPy runs a block's elementwise passes on slices of channels above a size: the
     HVP and the meta-gradient are those of one pass over all channels."""
-    from bilevel.meta import conv_oracles
+    from bilevel.meta import conv_maps
 
     model, ep = conv_case(norm, side=7)
     alg = MAML(model, 0.1, 2)
@@ -152,8 +152,8 @@ def test_channel_slices_change_nothing(monkeypatch, norm):
     w = np.tile(theta, (2, 1))
     v = rng.standard_normal(w.shape)
     hv = orc.hvp(w, w, v, ep.x_support, ep.y_support)
-    monkeypatch.setattr(conv_oracles, "CHUNK", 40)  # one or two channels per slice
-    assert len(conv_oracles._chunks(np.zeros((2, 4, 3, 7, 7)))) > 1
+    monkeypatch.setattr(conv_maps, "CHUNK", 40)  # one or two channels per slice
+    assert len(conv_maps.chunks(np.zeros((2, 4, 3, 7, 7)))) > 1
     assert rel(alg._hypergradient(alg.specification(), theta, ep).grad, ref) < 1e-13
     assert rel(Conv4Oracles(model).hvp(w, w, v, ep.x_support, ep.y_support), hv) < 1e-13
 
