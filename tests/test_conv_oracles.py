@@ -175,3 +175,21 @@ def test_rebuilt_columns_give_the_same_products():
         s.r_backward(theta, v, tr, d, 0.5 * d, out)
         outs.append(out)
     np.testing.assert_array_equal(*outs)
+
+
+@pytest.mark.parametrize("name", ["maml", "anil", "amaml"])
+def test_outer_value_from_the_same_forward_pass(name):
+    """``outer_value_and_grads``: the query loss with the gradients, no second forward."""
+    model, ep = conv_case()
+    alg = algorithms(model)[name]
+    spec = replace(alg.specification(), fast_oracles=True)
+    theta = alg.init(np.random.default_rng(2))
+    fast, lam, w0 = alg._problem(spec, theta, ep.x_support, ep.y_support, ep.x_query,
+                                 ep.y_query)
+    w = fast.initial_point(lam) if w0 is None else w0
+    w = w + 0.1 * np.random.default_rng(3).standard_normal(w.shape)
+    oracle = fast.oracles["outer_grads"].fn.__self__
+    value, gw, gl = oracle.outer_value_and_grads(w, lam, ep.x_query, ep.y_query)
+    ref = fast.reference().outer_value_and_grads(w, lam)
+    for a, b in zip((value, gw, gl), ref, strict=True):
+        assert rel(a, b) < 1e-10

@@ -187,7 +187,7 @@ class NetworkOracles:
         out = namespace(w).empty_like(w)
         d_in = net.backward(w, tr, loss_grad(self.model.loss_name, tr.out, y), out,
                             need_input and bb is not None)
-        return out, d_in, bb
+        return out, d_in, bb, tr.out
 
     def _lam_grad(self, lam: Any, bb: Any, d_feat: Any) -> Any:
         """``∂/∂λ`` of a cotangent ``d_feat`` on the backbone features (zero elsewhere)."""
@@ -249,13 +249,22 @@ class NetworkOracles:
 
     def outer_grads(self, w: Any, lam: Any, x: Any, y: Any) -> tuple[Any, Any]:
         """``(∇_w f, ∇_λ f)`` of the query loss."""
-        gw, d_feat, bb = self._grads(w, lam, x, y, need_input=self.head)
+        return self.outer_value_and_grads(w, lam, x, y)[1:]
+
+    def outer_value_and_grads(self, w: Any, lam: Any, x: Any, y: Any
+                              ) -> tuple[Any, Any, Any]:
+        """``(f, ∇_w f, ∇_λ f)``: the value ``(T,)`` from the predictions of the same
+        forward pass (no second forward pass for the value)."""
+        gw, d_feat, bb, pred = self._grads(w, lam, x, y, need_input=self.head)
+        value = self.model.loss(pred, y)
         if self.head:
-            return gw, self._lam_grad(lam, bb, d_feat)
+            return value, gw, self._lam_grad(lam, bb, d_feat)
         if not self.rho_outer:
-            return gw, namespace(lam).zeros_like(lam)
-        r = self.rho_outer * (w - lam)
-        return gw + r, -r
+            return value, gw, namespace(lam).zeros_like(lam)
+        r = w - lam
+        value = value + (0.5 * self.rho_outer) * _sum(r * r, -1)
+        r = self.rho_outer * r
+        return value, gw + r, -r
 
     # -------------------------------------------------------------- the table
     def table(self) -> dict[str, Any]:
