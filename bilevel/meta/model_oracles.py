@@ -18,10 +18,13 @@ products per layer (``O(T·N·Σ sizes[l]·sizes[l+1])``, like one gradient) and
 arrays' own namespace (NumPy, CuPy or any Array API library) with no tracing. Memory:
 the activations of one forward pass, ``O(T·N·Σ sizes)``.
 
-:class:`MLPOracles` turns them into the oracle table of :class:`bilevel.BilevelProblem`
-for the two inner problems of the meta-learning algorithms: all weights (MAML, A-MAML,
-iMAML with its proximal term) and the head on backbone features (ANIL). The autograd path
-stays the reference they are tested against (``tests/test_fast_oracles.py``).
+:class:`DenseStack` is a stack of dense layers in the sense of
+:mod:`bilevel.meta.network_oracles`, and :class:`MLPOracles` (a
+:class:`~bilevel.meta.network_oracles.NetworkOracles`) turns it into the oracle table of
+:class:`bilevel.BilevelProblem` for the two inner problems of the meta-learning algorithms:
+all weights (MAML, A-MAML, iMAML with its proximal term) and the head on backbone features
+(ANIL). Conv4's head is a :class:`DenseStack` too (:mod:`bilevel.meta.conv_oracles`). The
+autograd path stays the reference they are tested against (``tests/test_fast_oracles.py``).
 """
 
 from __future__ import annotations
@@ -32,35 +35,24 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import device
 from ..backend import namespace_of as namespace
 from .models import MLP
+from .network_oracles import (  # noqa: F401  (the loss derivatives keep their old home)
+    NetworkOracles,
+    _astype,
+    _mT,
+    _OnSet,
+    _reshape,
+    _sum,
+    loss_grad,
+    loss_hvp,
+    onehot,
+    softmax,
+)
 
-__all__ = ["MLPOracles", "supports"]
+__all__ = ["DenseStack", "MLPOracles", "supports"]
 
 Layers = list[tuple[Any, Any]]
-
-
-# The few array operations below are methods on NumPy arrays (the fast path: a NumPy
-# function call costs ~1 µs more than the method, a few hundred times per meta-gradient)
-# and namespace functions on every other array (CuPy, array_api_strict's devices).
-def _reshape(a: Any, shape: tuple[int, ...]) -> Any:
-    return a.reshape(shape) if type(a) is np.ndarray else namespace(a).reshape(a, shape)
-
-
-def _mT(a: Any) -> Any:
-    """The transpose of the last two axes (a view)."""
-    return a.swapaxes(-1, -2) if type(a) is np.ndarray else namespace(a).matrix_transpose(a)
-
-
-def _sum(a: Any, axis: int, keepdims: bool = False) -> Any:
-    if type(a) is np.ndarray:
-        return a.sum(axis=axis, keepdims=keepdims)
-    return namespace(a).sum(a, axis=axis, keepdims=keepdims)
-
-
-def _astype(a: Any, dtype: Any) -> Any:
-    return a.astype(dtype) if type(a) is np.ndarray else namespace(a).astype(a, dtype)
 
 
 def supports(model: Any) -> bool:
@@ -129,12 +121,16 @@ def affine(h: Any, W: Any, b: Any) -> Any:
 # ------------------------------------------------------------------ stacks of layers
 @dataclass
 class Trace:
-    """One forward pass: inputs ``h_l``, pre-activations ``z_l``, output, ``σ'(z_l)``."""
+    """One forward pass: inputs ``h_l``, pre-activations ``z_l``, output, ``σ'(z_l)``; after
+    an R-forward pass also ``R{z_l}``, the input direction and ``R{out}``."""
 
     hs: list[Any]
     zs: list[Any]
     out: Any
     d1s: list[Any]
+    rzs: list[Any] | None = None
+    r_in: Any = None
+    r_out: Any = None
 
 
 def forward(layers: Layers, x: Any, activation: str, last: bool) -> Trace:
@@ -191,8 +187,8 @@ def r_forward(layers: Layers, dirs: Layers | None, tr: Trace, activation: str, l
 def r_backward(layers: Layers, dirs: Layers | None, tr: Trace, rzs: list[Any], activation: str,
                last: bool, d_out: Any, rd_out: Any, out: Layers, need_input: bool = False,
                r_in: Any = None) -> Any:
-    """``R{∂/∂x}`` from ``d_out = ∂L/∂out`` and ``R{d_out}``; ``R{∇θ}`` per layer is written
-    into the views ``out`` (:func:`flat_output`).
+    """``(∂/∂x, R{∂/∂x})`` from ``d_out = ∂L/∂out`` and ``R{d_out}`` (``None`` unless
+    ``need_input``); ``R{∇θ}`` per layer is written into the views ``out`` (:func:`flat_output`).
 
     ``dirs`` and ``r_in`` are the directions given to :func:`r_forward` (``None``: zero).
     """
@@ -218,7 +214,7 @@ def r_backward(layers: Layers, dirs: Layers | None, tr: Trace, rzs: list[Any], a
             d = d @ _mT(W)
             if li:
                 d, rd = _through_act(activation, tr, li - 1, outs[li - 1], d, rd, rzs[li - 1])
-    return rd if need_input else None
+    return (d, rd) if need_input else None
 
 
 def _through_act(activation: str, tr: Trace, li: int, h: Any, d: Any, rd: Any, rz: Any
@@ -229,180 +225,61 @@ def _through_act(activation: str, tr: Trace, li: int, h: Any, d: Any, rd: Any, r
     return d * d1, rd
 
 
-# ------------------------------------------------------------------ losses
-def loss_grad(name: str, pred: Any, y: Any) -> Any:
-    """``∂L/∂pred`` of the per-task mean loss (``mse`` or ``cross_entropy``)."""
-    if name == "mse":
-        return (2.0 / (pred.shape[1] * pred.shape[2])) * (pred - y)
-    return (softmax(pred) - onehot(y, pred)) / pred.shape[1]
+# ------------------------------------------------------------------ the network
+@dataclass(frozen=True)
+class DenseStack:
+    """Dense layers ``shapes`` (``W, b, W, b, …``) as a stack of
+    :mod:`bilevel.meta.network_oracles`; ``last``: ``σ`` after the last layer too."""
 
+    shapes: tuple[tuple[int, ...], ...]
+    activation: str
+    last: bool = False
 
-def loss_hvp(name: str, pred: Any, r: Any) -> Any:
-    """``∇²L · r`` for a direction ``r`` of the predictions."""
-    if name == "mse":
-        return (2.0 / (pred.shape[1] * pred.shape[2])) * r
-    s = softmax(pred)
-    return (s * r - s * _sum(s * r, -1, keepdims=True)) / pred.shape[1]
+    @property
+    def size(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
 
+    def forward(self, theta: Any, x: Any, v: Any = None, r_in: Any = None) -> Trace:
+        """:func:`forward`, then :func:`r_forward` along ``(v, r_in)`` when either is given."""
+        layers = unpack(theta, self.shapes)
+        tr = forward(layers, x, self.activation, self.last)
+        if v is None and r_in is None:
+            return tr
+        dirs = None if v is None else unpack(v, self.shapes)
+        tr.rzs = r_forward(layers, dirs, tr, self.activation, self.last, r_in)
+        tr.r_in = r_in
+        tr.r_out = tr.d1s[-1] * tr.rzs[-1] if self.last else tr.rzs[-1]
+        return tr
 
-def softmax(z: Any) -> Any:
-    xp = namespace(z)
-    e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
-    return e / _sum(e, -1, keepdims=True)
+    def backward(self, theta: Any, tr: Trace, d_out: Any, out: Any,
+                 need_input: bool = False) -> Any:
+        """:func:`backward` into the flat ``out``."""
+        return backward(unpack(theta, self.shapes), tr, self.activation, self.last, d_out,
+                        unpack(out, self.shapes), need_input)
 
-
-def onehot(y: Any, like: Any) -> Any:
-    xp = namespace(like)
-    return _astype(y[..., None] == xp.arange(like.shape[-1], device=device(like)), like.dtype)
+    def r_backward(self, theta: Any, v: Any, tr: Trace, d_out: Any, rd_out: Any, out: Any,
+                   need_input: bool = False) -> Any:
+        """:func:`r_backward` into the flat ``out``."""
+        dirs = None if v is None else unpack(v, self.shapes)
+        return r_backward(unpack(theta, self.shapes), dirs, tr, tr.rzs, self.activation,
+                          self.last, d_out, rd_out, unpack(out, self.shapes), need_input,
+                          tr.r_in)
 
 
 @dataclass(frozen=True)
-class MLPOracles:
-    """The oracles of a batched meta-learning problem over an :class:`MLP`.
-
-    ``head=False``: ``w`` holds all weights and ``g = L̂(w) + (ρ/2)‖w − λ‖²`` (MAML,
-    A-MAML; iMAML with ``rho``; λ enters only through the proximal term).
-    ``head=True``: ``w`` holds the head and ``g = L̂(head(w, features(λ_bb, x)))`` (ANIL),
-    with ``backbone`` the slice of λ holding ``λ_bb``.
-    ``f`` is the same loss on the query set, plus ``(ρ_f/2)‖w − λ‖²`` (A-MAML).
+class MLPOracles(NetworkOracles):
+    """The oracles of :class:`~bilevel.meta.network_oracles.NetworkOracles` for an
+    :class:`MLP`: all layers as one :class:`DenseStack` (``head=False``), or the head
+    layers on the backbone layers' features (``head=True``, ANIL).
 
     Cost per oracle: one forward and one backward (gradient), plus one R-forward and
     R-backward (HVP, mixed VJP), each a few batched matrix products per layer.
     """
 
-    model: Any
-    head: bool = False
-    backbone: slice | None = None
-    rho: float = 0.0
-    rho_outer: float = 0.0
-
-    # -------------------------------------------------------------- pieces
-    def _shapes(self, group: str) -> list[tuple[int, ...]]:
-        return [s for _, s in self.model._layout[group]]
-
-    def _stacks(self, w: Any, lam: Any, x: Any) -> tuple[Layers, Any, Any]:
-        """(layers of ``w``, input of the ``w``-stack, backbone trace or None)."""
+    def stacks(self) -> tuple[DenseStack, DenseStack | None]:
+        layout, act = self.model._layout, self.model.activation
+        bb = tuple(s for _, s in layout["backbone"])
+        hd = tuple(s for _, s in layout["head"])
         if not self.head:
-            return unpack(w, self._shapes("backbone") + self._shapes("head")), x, None
-        lam_bb = lam if self.backbone is None else lam[:, self.backbone]
-        bb = unpack(lam_bb, self._shapes("backbone"))
-        tr = forward(bb, x, self.model.activation, last=True) if bb else Trace([], [], x, [])
-        return unpack(w, self._shapes("head")), tr.out, (bb, tr)
-
-    def _grads(self, w: Any, lam: Any, x: Any, y: Any, need_input: bool):
-        layers, h, bb = self._stacks(w, lam, x)
-        tr = forward(layers, h, self.model.activation, last=False)
-        d_out = loss_grad(self.model.loss_name, tr.out, y)
-        out, views = flat_output(w, layers)
-        d_in = backward(layers, tr, self.model.activation, False, d_out, views, need_input)
-        return out, d_in, bb, tr.out
-
-    def _lam_grad(self, lam: Any, bb: Any, d_feat: Any) -> Any:
-        """``∂/∂λ`` of a cotangent ``d_feat`` on the backbone features (zero elsewhere)."""
-        xp = namespace(lam)
-        out = xp.zeros_like(lam)
-        layers, tr = bb
-        if layers:
-            part = self.backbone if self.backbone is not None else slice(None)
-            views = unpack(out[:, part], [s for W, b in layers
-                                           for s in (W.shape[1:], b.shape[1:])])
-            backward(layers, tr, self.model.activation, True, d_feat, views)
-        return out
-
-    # -------------------------------------------------------------- oracles
-    def grad(self, w: Any, lam: Any, x: Any, y: Any) -> Any:
-        """``∇_w g``."""
-        g = self._grads(w, lam, x, y, need_input=False)[0]
-        return g + self.rho * (w - lam) if self.rho else g
-
-    def hvp_and_mixed(self, w: Any, lam: Any, v: Any, x: Any, y: Any,
-                      mixed: bool = True) -> tuple[Any, Any]:
-        """``(H v, Mᵀv)``: one R-forward and R-backward (the mixed part through the backbone)."""
-        xp = namespace(w)
-        layers, h, bb = self._stacks(w, lam, x)
-        dirs = unpack(v, [s for pair in layers for s in (pair[0].shape[1:], pair[1].shape[1:])])
-        name, loss = self.model.activation, self.model.loss_name
-        tr = forward(layers, h, name, last=False)
-        rzs = r_forward(layers, dirs, tr, name, last=False)
-        d_out = loss_grad(loss, tr.out, y)
-        need = bool(mixed and self.head)
-        hv, views = flat_output(w, layers)
-        rd_in = r_backward(layers, dirs, tr, rzs, name, False, d_out,
-                           loss_hvp(loss, tr.out, rzs[-1]), views, need_input=need)
-        if self.rho:
-            hv = hv + self.rho * v
-        if not mixed:
-            return hv, None
-        if need:
-            return hv, self._lam_grad(lam, bb, rd_in)
-        return hv, (-self.rho * v if self.rho else xp.zeros_like(lam))
-
-    def hvp(self, w: Any, lam: Any, v: Any, x: Any, y: Any) -> Any:
-        """``H v = ∇²_ww g · v``."""
-        return self.hvp_and_mixed(w, lam, v, x, y, mixed=False)[0]
-
-    def mixed_vjp(self, w: Any, lam: Any, u: Any, x: Any, y: Any) -> Any:
-        """``Mᵀu = ∂_λ⟨∇_w g, u⟩``."""
-        if not self.head:
-            return -self.rho * u if self.rho else namespace(lam).zeros_like(lam)
-        return self.hvp_and_mixed(w, lam, u, x, y)[1]
-
-    def mixed_jvp(self, w: Any, lam: Any, e: Any, x: Any, y: Any) -> Any:
-        """``M e = ∂_ε ∇_w g(w, λ + εe)``: the backbone tangent through the head's R-operator."""
-        if not self.head:
-            return -self.rho * e if self.rho else namespace(w).zeros_like(w)
-        layers, h, (bb, btr) = self._stacks(w, lam, x)
-        if not bb:
-            return namespace(w).zeros_like(w)
-        e_bb = e if self.backbone is None else e[:, self.backbone]
-        name, loss = self.model.activation, self.model.loss_name
-        brz = r_forward(bb, unpack(e_bb, self._shapes("backbone")), btr, name, last=True)
-        r_h = btr.d1s[-1] * brz[-1]
-        tr = forward(layers, h, name, last=False)
-        rzs = r_forward(layers, None, tr, name, last=False, r_in=r_h)
-        d_out = loss_grad(loss, tr.out, y)
-        out, views = flat_output(w, layers)
-        r_backward(layers, None, tr, rzs, name, False, d_out, loss_hvp(loss, tr.out, rzs[-1]),
-                   views, r_in=r_h)
-        return out
-
-    def outer_grads(self, w: Any, lam: Any, x: Any, y: Any) -> tuple[Any, Any]:
-        """``(∇_w f, ∇_λ f)`` of the query loss."""
-        return self.outer_value_and_grads(w, lam, x, y)[1:]
-
-    def outer_value_and_grads(self, w: Any, lam: Any, x: Any, y: Any) -> tuple[Any, Any, Any]:
-        """``(f, ∇_w f, ∇_λ f)``: the query loss per task (the model's own :meth:`loss` on
-        the predictions of the gradient's forward pass) and its gradients."""
-        gw, d_feat, bb, pred = self._grads(w, lam, x, y, need_input=self.head)
-        value = self.model.loss(pred, y)
-        if self.head:
-            return value, gw, self._lam_grad(lam, bb, d_feat)
-        if not self.rho_outer:
-            return value, gw, namespace(lam).zeros_like(lam)
-        d = w - lam
-        r = self.rho_outer * d
-        return value + (0.5 * self.rho_outer) * _sum(d * d, -1), gw + r, -r
-
-    # -------------------------------------------------------------- the table
-    def table(self) -> dict[str, Any]:
-        """The ``oracles=`` dictionary of :class:`bilevel.BilevelProblem` (data: an Episode)."""
-        return {
-            "inner_grad": _OnSet(self.grad, "support"),
-            "inner_hvp": _OnSet(self.hvp, "support"),
-            "inner_mixed_vjp": _OnSet(self.mixed_vjp, "support"),
-            "inner_mixed_jvp": _OnSet(self.mixed_jvp, "support"),
-            "outer_value_and_grads": _OnSet(self.outer_value_and_grads, "query"),
-        }
-
-
-@dataclass(frozen=True)
-class _OnSet:
-    """``fn(w, λ, *args, x, y)`` with ``(x, y)`` the ``which`` set of the episode ``data``."""
-
-    fn: Any
-    which: str
-
-    def __call__(self, w: Any, lam: Any, *rest: Any) -> Any:
-        *args, data = rest
-        x, y = getattr(data, f"x_{self.which}"), getattr(data, f"y_{self.which}")
-        return self.fn(w, lam, *args, x, y)
+            return DenseStack(bb + hd, act), None
+        return DenseStack(hd, act), DenseStack(bb, act, last=True)

@@ -18,7 +18,9 @@ from autograd.core import make_vjp
 import bilevel.numpy as bnp
 
 from ...backend import device, namespace
-from .. import model_oracles
+from .. import conv_oracles, model_oracles
+from ..conv_oracles import Conv4Oracles
+from ..model_oracles import MLPOracles
 
 __all__ = [
     "Penalized",
@@ -137,25 +139,34 @@ def _loss_of(fn: Any, which: str) -> tuple[Any, float, bool]:
     return fn, rho, proximal
 
 
+def oracles_class(model: Any) -> type | None:
+    """The analytic oracles of ``model``: :class:`~bilevel.meta.model_oracles.MLPOracles`
+    (an MLP), :class:`~bilevel.meta.conv_oracles.Conv4Oracles` (Conv4), else ``None``."""
+    if model_oracles.supports(model):
+        return MLPOracles
+    return Conv4Oracles if conv_oracles.supports(model) else None
+
+
 def fast_oracles(inner: Any, outer: Any) -> dict[str, Callable[..., Any]] | None:
-    """Analytic oracles (:mod:`bilevel.meta.model_oracles`) for ``(g, f)``, or ``None``.
+    """Analytic oracles (:mod:`bilevel.meta.model_oracles`, :mod:`bilevel.meta.conv_oracles`)
+    for ``(g, f)``, or ``None``.
 
     Recognized: :func:`weights_loss` on the support and query sets of a supported model
-    (MAML, A-MAML), each optionally :class:`Penalized` with a proximal term (iMAML,
-    A-MAML), and :func:`head_loss` on both sets (ANIL). Anything else (another model, a
-    ridge term, appended parameters) returns ``None`` and the problem derives its oracles
-    by autograd.
+    (an MLP or Conv4: MAML, A-MAML), each optionally :class:`Penalized` with a proximal
+    term (iMAML, A-MAML), and :func:`head_loss` on both sets (ANIL). Anything else
+    (another model, a ridge term, appended parameters) returns ``None`` and the problem
+    derives its oracles by autograd.
     """
     g, rho_g, prox_g = _loss_of(inner, "support")
     f, rho_f, prox_f = _loss_of(outer, "query")
     if g is None or f is None or not (prox_g and prox_f) or g.func is not f.func:
         return None
-    if g.args[:-1] != f.args[:-1] or not model_oracles.supports(g.args[0]):
+    oracles = oracles_class(g.args[0]) if g.args[:-1] == f.args[:-1] else None
+    if oracles is None:
         return None
     model = g.args[0]
     if g.func is weights_loss:
-        return model_oracles.MLPOracles(model, rho=rho_g, rho_outer=rho_f).table()
+        return oracles(model, rho=rho_g, rho_outer=rho_f).table()
     if g.func is head_loss and not rho_g and not rho_f:
-        backbone = g.args[1]
-        return model_oracles.MLPOracles(model, head=True, backbone=backbone).table()
+        return oracles(model, head=True, backbone=g.args[1]).table()
     return None
