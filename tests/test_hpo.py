@@ -517,3 +517,32 @@ def test_nan_mid_loop_stops_with_success_false_and_keeps_the_last_good_step(tmp_
         poison["on"] = True
         minimize(prob, np.zeros(3), np.zeros(3), dynamics=GradientDescent(0.5, 30), steps=2,
                  monitoring=QUIET, options=MinimizeOptions(on_failure="raise"))
+
+
+@pytest.mark.parametrize("log_penalty", [True, False])
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("batched", [False, True])
+def test_ridge_closed_form_oracles_equal_autograd(log_penalty, shared, batched):
+    """hpo.problems.ridge's closed-form oracles (the default) against autograd's, each
+    product at a random point: one penalty per feature or one shared, ρ = e^λ or λ, one
+    problem or a batch of w against shared data."""
+    from bilevel.hpo.problems import ridge as ridge_factory
+
+    rng = np.random.default_rng(0)
+    X, Xv = rng.standard_normal((30, 6)), rng.standard_normal((20, 6))
+    y, yv = rng.standard_normal(30), rng.standard_normal(20)
+    fast = ridge_factory(X, y, Xv, yv, log_penalty=log_penalty)
+    ref = ridge_factory(X, y, Xv, yv, log_penalty=log_penalty, fast_oracles=False)
+    assert fast.oracles and not ref.oracles
+    m = 1 if shared else 6
+    lam = rng.uniform(0.5, 1.5, (3, m) if batched else (m,))
+    w = rng.standard_normal((3, 6) if batched else (6,))
+    v, e = rng.standard_normal(w.shape), rng.standard_normal(lam.shape)
+    pairs = [(fast.inner_grad(w, lam), ref.inner_grad(w, lam)),
+             (fast.inner_hvp(w, lam, v), ref.inner_hvp(w, lam, v)),
+             (fast.inner_mixed_vjp(w, lam, v), ref.inner_mixed_vjp(w, lam, v)),
+             (fast.inner_mixed_jvp(w, lam, e), ref.inner_mixed_jvp(w, lam, e)),
+             *zip(fast.outer_grads(w, lam), ref.outer_grads(w, lam), strict=True)]
+    for got, want in pairs:
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)

@@ -36,7 +36,7 @@ import bilevel.numpy as bnp
 from ..backend import device, namespace
 from ..dynamics import Dynamics
 from ..problem import BilevelProblem
-from ..testing.ridge import linear, ridge_objectives, ridge_problem
+from ..testing.ridge import RidgeOracles, linear, ridge_objectives, ridge_problem
 from ..validation import boolean
 from .cleaning_oracles import CleaningOracles
 from .inputs import pair, same_features
@@ -61,6 +61,7 @@ def ridge(
     *,
     per_feature: bool = True,
     log_penalty: bool = True,
+    fast_oracles: bool = True,
 ) -> BilevelProblem:
     """Ridge regression with one penalty per feature (or one shared penalty).
 
@@ -86,6 +87,10 @@ def ridge(
     log_penalty : bool
         ``ρ = exp(λ)`` (default; unconstrained) or ``ρ = λ`` (then keep ``λ > 0``, e.g.
         with ``minimize(..., transform="exp")``).
+    fast_oracles : bool
+        Closed-form derivative oracles (:class:`bilevel.testing.ridge.RidgeOracles`:
+        ``H v = Xᵀ(X v)/N + ρ ⊙ v``, two matrix-vector products and no autodiff trace per
+        product; equal to autograd's to rounding). ``False``: autograd (the reference).
 
     Returns
     -------
@@ -96,7 +101,10 @@ def ridge(
     Xv, yv = pair(("X_val", "y_val"), X_val, y_val, "f")
     same_features(X, Xv)
     name = "ridge_per_feature" if per_feature else "ridge"
-    return ridge_problem(X, y, Xv, yv, mean=True, log_penalty=log_penalty, name=name)
+    oracles = (RidgeOracles(X, y, Xv, yv, mean=True, log_penalty=log_penalty).as_dict()
+               if boolean("fast_oracles", fast_oracles) else None)
+    return ridge_problem(X, y, Xv, yv, mean=True, log_penalty=log_penalty, name=name,
+                         oracles=oracles)
 
 
 # ----------------------------------------------------------------------- logistic

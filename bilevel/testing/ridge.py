@@ -158,16 +158,38 @@ def _gather(v: Any, groups: Any) -> Any:
     return v if groups is None else v @ groups
 
 
+def _transposed(r: Any, X: Any) -> Any:
+    """``Xᵀr`` for ``r = linear(w, X)``: ``(N,)`` → ``(d,)``, ``(B, N)`` → ``(B, d)``."""
+    if len(X.shape) == 3:
+        return (r[:, None, :] @ X)[:, 0, :]
+    return X.T @ r if len(r.shape) == 1 else r @ X
+
+
+def _to_shape(v: Any, lam: Any) -> Any:
+    """Per-feature ``v`` summed into one shared penalty when ``λ`` has one entry."""
+    if v.shape[-1] != lam.shape[-1] and lam.shape[-1] == 1:
+        return namespace(v).sum(v, axis=-1, keepdims=True)
+    return v
+
+
 @dataclass(frozen=True, eq=False)
 class RidgeOracles:
     """The oracles of :func:`ridge_oracles` as methods of a record of the data (they
-    pickle, unlike closures)."""
+    pickle, unlike closures).
+
+    ``mean``: the objectives of ``ridge_problem(..., mean=True)`` (``c = 1/N``,
+    ``c_v = 1/N_v``); ``log_penalty=False``: ``ρ = λ`` (``ρ' = 1``) instead of ``e^λ``.
+    ``w`` may be ``(n,)`` or a batch ``(B, n)`` against a shared ``X``; a single shared
+    penalty (``λ`` of shape ``(1,)``) gets its mixed products summed over the features.
+    """
 
     X: Any
     y: Any
     X_val: Any
     y_val: Any
     groups: Any = None
+    mean: bool = False
+    log_penalty: bool = True
 
     def as_dict(self) -> dict:
         """The ``oracles=`` dict of :class:`~bilevel.problem.BilevelProblem`."""
@@ -175,22 +197,41 @@ class RidgeOracles:
                 "inner_mixed_vjp": self.inner_mixed_vjp,
                 "inner_mixed_jvp": self.inner_mixed_jvp, "outer_grads": self.outer_grads}
 
+    def _rho(self, lam: Any) -> Any:
+        return namespace(self.X).exp(lam) if self.log_penalty else lam
+
     def _penalty(self, lam: Any) -> Any:
-        return _spread(namespace(self.X).exp(lam), self.groups)
+        return _spread(self._rho(lam), self.groups)
+
+    def _slope(self, lam: Any) -> Any:
+        """``dρ/dλ``: ``e^λ`` or one."""
+        return self._rho(lam) if self.log_penalty else 1.0
+
+    def _gram(self, X: Any, v: Any) -> Any:
+        """``c Xᵀ(X v)`` (two matrix-vector products, no ``XᵀX``)."""
+        out = _transposed(linear(v, X), X)
+        return out / X.shape[-2] if self.mean else out
 
     def inner_grad(self, w: Any, lam: Any, data: Any) -> Any:
-        X = self.X
-        return X.T @ (X @ w - self.y) + self._penalty(lam) * w
+        r = _transposed(linear(w, self.X) - self.y, self.X)
+        return (r / self.X.shape[-2] if self.mean else r) + self._penalty(lam) * w
 
     def inner_hvp(self, w: Any, lam: Any, v: Any, data: Any) -> Any:
-        return self.X.T @ (self.X @ v) + self._penalty(lam) * v
+        return self._gram(self.X, v) + self._penalty(lam) * v
+
+    def _feature_slope(self, lam: Any) -> Any:
+        """``dρ_j/dλ`` on the features."""
+        s = self._slope(lam)
+        return _spread(namespace(lam).ones_like(lam) if isinstance(s, float) else s,
+                       self.groups)
 
     def inner_mixed_vjp(self, w: Any, lam: Any, u: Any, data: Any) -> Any:
-        return _gather(self._penalty(lam) * w * u, self.groups)
+        return _to_shape(_gather(self._feature_slope(lam) * w * u, self.groups), lam)
 
     def inner_mixed_jvp(self, w: Any, lam: Any, e: Any, data: Any) -> Any:
-        return _spread(namespace(self.X).exp(lam) * e, self.groups) * w
+        return _spread(self._slope(lam) * e, self.groups) * w
 
     def outer_grads(self, w: Any, lam: Any, data: Any) -> Any:
         Xv = self.X_val
-        return Xv.T @ (Xv @ w - self.y_val), namespace(Xv).zeros_like(lam)
+        r = _transposed(linear(w, Xv) - self.y_val, Xv)
+        return (r / Xv.shape[-2] if self.mean else r), namespace(Xv).zeros_like(lam)
