@@ -30,7 +30,7 @@ from bilevel.meta.cli import results_table
 from bilevel.meta.models import Conv4
 from bilevel.meta.train import evaluate, train
 from bilevel.optim import Adam
-from bilevel.outer import Monitoring
+from bilevel.outer import Checkpointing, Monitoring, UsageError
 
 MAKERS = {
     "maml": lambda m, k: MAML(m, 0.4, k),
@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     p.add_argument("--ways", type=int, default=5)
     p.add_argument("--shot", type=int, default=1)
     p.add_argument("--eval-tasks", type=int, default=600)
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="checkpoint each algorithm's training into DIR/<algorithm>.npz and "
+                        "resume from it when rerun (a changed configuration is refused)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -85,23 +88,35 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore", HypergradWarning)
     model = Conv4(hidden=args.hidden, ways=args.ways)
     theta0 = model.init(np.random.default_rng(123))
-    rows = []
-    for name in args.algorithms:
-        alg = MAKERS[name](model, args.inner_steps)
-        t0 = time.perf_counter()
-        res = train(alg, train_tasks, steps=args.steps, meta_batch=args.meta_batch,
-                    optimizer=Adam(1e-3),
-                    monitoring=Monitoring(progress=False if args.quick else None))
-        secs = time.perf_counter() - t0
-        ev = dict(seed=7, batch=args.meta_batch)
-        rows.append((f"{name} ({secs:.0f}s)",
-                     evaluate(alg, res.theta, test_tasks, args.eval_tasks, **ev)))
-        rows.append(("  random init, same adapt.",
-                     evaluate(alg, theta0, test_tasks, args.eval_tasks, **ev)))
+    if args.checkpoint:
+        os.makedirs(args.checkpoint, exist_ok=True)
+    try:
+        rows = [row for name in args.algorithms
+                for row in run_algorithm(name, args, model, theta0, train_tasks, test_tasks)]
+    except UsageError as err:  # a checkpoint of another configuration
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"Omniglot {args.ways}-way {args.shot}-shot, held-out alphabets, "
           f"{args.steps} meta-iterations")
     print(results_table(rows))
     return 0
+
+
+def run_algorithm(name, args, model, theta0, train_tasks, test_tasks):
+    """Meta-train ``name`` (resumable with ``--checkpoint``) and evaluate it and the random
+    initialization on held-out tasks: two rows of the results table."""
+    alg = MAKERS[name](model, args.inner_steps)
+    t0 = time.perf_counter()
+    ckpt = (Checkpointing(os.path.join(args.checkpoint, f"{name}.npz"), every=25)
+            if args.checkpoint else Checkpointing())
+    res = train(alg, train_tasks, steps=args.steps, meta_batch=args.meta_batch,
+                optimizer=Adam(1e-3), checkpointing=ckpt,
+                monitoring=Monitoring(progress=False if args.quick else None))
+    secs = time.perf_counter() - t0
+    ev = dict(seed=7, batch=args.meta_batch)
+    return [(f"{name} ({secs:.0f}s)", evaluate(alg, res.theta, test_tasks, args.eval_tasks, **ev)),
+            ("  random init, same adapt.", evaluate(alg, theta0, test_tasks, args.eval_tasks,
+                                                   **ev))]
 
 
 if __name__ == "__main__":
