@@ -4,27 +4,17 @@ Each builder takes the NumPy inputs of one workload of :mod:`bilevel.bench.peers
 returns a function of no arguments computing the same hypergradient as bilevel, as a NumPy
 array; the inner loops are ``lax.scan`` and ``lax.fori_loop`` (compiled once, on the
 warm-up call), tasks are ``vmap``-ed (Conv4: unrolled, see :func:`conv4`). Only imported
-when JAX is installed; importing it turns on 64-bit floats (``jax_enable_x64``) and, when
-JAX is not imported yet, runs XLA on one thread (:data:`ONE_THREAD`), as PyTorch
-(:data:`bilevel.bench.peer_torch.THREADS`) and bilevel's BLAS (``OPENBLAS_NUM_THREADS=1``)
-are run: XLA's CPU kernels otherwise use every core, which on the BLAS-bound ridge row
-halved JAX's time on two cores and measured cores, not code.
+when JAX is installed; importing it turns on 64-bit floats (``jax_enable_x64``).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
-ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-if "jax" not in sys.modules:  # XLA reads its flags when JAX starts
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {ONE_THREAD}".strip()
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["cleaning", "conv4", "maml", "ridge"]
 

@@ -32,7 +32,7 @@ Rows (float64, CPU, the same inputs for every framework):
 
 The peers (:mod:`bilevel.bench.peer_torch`, :mod:`bilevel.bench.peer_jax`) run when
 installed (``pip install bilevel[peers]``) and when they have the row's builder, and are
-skipped otherwise. Times are the best of
+skipped otherwise. Every framework runs on one core (:func:`one_core`). Times are the best of
 at least ``repeats`` calls after one warm-up call (JAX compiles there), and of more calls
 until each variant has run for a second in all (a millisecond row gets hundreds of
 chances to run undisturbed, as with ``timeit``), the variants interleaved within each
@@ -43,10 +43,12 @@ tracemalloc's, for bilevel only (the peers allocate outside Python's allocator).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -200,6 +202,25 @@ _BUILDERS = {"maml": _maml, "maml_checkpointed": _maml_checkpointed, "cleaning":
 
 
 # ------------------------------------------------------------------ measurement
+@contextlib.contextmanager
+def one_core() -> Iterator[None]:
+    """Run the calling thread, and the threads it starts, on one CPU (Linux; elsewhere a
+    no-op). bilevel's BLAS (``OPENBLAS_NUM_THREADS=1``) and PyTorch (one intra-op thread)
+    run on one core already; JAX's XLA starts its own thread pool on every core whatever
+    its flags, which halved its time on the BLAS-bound ridge row of a two-core machine and
+    measured cores rather than code."""
+    if not hasattr(os, "sched_getaffinity"):
+        yield
+        return
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
+
 def measure(label: str, kind: str, args: tuple, peers: Sequence[str], repeats: int,
             min_seconds: float = 0.0) -> dict:
     """One row: seconds of every variant (best of at least ``repeats`` interleaved rounds,
@@ -263,10 +284,11 @@ def run(quick: bool = False, backend: str = "numpy", methods: Sequence[str] | No
     selected = [w for w in workloads(quick, seed)
                 if rows is None or any(w[0].startswith(r) for r in rows)]
     out = []
-    for label, kind, args in progress_bar(selected, desc="bench peers", progress=progress):
-        row = log.compute([label], lambda la=label, k=kind, a=args:
-                          measure(la, k, a, peers, repeats, min_seconds))
-        out.append({k: v for k, v in row.items() if k != "key"})
+    with one_core():
+        for label, kind, args in progress_bar(selected, desc="bench peers", progress=progress):
+            row = log.compute([label], lambda la=label, k=kind, a=args:
+                              measure(la, k, a, peers, repeats, min_seconds))
+            out.append({k: v for k, v in row.items() if k != "key"})
     return dict(rows=out, peers=peers, skipped=[p for p in wanted if p not in installed],
                 quick=quick, backend=backend)
 
