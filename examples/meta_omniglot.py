@@ -6,8 +6,8 @@ train/val/test, meta-trains one or more algorithms with the Conv4 network and re
 the random-initialization baseline adapted the same way.
 
     python examples/meta_omniglot.py                     # MAML, 150 meta-iterations: ~7 min
-    python examples/meta_omniglot.py PATH --steps 2000 --algorithms maml fomaml anil \
-        --checkpoint runs/omniglot                       # resumable when interrupted
+    python examples/meta_omniglot.py PATH --steps 2000 --algorithms maml fomaml \
+        --checkpoint runs/omniglot     # about 1.5 h per algorithm; rerun to resume
     python examples/meta_omniglot.py PATH --quick        # seconds (small net, few steps)
 
 The default run (Conv4 with 64 channels, meta-batches of 32 tasks, 150 meta-iterations,
@@ -103,7 +103,8 @@ def main(argv=None) -> int:
         rows = [row for name in args.algorithms
                 for row in run_algorithm(name, args, model, theta0, train_tasks, test_tasks)]
     except UsageError as err:  # a checkpoint of another configuration
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}\nwith this script: give another --checkpoint DIR, or delete "
+              f"the file in {args.checkpoint}, to start afresh", file=sys.stderr)
         return 2
     print(f"Omniglot {args.ways}-way {args.shot}-shot, held-out alphabets, "
           f"{args.steps} meta-iterations")
