@@ -43,8 +43,7 @@ import numpy as np
 from ..backend import to_numpy
 from ..meta import MAML, Conv4
 from ..outer.memory import measure
-from .distributed import _one_blas_thread
-from .interleaved import best_times, relative_difference
+from .interleaved import best_times, one_blas_thread, relative_difference
 from .report import format_bytes, markdown_table, peak_memory
 
 __all__ = ["FRAMEWORKS", "INNER_LR", "compare", "conv4_case", "conv4_episode",
@@ -215,7 +214,7 @@ def compare(hidden: int, side: int, T: int, K: int, *, repeats: int = 3, seed: i
     peers = list(peers) if backend == "numpy" else []
     alg, theta, episode = conv4_case(hidden, side, T, K, seed, backend=backend)
     fns = {name: meta_gradient_fn(name, alg, theta, episode) for name in ["bilevel", *peers]}
-    with _one_blas_thread():
+    with one_blas_thread():
         grads = {name: fn() for name, fn in fns.items()}  # warm-up
         seconds = best_times(fns, repeats)
         peak = peak_memory(fns["bilevel"], backend)[1]

@@ -16,7 +16,6 @@ Problems: MAML on sinusoid regression (1-40-40-1 tanh MLP, 5 inner steps) and MA
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import time
@@ -28,6 +27,7 @@ import numpy as np
 
 from ..outer import UsageError
 from ..outer.executor import InProcess, Local, Runner, open_executor
+from .interleaved import one_blas_thread
 from .report import figure, markdown_table, save_figure
 
 __all__ = ["PROBLEMS", "omniglot_folder", "problem", "run", "to_markdown", "plot"]
@@ -81,16 +81,6 @@ def _nothing(part: int, *, params: Any) -> None:
     """An empty task: what an iteration costs besides the work."""
 
 
-def _one_blas_thread() -> Any:
-    """BLAS limited to one thread here, as on the Dask workers (whose nanny sets
-    ``OMP_NUM_THREADS=1`` and friends), when :mod:`threadpoolctl` is installed."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - installed with scikit-learn
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
-
-
 def _timed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -113,7 +103,7 @@ def _measure(name: str, runner: Runner, workers: int, quick: bool, seed: int,
                                                  params=runner.put(theta)),
     }
     times: dict[str, list[float]] = {k: [] for k in calls}
-    with _one_blas_thread():
+    with one_blas_thread():
         for t in range(repeats + 1):  # the first round warms up
             for key, call in calls.items():
                 spent = _timed(lambda call=call, t=t: call(t))

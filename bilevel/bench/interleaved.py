@@ -8,6 +8,7 @@ repeats is the least disturbed figure.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["best_times", "relative_difference"]
+__all__ = ["best_times", "one_blas_thread", "relative_difference"]
 
 
 def best_times(fns: dict[str, Callable[[], Any]], repeats: int, min_seconds: float = 0.0,
@@ -42,3 +43,14 @@ def relative_difference(a: Any, b: Any) -> float:
     """``max|a − b| / max|b|``: the largest difference relative to the reference ``b``."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-300))
+
+
+def one_blas_thread() -> Any:
+    """BLAS limited to one thread in this process while the context is open, as on Dask's
+    workers (whose nanny sets ``OMP_NUM_THREADS=1`` and friends), when
+    :mod:`threadpoolctl` is installed (a no-op otherwise)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - installed with scikit-learn
+        return contextlib.nullcontext()
+    return threadpool_limits(1)

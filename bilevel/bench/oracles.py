@@ -8,8 +8,6 @@ vector product afterwards is one reverse pass over that trace. ``inner_hvp`` re-
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import autograd.numpy as anp
@@ -17,6 +15,7 @@ import numpy as np
 
 from ..problem import BilevelProblem
 from ..tree import ravel
+from .interleaved import best_times
 
 __all__ = ["linearize_speedup", "tanh_mlp_problem"]
 
@@ -67,17 +66,6 @@ def tanh_mlp_problem(
     return BilevelProblem(g, f, name="tanh-mlp"), w, np.full(3, -3.0)
 
 
-def _best_times(fns: list[Callable[[], Any]], repeats: int) -> list[float]:
-    """Best wall time of each function over ``repeats`` interleaved rounds (less load bias)."""
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
-
-
 def linearize_speedup(quick: bool = False, products: int = 20, repeats: int | None = None) -> float:
     """Ratio ``t(products × inner_hvp) / t(linearize + products × Linearization.hvp)``.
 
@@ -107,7 +95,8 @@ def linearize_speedup(quick: bool = False, products: int = 20, repeats: int | No
     for x, y in zip(a, b, strict=True):
         if not np.allclose(x, y, rtol=1e-10, atol=1e-12):
             raise AssertionError("linearize and inner_hvp disagree; the benchmark is void")
-    t_fresh, t_traced = _best_times([fresh, traced], repeats)
+    times = best_times({"fresh": fresh, "traced": traced}, repeats)
+    t_fresh, t_traced = times["fresh"], times["traced"]
     return t_fresh / t_traced
 
 
