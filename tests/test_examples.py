@@ -63,7 +63,7 @@ def test_example_runs_with_its_defaults(path, tmp_path):
 def _run_example(path: str, tmp_path, quick: bool) -> None:
     env = dict(os.environ, MPLBACKEND="Agg")
     proc = subprocess.run(_command(path, quick), cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=900 if quick else 1800)
     needs_data = proc.returncode == 2 and "not available" in proc.stderr + proc.stdout
     if needs_data and "usage:" not in proc.stderr:
         # examples on local datasets (Omniglot) exit with status 2 and say what is missing
