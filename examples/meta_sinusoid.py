@@ -201,7 +201,7 @@ def omniglot_table(out, quick=False):
     path = os.environ.get("BILEVEL_OMNIGLOT", OMNIGLOT)
     if not os.path.exists(path):
         return f"Not run: no Omniglot archives at {path} (set ``BILEVEL_OMNIGLOT``).\n"
-    hidden, steps, batch, tasks = (4, 2, 2, 4) if quick else (8, 20, 4, 100)
+    hidden, steps, batch, tasks = (4, 2, 2, 4) if quick else (32, 100, 16, 200)
     kw = dict(ways=5, n_shot=1, n_query=5, split_by="alphabet")
     train_tasks = Omniglot(path, split="train", **kw)
     test_tasks = Omniglot(path, split="test", **kw)
