@@ -37,18 +37,7 @@ import numpy as np
 
 from ..backend import namespace_of as namespace
 from .models import MLP
-from .network_oracles import (  # noqa: F401  (the loss derivatives keep their old home)
-    NetworkOracles,
-    _astype,
-    _mT,
-    _OnSet,
-    _reshape,
-    _sum,
-    loss_grad,
-    loss_hvp,
-    onehot,
-    softmax,
-)
+from .network_oracles import NetworkOracles, _astype, _mT, _reshape, _sum
 
 __all__ = ["DenseStack", "MLPOracles", "supports"]
 
